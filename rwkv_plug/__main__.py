@@ -1,0 +1,4 @@
+from rwkv_plug.core.cli import main
+
+if __name__ == "__main__":
+    main()

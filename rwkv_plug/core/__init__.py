@@ -1,0 +1,1 @@
+"""The small core: hook specs, plugin manager, registries, config and CLI."""

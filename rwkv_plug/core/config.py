@@ -1,0 +1,122 @@
+"""YAML config loading and validation.
+
+Every problem in a file is collected and reported at once, each naming the
+section and key, with a did-you-mean for unknown keys. YAML is read with
+``safe_load`` only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rwkv_plug.core.errors import ConfigError, did_you_mean
+from rwkv_plug.core.interfaces import Option
+
+_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|x[0-9a-fA-F]{2}|[ntr0\\'\"])")
+_SIMPLE = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", "'": "'", '"': '"'}
+
+
+def unescape(text: str) -> str:
+    """Turn ``\\n``, ``\\t``, ``\\uXXXX`` ... written in single-quoted YAML into characters."""
+
+    def sub(m: re.Match[str]) -> str:
+        code = m.group(1)
+        if code[0] in "ux":
+            return chr(int(code[1:], 16))
+        return _SIMPLE[code]
+
+    return _ESCAPE.sub(sub, text)
+
+
+def _unescape_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return unescape(value)
+    if isinstance(value, list):
+        return [_unescape_value(v) for v in value]
+    return value
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping safely; errors name the file and line."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' does not exist")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{p}:{where} is not valid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+class Problems:
+    """Collects config problems so they can be reported together."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.items: list[str] = []
+
+    def add(self, message: str) -> None:
+        self.items.append(message)
+
+    def raise_if_any(self) -> None:
+        if not self.items:
+            return
+        if len(self.items) == 1:
+            raise ConfigError(f"{self.source}: {self.items[0]}")
+        listed = "; ".join(self.items)
+        raise ConfigError(f"{self.source}: {len(self.items)} problems: {listed}")
+
+
+def resolve_options(
+    section: str,
+    values: Mapping[str, Any] | None,
+    options: Sequence[Option],
+    problems: Problems,
+    unsupported: Mapping[str, str] | None = None,
+    passthrough: Iterable[str] = (),
+) -> dict[str, Any]:
+    """Validate ``values`` against declared ``options`` and fill in defaults.
+
+    Unknown keys are reported with a did-you-mean; keys in ``unsupported``
+    are reported with their "not supported yet" reason; keys in
+    ``passthrough`` are accepted as given. Aliases map to their option name.
+    """
+    values = dict(values or {})
+    by_name: dict[str, Option] = {}
+    for opt in options:
+        by_name.setdefault(opt.name, opt)
+        for alias in opt.aliases:
+            by_name.setdefault(alias, opt)
+    passthrough = set(passthrough)
+    out: dict[str, Any] = {opt.name: opt.default for opt in options}
+    seen: dict[str, str] = {}
+    for key, value in values.items():
+        if unsupported and key in unsupported:
+            problems.add(f"{section}.{key} is not supported yet: {unsupported[key]}")
+            continue
+        opt = by_name.get(key)
+        if opt is None:
+            if key in passthrough:
+                out[key] = value
+                continue
+            known = sorted(set(by_name) | passthrough)
+            problems.add(f"unknown key {section}.{key}.{did_you_mean(key, known)}")
+            continue
+        if opt.name in seen:
+            problems.add(f"{section}.{key} and {section}.{seen[opt.name]} set the same option; keep one")
+            continue
+        seen[opt.name] = key
+        out[opt.name] = _unescape_value(value) if opt.escapes else value
+    return out

@@ -1,0 +1,43 @@
+"""The documented environment variables, read in this one place only.
+
+=============================  ==============================================
+``RWKV_PLUG_PLUGINS``          ``all`` (default), ``none``, or a comma list of
+                               third-party entry-point names to load.
+``RWKV_PLUG_STRICT_PLUGINS``   ``1`` makes a broken third-party plugin an error.
+``RWKV_PLUG_NEOX_TOKENIZER``   Path of the GPT-NeoX 20B ``tokenizer.json``.
+``RWKV_PLUG_CACHE``            Folder for compiled kernels (default
+                               ``~/.cache/rwkv_plug``).
+=============================  ==============================================
+
+Nothing reads ``os.environ`` at import time; call :func:`settings`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    plugins: str = "all"
+    strict_plugins: bool = False
+    neox_tokenizer: str | None = None
+    cache_dir: Path = Path.home() / ".cache" / "rwkv_plug"
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def settings(environ: dict[str, str] | None = None) -> Settings:
+    """Read the documented variables from ``environ`` (default ``os.environ``)."""
+    env = os.environ if environ is None else environ
+    cache = env.get("RWKV_PLUG_CACHE")
+    return Settings(
+        plugins=env.get("RWKV_PLUG_PLUGINS", "all").strip() or "all",
+        strict_plugins=_truthy(env.get("RWKV_PLUG_STRICT_PLUGINS")),
+        neox_tokenizer=env.get("RWKV_PLUG_NEOX_TOKENIZER") or None,
+        cache_dir=Path(cache) if cache else Path.home() / ".cache" / "rwkv_plug",
+    )

@@ -1,0 +1,179 @@
+"""The interfaces a plugin class implements, one per plugin kind.
+
+A plugin class has a ``name``, a docstring whose first line ``rwkv-plug
+list-*`` shows, and (for strategies and tokenizers) the ``data:`` options
+it understands, declared as :class:`Option` so the config layer can
+validate them with did-you-mean suggestions.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Option:
+    """One config key a plugin owns.
+
+    Attributes:
+        name: the key as written in YAML.
+        default: the value used when the key is absent.
+        help: one sentence for ``docs/config.md`` and error messages.
+        escapes: if true, string values (or lists of them) have backslash
+            escapes such as ``'\\n'`` turned into real characters, so that
+            single-quoted YAML behaves as users expect.
+        aliases: other accepted spellings of the key.
+    """
+
+    name: str
+    default: Any = None
+    help: str = ""
+    escapes: bool = False
+    aliases: tuple[str, ...] = ()
+
+
+def describe(cls: type) -> str:
+    """The first line of a plugin class's docstring."""
+    doc = (cls.__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+@dataclass
+class Sample:
+    """One tokenized training sample.
+
+    ``loss_mask`` is target-aligned: ``loss_mask[j] == 1`` means token ``j``
+    is learned as the prediction from tokens ``0..j-1``. ``loss_mask[0]``
+    is therefore never used by the loss.
+    """
+
+    input_ids: list[int]
+    loss_mask: list[int]
+
+    def __post_init__(self) -> None:
+        if len(self.input_ids) != len(self.loss_mask):
+            raise ValueError("input_ids and loss_mask differ in length")
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def extend(self, ids: Sequence[int], learn: bool) -> None:
+        self.input_ids.extend(ids)
+        self.loss_mask.extend([1 if learn else 0] * len(ids))
+
+
+class BadRow(Exception):
+    """Raised by ``Strategy.encode`` for a row that must be skipped.
+
+    The pipeline counts it (with the row number) instead of crashing.
+    """
+
+
+class Tokenizer(ABC):
+    """Turns text into token ids and back."""
+
+    name: ClassVar[str]
+    options: ClassVar[tuple[Option, ...]] = ()
+
+    @classmethod
+    @abstractmethod
+    def load(cls, spec: str, options: Mapping[str, Any]) -> "Tokenizer":
+        """Build the tokenizer; ``spec`` is the user's ``data.tokenizer`` value."""
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Rows the model's embedding needs (neox 50277, world 65536)."""
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]: ...
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    @abstractmethod
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """A stable hash of the vocab and settings, for dataset caches."""
+
+
+class Strategy(ABC):
+    """Turns one dataset row into a :class:`Sample`."""
+
+    name: ClassVar[str]
+    options: ClassVar[tuple[Option, ...]] = ()
+    #: Lower is tried first when the strategy is auto-detected.
+    detect_priority: ClassVar[int] = 100
+
+    def __init__(self, options: Mapping[str, Any], tokenizer: Tokenizer) -> None:
+        self.opts = dict(options)
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def matches(cls, columns: Sequence[str], options: Mapping[str, Any]) -> bool:
+        """Whether this strategy can be auto-picked for a dataset with ``columns``."""
+        return False
+
+    @classmethod
+    def expects(cls, options: Mapping[str, Any]) -> str:
+        """Human description of the columns needed, for 'no strategy fits' errors."""
+        return ""
+
+    @abstractmethod
+    def encode(self, row: Mapping[str, Any]) -> Sample:
+        """Encode one row; raise :class:`BadRow` to skip it with a reason."""
+
+
+@dataclass(frozen=True)
+class KernelCaps:
+    """What a WKV kernel supports."""
+
+    dtypes: tuple[str, ...] = ("float32",)
+    devices: tuple[str, ...] = ("cpu",)
+    #: T must be a multiple of this (1 means any T).
+    chunk_multiple: int = 1
+    #: Relative speed rank used by ``kernel: auto`` (higher is preferred).
+    speed_rank: int = 0
+    versions: tuple[str, ...] = ("wkv5",)
+
+
+class Kernel(ABC):
+    """A WKV op implementation. See ``rwkv_plug.kernels.contract`` for the math."""
+
+    name: ClassVar[str]
+    caps: ClassVar[KernelCaps] = KernelCaps()
+
+    @classmethod
+    def availability(cls) -> tuple[bool, str]:
+        """``(True, "")`` or ``(False, reason)``; must be cheap and never raise."""
+        return True, ""
+
+    @abstractmethod
+    def wkv5(self, r, k, v, w, u, s0):
+        """Return ``(y, sT)``; see the op contract."""
+
+
+class ModelArch(ABC):
+    """An RWKV architecture: builds, initialises and detects models."""
+
+    name: ClassVar[str]
+
+    @classmethod
+    @abstractmethod
+    def detect(cls, state_dict: Mapping[str, Any]) -> bool:
+        """Whether a checkpoint's keys belong to this architecture."""
+
+
+@dataclass
+class Registered:
+    """A registry entry: the class, and the plugin that provided it."""
+
+    name: str
+    cls: type
+    plugin: str
+    overrides: list[str] = field(default_factory=list)

@@ -1,0 +1,197 @@
+"""The plugin manager: built-ins first, then every ``rwkv_plug`` entry point.
+
+Each third-party plugin loads and registers in isolation. One that fails is
+skipped with a single warning line and listed with its error, unless strict
+mode is on. The rest of the code asks this module for registries through
+the typed functions at the bottom and never calls ``pm.hook.*`` itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+import pluggy
+
+from rwkv_plug.core import hookspecs
+from rwkv_plug.core.errors import PluginError
+from rwkv_plug.core.registry import Registry
+
+GROUP = "rwkv_plug"
+
+#: Built-in plugin modules, registered exactly like third-party ones.
+BUILTIN_PLUGINS = (
+    "rwkv_plug.builtin_strategies.hooks",
+    "rwkv_plug.builtin_tokenizers.hooks",
+    "rwkv_plug.kernels.hooks",
+    "rwkv_plug.models.hooks",
+    "rwkv_plug.data.hooks",
+    "rwkv_plug.training.hooks",
+)
+
+_KINDS = {
+    "strategy": "register_strategies",
+    "tokenizer": "register_tokenizers",
+    "kernel": "register_kernels",
+    "model": "register_models",
+}
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    distribution: str | None
+    version: str | None
+    builtin: bool
+    error: str | None = None
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+class Plugins:
+    """A loaded set of plugins and the registries they fill."""
+
+    def __init__(self, strict: bool = False) -> None:
+        self.strict = strict
+        self.pm = pluggy.PluginManager(GROUP)
+        self.pm.add_hookspecs(hookspecs)
+        self.info: dict[str, PluginInfo] = {}
+        self._registries: dict[str, Registry] | None = None
+
+    # -- loading -----------------------------------------------------------
+    def load_builtins(self) -> None:
+        for modname in BUILTIN_PLUGINS:
+            module = importlib.import_module(modname)
+            self.pm.register(module, name=modname)
+            self.info[modname] = PluginInfo(modname, "rwkv-plug", _own_version(), True)
+        self._registries = None
+
+    def load_entry_points(self, only: str = "all") -> None:
+        """Load third-party plugins: ``all``, ``none`` or a comma list of names."""
+        if only.strip().lower() == "none":
+            return
+        wanted = None if only.strip().lower() == "all" else {
+            n.strip() for n in only.split(",") if n.strip()
+        }
+        for ep in entry_points(group=GROUP):
+            if wanted is not None and ep.name not in wanted:
+                continue
+            dist = getattr(ep, "dist", None)
+            info = PluginInfo(
+                ep.name,
+                dist.metadata["Name"] if dist else None,
+                dist.version if dist else None,
+                builtin=False,
+            )
+            self.info[ep.name] = info
+            try:
+                self.pm.register(ep.load(), name=ep.name)
+            except Exception as exc:  # a broken plugin must not break the rest
+                self._broken(info, f"failed to load: {type(exc).__name__}: {exc}")
+        self._registries = None
+
+    def register(self, plugin: Any, name: str) -> None:
+        """Register an in-process plugin object (used by tests and embedders)."""
+        self.pm.register(plugin, name=name)
+        self.info[name] = PluginInfo(name, None, None, builtin=False)
+        self._registries = None
+
+    def unregister(self, name: str) -> None:
+        self.pm.unregister(name=name)
+        self.info.pop(name, None)
+        self._registries = None
+
+    def _broken(self, info: PluginInfo, error: str) -> None:
+        info.error = error
+        message = f"plugin '{info.name}' (distribution {info.distribution or '?'}) {error}"
+        if self.strict:
+            raise PluginError(message + " [strict plugin mode]")
+        _warn(message + "; skipped")
+
+    # -- hooks, each impl called in isolation --------------------------------
+    def _call_each(self, hook_name: str, **kwargs: Any):
+        """Yield ``(plugin_name, result)`` for each implementation, isolating failures."""
+        caller = getattr(self.pm.hook, hook_name)
+        for impl in reversed(caller.get_hookimpls()):  # registration order
+            info = self.info.get(impl.plugin_name)
+            if info is not None and info.error:
+                continue
+            try:
+                yield impl.plugin_name, impl.function(**kwargs)
+            except Exception as exc:
+                if info is None or info.builtin:
+                    raise
+                self._broken(info, f"failed in {hook_name}: {type(exc).__name__}: {exc}")
+
+    def registries(self) -> dict[str, Registry]:
+        if self._registries is None:
+            regs = {kind: Registry(kind) for kind in _KINDS}
+            for kind, hook_name in _KINDS.items():
+                for plugin, classes in self._call_each(hook_name):
+                    builtin = self.info.get(plugin, PluginInfo(plugin, None, None, False)).builtin
+                    for cls in classes or ():
+                        regs[kind].add(cls, plugin, builtin)
+            self._registries = regs
+        return self._registries
+
+    def add_commands(self, cli: Any) -> None:
+        for _ in self._call_each("register_commands", cli=cli):
+            pass
+
+
+def _own_version() -> str:
+    from rwkv_plug import __version__
+
+    return __version__
+
+
+_current: Plugins | None = None
+_factory: Callable[[], Plugins] | None = None
+
+
+def configure(only: str = "all", strict: bool = False) -> Plugins:
+    """Create and install the process-wide plugin set (the CLI calls this once)."""
+    global _current
+    plugins = Plugins(strict=strict)
+    plugins.load_builtins()
+    plugins.load_entry_points(only)
+    _current = plugins
+    return plugins
+
+
+def current() -> Plugins:
+    """The process-wide plugin set, loaded on first use from the environment."""
+    if _current is None:
+        from rwkv_plug.core.env import settings
+
+        s = settings()
+        return configure(s.plugins, s.strict_plugins)
+    return _current
+
+
+def reset() -> None:
+    global _current
+    _current = None
+
+
+# -- typed access, the only way the rest of the code reaches hooks ----------
+def strategies() -> Registry:
+    return current().registries()["strategy"]
+
+
+def tokenizers() -> Registry:
+    return current().registries()["tokenizer"]
+
+
+def kernels() -> Registry:
+    return current().registries()["kernel"]
+
+
+def models() -> Registry:
+    return current().registries()["model"]

@@ -124,9 +124,28 @@ class Strategy(ABC):
         """Human description of the columns needed, for 'no strategy fits' errors."""
         return ""
 
+    @classmethod
+    def priority(cls, options: Mapping[str, Any]) -> int:
+        """Detection order under these options (lower first); ``detect_priority`` by default.
+
+        Override when an option the user set means "pick me first", as
+        ``custom_text_key`` does for the ``text`` strategy.
+        """
+        return cls.detect_priority
+
     @abstractmethod
     def encode(self, row: Mapping[str, Any]) -> Sample:
         """Encode one row; raise :class:`BadRow` to skip it with a reason."""
+
+    def encode_batch(self, rows: Sequence[Mapping[str, Any]]) -> list[Sample | BadRow]:
+        """Encode many rows; a strategy may override this to batch the tokenizer."""
+        out: list[Sample | BadRow] = []
+        for row in rows:
+            try:
+                out.append(self.encode(row))
+            except BadRow as exc:
+                out.append(exc)
+        return out
 
 
 @dataclass(frozen=True)

@@ -68,8 +68,9 @@ class Plugins:
     def load_builtins(self) -> None:
         for modname in BUILTIN_PLUGINS:
             module = importlib.import_module(modname)
-            self.pm.register(module, name=modname)
-            self.info[modname] = PluginInfo(modname, "rwkv-plug", _own_version(), True)
+            name = modname.removesuffix(".hooks")
+            self.pm.register(module, name=name)
+            self.info[name] = PluginInfo(name, "rwkv-plug", _own_version(), True)
         self._registries = None
 
     def load_entry_points(self, only: str = "all") -> None:

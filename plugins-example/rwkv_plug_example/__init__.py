@@ -1,0 +1,1 @@
+"""An example rwkv-plug plugin package."""

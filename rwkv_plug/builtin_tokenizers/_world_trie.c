@@ -1,0 +1,373 @@
+/* Native greedy longest-prefix byte trie for the RWKV world tokenizer.
+ *
+ * The math is the same as rwkv_plug/builtin_tokenizers/world.py's pure-Python
+ * fallback (which is the executable spec): UTF-8 encode, then repeatedly emit
+ * the id of the longest vocab entry that is a prefix of the remaining bytes.
+ *
+ * Layout: a flattened trie. Each node's children are contiguous in the edge
+ * arrays, sorted by byte; nodes with many children also get a 256-entry dense
+ * table so the hot top levels are one load per byte. The GIL is released
+ * while walking, and encode_batch spreads texts over pthreads.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+
+#define DENSE_MIN 6 /* nodes with more children than this get a dense table */
+#define PARALLEL_MIN_BYTES (1 << 16)
+
+typedef struct {
+    int32_t tok;      /* token id ending here, or -1 */
+    uint32_t first;   /* index of first edge */
+    uint32_t n;       /* number of children */
+    int32_t dense;    /* offset into dense pool / 256, or -1 */
+} Node;
+
+typedef struct {
+    PyObject_HEAD
+    Node *nodes;
+    uint8_t *edge_byte;
+    uint32_t *edge_node;
+    uint32_t *dense; /* 256 per dense node; 0 = no child (root is never a child) */
+    uint32_t n_nodes;
+} TrieObject;
+
+/* ---- building ---------------------------------------------------------- */
+
+typedef struct {
+    int32_t tok;
+    uint32_t first_child, next_sibling, last_child;
+    uint8_t byte;
+} TmpNode;
+
+typedef struct {
+    TmpNode *v;
+    uint32_t n, cap;
+} TmpTrie;
+
+static int tmp_new(TmpTrie *t, uint8_t byte) {
+    if (t->n == t->cap) {
+        uint32_t cap = t->cap ? t->cap * 2 : 1024;
+        TmpNode *v = realloc(t->v, (size_t)cap * sizeof(TmpNode));
+        if (!v) return -1;
+        t->v = v;
+        t->cap = cap;
+    }
+    TmpNode *x = &t->v[t->n];
+    x->tok = -1;
+    x->first_child = x->next_sibling = x->last_child = 0;
+    x->byte = byte;
+    return (int)t->n++;
+}
+
+static int tmp_insert(TmpTrie *t, const uint8_t *s, Py_ssize_t len, int32_t tok) {
+    uint32_t node = 0;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        uint32_t c = t->v[node].first_child;
+        while (c && t->v[c].byte != s[i]) c = t->v[c].next_sibling;
+        if (!c) {
+            int made = tmp_new(t, s[i]);
+            if (made < 0) return -1;
+            c = (uint32_t)made;
+            /* children kept sorted by byte: insert in order */
+            uint32_t *link = &t->v[node].first_child;
+            while (*link && t->v[*link].byte < s[i]) link = &t->v[*link].next_sibling;
+            t->v[c].next_sibling = *link;
+            *link = c;
+        }
+        node = c;
+    }
+    t->v[node].tok = tok;
+    return 0;
+}
+
+/* Flatten breadth-first so each node's children are contiguous. */
+static int flatten(TrieObject *self, TmpTrie *t) {
+    uint32_t n = t->n;
+    uint32_t *order = malloc((size_t)n * sizeof(uint32_t));     /* new -> old */
+    self->nodes = calloc(n, sizeof(Node));
+    self->edge_byte = malloc(n);
+    self->edge_node = malloc((size_t)n * sizeof(uint32_t));
+    if (!order || !self->nodes || !self->edge_byte || !self->edge_node) {
+        free(order);
+        return -1;
+    }
+    uint32_t head = 0, tail = 1, n_dense = 0;
+    order[0] = 0;
+    while (head < tail) {
+        uint32_t old = order[head];
+        Node *nd = &self->nodes[head];
+        nd->tok = t->v[old].tok;
+        nd->first = tail; /* edge index == new node index of the child */
+        nd->n = 0;
+        nd->dense = -1;
+        for (uint32_t c = t->v[old].first_child; c; c = t->v[c].next_sibling) {
+            self->edge_byte[tail] = t->v[c].byte;
+            self->edge_node[tail] = tail;
+            order[tail++] = c;
+            nd->n++;
+        }
+        if (nd->n > DENSE_MIN) nd->dense = (int32_t)n_dense++;
+        head++;
+    }
+    self->dense = calloc((size_t)(n_dense ? n_dense : 1) * 256, sizeof(uint32_t));
+    if (!self->dense) {
+        free(order);
+        return -1;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        Node *nd = &self->nodes[i];
+        if (nd->dense < 0) continue;
+        uint32_t *tab = self->dense + (size_t)nd->dense * 256;
+        for (uint32_t e = nd->first; e < nd->first + nd->n; e++) tab[self->edge_byte[e]] = self->edge_node[e];
+    }
+    self->n_nodes = n;
+    free(order);
+    return 0;
+}
+
+/* ---- encoding (no Python API: runs without the GIL) ------------------- */
+
+static inline uint32_t child_of(const TrieObject *t, const Node *nd, uint8_t c) {
+    if (nd->dense >= 0) return t->dense[(size_t)nd->dense * 256 + c];
+    const uint8_t *b = t->edge_byte + nd->first;
+    for (uint32_t i = 0; i < nd->n; i++) {
+        if (b[i] == c) return t->edge_node[nd->first + i];
+        if (b[i] > c) return 0;
+    }
+    return 0;
+}
+
+/* Returns the number of ids written to out (at most len), or -1 if some
+ * byte has no token (impossible with the world vocab, which has all 256). */
+static Py_ssize_t encode_bytes(const TrieObject *t, const uint8_t *s, Py_ssize_t len, int32_t *out) {
+    Py_ssize_t pos = 0, n = 0;
+    while (pos < len) {
+        const Node *nd = &t->nodes[0];
+        Py_ssize_t i = pos, best_end = pos;
+        int32_t best = -1;
+        while (i < len) {
+            uint32_t c = child_of(t, nd, s[i]);
+            if (!c) break;
+            nd = &t->nodes[c];
+            i++;
+            if (nd->tok >= 0) {
+                best = nd->tok;
+                best_end = i;
+            }
+        }
+        if (best < 0) return -1;
+        out[n++] = best;
+        pos = best_end;
+    }
+    return n;
+}
+
+/* ---- Python type --------------------------------------------------------- */
+
+static void Trie_dealloc(TrieObject *self) {
+    free(self->nodes);
+    free(self->edge_byte);
+    free(self->edge_node);
+    free(self->dense);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Trie_init(TrieObject *self, PyObject *args, PyObject *kwds) {
+    PyObject *tokens;
+    static char *kwlist[] = {"tokens", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O", kwlist, &tokens)) return -1;
+    PyObject *seq = PySequence_Fast(tokens, "tokens must be a sequence of bytes or None");
+    if (!seq) return -1;
+    TmpTrie t = {0};
+    if (tmp_new(&t, 0) < 0) goto nomem;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        if (item == Py_None) continue;
+        if (!PyBytes_Check(item) || PyBytes_GET_SIZE(item) == 0) {
+            PyErr_Format(PyExc_ValueError, "token %zd must be non-empty bytes or None", i);
+            goto fail;
+        }
+        if (tmp_insert(&t, (const uint8_t *)PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item), (int32_t)i) < 0)
+            goto nomem;
+    }
+    if (flatten(self, &t) < 0) goto nomem;
+    free(t.v);
+    Py_DECREF(seq);
+    return 0;
+nomem:
+    PyErr_NoMemory();
+fail:
+    free(t.v);
+    Py_DECREF(seq);
+    return -1;
+}
+
+static int as_bytes(PyObject *obj, const char **s, Py_ssize_t *len) {
+    if (PyUnicode_Check(obj)) {
+        *s = PyUnicode_AsUTF8AndSize(obj, len); /* cached on the str object */
+        return *s ? 0 : -1;
+    }
+    if (PyBytes_Check(obj)) {
+        *s = PyBytes_AS_STRING(obj);
+        *len = PyBytes_GET_SIZE(obj);
+        return 0;
+    }
+    PyErr_Format(PyExc_TypeError, "expected str or bytes, got %.100s", Py_TYPE(obj)->tp_name);
+    return -1;
+}
+
+static PyObject *to_list(const int32_t *ids, Py_ssize_t n) {
+    PyObject *list = PyList_New(n);
+    if (!list) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PyLong_FromLong(ids[i]);
+        if (!v) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, v);
+    }
+    return list;
+}
+
+static PyObject *Trie_encode(TrieObject *self, PyObject *obj) {
+    const char *s;
+    Py_ssize_t len, n;
+    if (as_bytes(obj, &s, &len) < 0) return NULL;
+    int32_t *out = malloc((size_t)(len ? len : 1) * sizeof(int32_t));
+    if (!out) return PyErr_NoMemory();
+    Py_INCREF(obj); /* keep the buffer alive while the GIL is released */
+    Py_BEGIN_ALLOW_THREADS
+    n = encode_bytes(self, (const uint8_t *)s, len, out);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(obj);
+    PyObject *res = n < 0 ? (PyErr_SetString(PyExc_ValueError, "byte not in vocab"), NULL) : to_list(out, n);
+    free(out);
+    return res;
+}
+
+typedef struct {
+    const TrieObject *trie;
+    const char **texts;
+    const Py_ssize_t *lens, *offsets;
+    Py_ssize_t *counts;
+    int32_t *out;
+    Py_ssize_t n_texts;
+    Py_ssize_t next; /* shared work counter, taken atomically */
+} Batch;
+
+static void *batch_worker(void *arg) {
+    Batch *b = arg;
+    for (;;) {
+        Py_ssize_t i = __atomic_fetch_add(&b->next, 1, __ATOMIC_RELAXED);
+        if (i >= b->n_texts) break;
+        b->counts[i] = encode_bytes(b->trie, (const uint8_t *)b->texts[i], b->lens[i], b->out + b->offsets[i]);
+    }
+    return NULL;
+}
+
+static PyObject *Trie_encode_batch(TrieObject *self, PyObject *args) {
+    PyObject *texts, *seq, *res = NULL;
+    int threads = 1;
+    if (!PyArg_ParseTuple(args, "O|i", &texts, &threads)) return NULL;
+    seq = PySequence_Fast(texts, "texts must be a sequence of str");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), total = 0;
+    const char **ptrs = malloc((size_t)(n ? n : 1) * sizeof(char *));
+    Py_ssize_t *lens = malloc((size_t)(n ? n : 1) * sizeof(Py_ssize_t) * 3);
+    int32_t *out = NULL;
+    if (!ptrs || !lens) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t *offsets = lens + n, *counts = lens + 2 * n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (as_bytes(PySequence_Fast_GET_ITEM(seq, i), &ptrs[i], &lens[i]) < 0) goto done;
+        offsets[i] = total;
+        total += lens[i];
+    }
+    out = malloc((size_t)(total ? total : 1) * sizeof(int32_t));
+    if (!out) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Batch b = {self, ptrs, lens, offsets, counts, out, n, 0};
+    if (threads > n) threads = (int)n;
+    if (total < PARALLEL_MIN_BYTES) threads = 1;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_t tids[64];
+    int started = 0;
+    if (threads > 64) threads = 64;
+    for (int k = 1; k < threads; k++)
+        if (pthread_create(&tids[started], NULL, batch_worker, &b) == 0) started++;
+    batch_worker(&b); /* this thread works too; it finishes whatever is left */
+    for (int k = 0; k < started; k++) pthread_join(tids[k], NULL);
+    Py_END_ALLOW_THREADS
+    res = PyList_New(n);
+    if (!res) goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (counts[i] < 0) {
+            PyErr_SetString(PyExc_ValueError, "byte not in vocab");
+            Py_CLEAR(res);
+            goto done;
+        }
+        PyObject *ids = to_list(out + offsets[i], counts[i]);
+        if (!ids) {
+            Py_CLEAR(res);
+            goto done;
+        }
+        PyList_SET_ITEM(res, i, ids);
+    }
+done:
+    free(out);
+    free(lens);
+    free(ptrs);
+    Py_DECREF(seq);
+    return res;
+}
+
+static PyObject *Trie_node_count(TrieObject *self, PyObject *unused) {
+    return PyLong_FromUnsignedLong(self->n_nodes);
+}
+
+static PyMethodDef Trie_methods[] = {
+    {"encode", (PyCFunction)Trie_encode, METH_O, "encode(text: str | bytes) -> list[int]"},
+    {"encode_batch", (PyCFunction)Trie_encode_batch, METH_VARARGS,
+     "encode_batch(texts: list[str | bytes], threads: int = 1) -> list[list[int]]"},
+    {"node_count", (PyCFunction)Trie_node_count, METH_NOARGS, "number of trie nodes"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject TrieType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "rwkv_plug.builtin_tokenizers._world_trie.Trie",
+    .tp_doc = "Trie(tokens): tokens[i] is the bytes of id i, or None.",
+    .tp_basicsize = sizeof(TrieObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Trie_init,
+    .tp_dealloc = (destructor)Trie_dealloc,
+    .tp_methods = Trie_methods,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_world_trie", "Native byte trie for the RWKV world tokenizer.", -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__world_trie(void) {
+    if (PyType_Ready(&TrieType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&TrieType);
+    if (PyModule_AddObject(m, "Trie", (PyObject *)&TrieType) < 0) {
+        Py_DECREF(&TrieType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

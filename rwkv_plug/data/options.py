@@ -1,0 +1,195 @@
+"""The ``data:`` section: the pipeline's own keys and their validation.
+
+Strategy and tokenizer plugins declare their own keys (``Strategy.options``,
+``Tokenizer.options``); :func:`resolve_data_config` validates the whole
+section against all of them at once, so a typo anywhere gets a did-you-mean.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+from rwkv_plug.core.config import Problems, resolve_options
+from rwkv_plug.core.errors import RwkvPlugError
+from rwkv_plug.core.interfaces import Option
+
+DATA_OPTIONS: tuple[Option, ...] = (
+    Option("data_path", None, "Folder where the built dataset is saved and reused (required)."),
+    Option("source", None, "HF hub dataset name, builder name (text/json/csv/pandas/parquet), "
+           "or a local file or folder (required)."),
+    Option("source_data_dir", None, "data_dir for a builder source such as `text` or `json`."),
+    Option("source_dataset_params", None, "Extra keyword arguments for HF load_dataset "
+           "(name, data_files, revision, ...)."),
+    Option("source_dataset_split", "train", "Split of the source used as the train split."),
+    Option("tokenizer", "neox", "neox, world, or an HF tokenizer name or local folder."),
+    Option("strategy", None, "Force a row strategy by name instead of picking one from the columns."),
+    Option("min_token_size", -1, "Drop documents shorter than this many tokens (>0 active)."),
+    Option("max_token_size", -1, "Drop documents longer than this many tokens (>0 active); "
+           "never truncated."),
+    Option("text_rechunk_size", 4096, "Tokens per sample after rechunking; <=0 disables rechunking."),
+    Option("text_rechunk_auto", True, "Rechunk automatically for .txt files and the `text` builder."),
+    Option("text_rechunk_force", False, "Rechunk any source."),
+    Option("text_rechunk_separator", "\n", "Text put after every document in the rechunked stream "
+           "(escapes such as '\\n' are honoured); '' for none.", escapes=True),
+    Option("test_split", 0.01, "Test split size: a fraction in (0,1), a row count, or <=0 for one row. "
+           "Ignored when the source has a test split."),
+    Option("test_split_shuffle", False, "Shuffle (with a fixed seed) before taking the test split.",
+           aliases=("test_shuffle",)),
+    Option("data_prefix_skip_mask", 0, "Do not learn the first N tokens of every sample "
+           "(and of every rechunked chunk)."),
+    Option("sort_by_length", False, "Sort the train split by sample length."),
+    Option("sort_asc", True, "Sort ascending (true) or descending (false)."),
+    Option("dataset_offset", -1, "Skip this many source train rows (a fraction if in (0,1)); "
+           "applied once, to the source rows before tokenising."),
+    Option("dataset_length", -1, "Keep this many source train rows (a fraction if in (0,1)); "
+           "applied once, to the source rows before tokenising."),
+    Option("reverse_train_dataset_before_save", False, "Reverse the order of the train split."),
+    Option("num_proc", None, "Worker processes for tokenising (default: CPU count; "
+           "tiny datasets use 1)."),
+    Option("strict", False, "Fail the build on the first bad row instead of skipping it."),
+)
+
+_LATER_PACKING = "packing comes in a later release; use text_rechunk_* for fixed-length samples"
+_LATER_CONVERSATION = "conversation formats come in a later release; flatten turns into columns " \
+    "and use multi_column_keys"
+_DATAPACK = "datapacks come in a later release; build each dataset with `rwkv-plug preload`"
+
+#: Keys of the reference trainer that rwkv-plug rejects for now, with why.
+UNSUPPORTED: dict[str, str] = {
+    "packing_enable": _LATER_PACKING,
+    "packing_batchsize": _LATER_PACKING,
+    "packing_chunksize": _LATER_PACKING,
+    "packing_min_ctx_len": _LATER_PACKING,
+    "packing_in_sequence": _LATER_PACKING,
+    "conversation_format": _LATER_CONVERSATION,
+    "conversation_key": _LATER_CONVERSATION,
+    "conversation_input_key_prefix_map": _LATER_CONVERSATION,
+    "conversation_input_key_mask": _LATER_CONVERSATION,
+    "conversation_sender_key": _LATER_CONVERSATION,
+    "conversation_sender_value_map": _LATER_CONVERSATION,
+    "conversation_input_key_map": _LATER_CONVERSATION,
+    "conversation_sender_suffix": _LATER_CONVERSATION,
+    "conversation_sender_mask": _LATER_CONVERSATION,
+    "conversation_end_of_conversation": _LATER_CONVERSATION,
+    "datapack_config_path": _DATAPACK,
+    "dataset_name": _DATAPACK,
+    "dataset_index": _DATAPACK,
+    "is_random_datapack": _DATAPACK,
+    "data_path_storage_options": "remote storage for data_path comes later; use a local folder",
+    "skip_datapath_setup": "rwkv-plug builds data_path when it is missing or stale and reuses it "
+    "when fresh; delete the key (use `rwkv-plug preload --force` to rebuild)",
+    "processing_max_batch_size": "rechunking streams each split, so no batch size is needed; "
+    "delete the key",
+    "dataloader_shuffle_training": "not read by the data loader yet; delete the key",
+    "dataloader_prefetch_factor": "not read by the data loader yet; delete the key",
+    "dataloader_pin_memory": "not read by the data loader yet; delete the key",
+    "dataloader_swap_train_test_split": "not read by the data loader yet; delete the key",
+}
+
+_BUILDERS = ("text", "json", "csv", "pandas", "parquet")
+
+
+def plugin_options() -> list[Option]:
+    """The ``data:`` keys declared by every registered strategy and tokenizer."""
+    from rwkv_plug.core import plugins
+
+    out: list[Option] = []
+    for registry in (plugins.strategies(), plugins.tokenizers()):
+        for entry in registry:
+            out.extend(getattr(entry.cls, "options", ()) or ())
+    return out
+
+
+def resolve_data_config(raw: Mapping | None, problems: Problems) -> dict:
+    """Validate the ``data:`` section and fill defaults; problems go to ``problems``.
+
+    Checks unknown keys (did-you-mean), unsupported keys (with the reason),
+    required keys, value types and ranges. The caller raises via
+    ``problems.raise_if_any()`` so every problem is reported at once.
+    """
+    if raw is not None and not isinstance(raw, Mapping):
+        problems.add(f"the data section must be a mapping of keys, got {type(raw).__name__}")
+        raw = {}
+    options = list(DATA_OPTIONS) + plugin_options()
+    declared = {o.name for o in options} | {a for o in options for a in o.aliases}
+    unsupported = {k: v for k, v in UNSUPPORTED.items() if k not in declared}
+    cfg = resolve_options("data", raw, options, problems, unsupported=unsupported)
+    _check_values(cfg, problems)
+    return cfg
+
+
+# -- value checks -----------------------------------------------------------
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _check_values(cfg: dict, problems: Problems) -> None:
+    def bad(key: str, want: str) -> None:
+        problems.add(f"data.{key} must be {want}, got {cfg[key]!r}")
+
+    for key in ("data_path", "source"):
+        if cfg.get(key) in (None, ""):
+            problems.add(f"data.{key} is required")
+        elif not isinstance(cfg[key], str):
+            bad(key, "a string")
+    for key in ("source_data_dir", "strategy"):
+        if cfg.get(key) is not None and not isinstance(cfg[key], str):
+            bad(key, "a string")
+    if not isinstance(cfg.get("tokenizer"), str) or not cfg["tokenizer"]:
+        bad("tokenizer", "a tokenizer name or path such as neox or world")
+    elif cfg["tokenizer"] == "binidx":
+        problems.add("data.tokenizer: binidx is not supported yet: convert the data to jsonl "
+                     "with a text column, or use a tokenizer name")
+    if not isinstance(cfg.get("source_dataset_split"), str) or not cfg["source_dataset_split"]:
+        bad("source_dataset_split", "a split name such as train")
+    params = cfg.get("source_dataset_params")
+    if params is None:
+        cfg["source_dataset_params"] = {}
+    elif not isinstance(params, Mapping):
+        bad("source_dataset_params", "a mapping of load_dataset keyword arguments")
+    elif "split" in params:
+        problems.add("data.source_dataset_params.split is not allowed: use data.source_dataset_split")
+    if cfg.get("source") in _BUILDERS and not cfg.get("source_data_dir") and not (
+        isinstance(params, Mapping) and params.get("data_files")
+    ):
+        problems.add(f"data.source '{cfg['source']}' is a builder name: set data.source_data_dir "
+                     "to the folder with the files (or point data.source at a file)")
+    for key in ("min_token_size", "max_token_size", "text_rechunk_size", "data_prefix_skip_mask"):
+        if not _is_int(cfg.get(key)):
+            bad(key, "an integer")
+    if _is_int(cfg.get("data_prefix_skip_mask")) and cfg["data_prefix_skip_mask"] < 0:
+        bad("data_prefix_skip_mask", "0 or more")
+    if (_is_int(cfg.get("min_token_size")) and _is_int(cfg.get("max_token_size"))
+            and 0 < cfg["max_token_size"] < cfg["min_token_size"]):
+        problems.add(f"data.max_token_size ({cfg['max_token_size']}) is below data.min_token_size "
+                     f"({cfg['min_token_size']}): every document would be dropped")
+    for key in ("text_rechunk_auto", "text_rechunk_force", "test_split_shuffle", "sort_by_length",
+                "sort_asc", "reverse_train_dataset_before_save", "strict"):
+        if not isinstance(cfg.get(key), bool):
+            bad(key, "true or false")
+    if not isinstance(cfg.get("text_rechunk_separator"), str):
+        bad("text_rechunk_separator", "a string ('' for none)")
+    ts = cfg.get("test_split")
+    if not _is_number(ts) or (isinstance(ts, float) and ts >= 1 and not float(ts).is_integer()):
+        bad("test_split", "a fraction in (0,1), a row count, or <=0 for one row")
+    for key in ("dataset_offset", "dataset_length"):
+        v = cfg.get(key)
+        if not _is_number(v) or (v >= 1 and not float(v).is_integer()) or math.isnan(v):
+            bad(key, "a fraction in (0,1), a row count, or -1 for off")
+    n = cfg.get("num_proc")
+    if n is not None and (not _is_int(n) or n < 1):
+        bad("num_proc", "an integer of 1 or more")
+    if isinstance(cfg.get("strategy"), str):
+        from rwkv_plug.core import plugins
+
+        try:
+            plugins.strategies().get(cfg["strategy"])
+        except RwkvPlugError as exc:
+            problems.add(f"data.strategy: {exc}")

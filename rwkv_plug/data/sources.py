@@ -1,0 +1,185 @@
+"""Source loading: ``data.source`` -> a ``DatasetDict`` with ``train`` (and maybe ``test``).
+
+A source is one of: a builder name (``text``/``json``/``csv``/``pandas``/
+``parquet``) with ``source_data_dir``; a local file or folder (relative
+paths resolve against the current directory); or an HF hub dataset name.
+``.txt`` files are read one row per file (``sample_by="document"``) so blank
+lines and paragraph breaks survive, unlike the reference's line rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rwkv_plug.core.errors import DataError, RwkvPlugError
+
+BUILDERS = ("text", "json", "csv", "pandas", "parquet")
+_BY_SUFFIX = {
+    ".txt": "text", ".text": "text", ".md": "text",
+    ".jsonl": "json", ".json": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pkl": "pandas", ".pickle": "pandas",
+}
+#: Files up to this size get a content hash in the cache fingerprint.
+HASH_LIMIT = 64 << 20
+
+
+@dataclass
+class Source:
+    """Where the rows come from, resolved; ``identity()`` feeds the cache fingerprint."""
+
+    kind: str  # "builder", "file", "folder" or "hub"
+    builder: str | None  # packaged builder for local data
+    location: str  # resolved path, or the hub name
+    files: list[Path] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    #: text documents: rechunked automatically when text_rechunk_auto is on
+    is_text: bool = False
+
+    def identity(self, hash_limit: int = HASH_LIMIT) -> dict[str, Any]:
+        ident: dict[str, Any] = {"kind": self.kind, "builder": self.builder,
+                                 "location": self.location, "params": _jsonable(self.params)}
+        if self.kind == "hub":
+            ident["revision"] = self.params.get("revision") or _hub_sha(self.location)
+        ident["files"] = [_file_identity(p, hash_limit) for p in self.files]
+        return ident
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+def _file_identity(path: Path, hash_limit: int) -> dict[str, Any]:
+    st = path.stat()
+    ident: dict[str, Any] = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if st.st_size <= hash_limit:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        ident["sha256"] = h.hexdigest()
+    return ident
+
+
+def _hub_sha(name: str) -> str | None:
+    """The hub commit of an unpinned dataset, or None when offline (then the name is the key)."""
+    try:
+        from huggingface_hub import HfApi, constants
+
+        if constants.HF_HUB_OFFLINE:
+            return None
+        return HfApi().dataset_info(name, timeout=10).sha
+    except Exception:
+        return None
+
+
+def _data_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def resolve_source(cfg: dict) -> Source:
+    """Work out what ``data.source`` names, without reading any rows yet."""
+    source: str = cfg["source"]
+    params = dict(cfg.get("source_dataset_params") or {})
+    if source in BUILDERS:
+        data_dir = cfg.get("source_data_dir")
+        files: list[Path] = []
+        if data_dir:
+            d = Path(data_dir).expanduser().resolve()
+            if not d.is_dir():
+                raise DataError(f"data.source_data_dir '{data_dir}' is not a folder")
+            files = _data_files(d)
+            if not files:
+                raise DataError(f"data.source_data_dir '{d}' holds no files")
+            params["data_dir"] = str(d)
+        if source == "text":
+            params.setdefault("sample_by", "document")
+        return Source("builder", source, str(params.get("data_dir", "")), files, params,
+                      is_text=source == "text")
+    path = Path(source).expanduser()
+    if path.exists():
+        path = path.resolve()
+        if path.is_file():
+            builder = _builder_for(path)
+            if builder == "text":
+                params.setdefault("sample_by", "document")
+            params.setdefault("data_files", {"train": str(path)})
+            return Source("file", builder, str(path), [path], params, is_text=builder == "text")
+        files = _data_files(path)
+        kinds = {_BY_SUFFIX.get(p.suffix.lower()) for p in files} - {None}
+        if not kinds:
+            raise DataError(f"data.source folder '{path}' holds no .txt/.jsonl/.json/.csv/.parquet files")
+        if len(kinds) > 1:
+            raise DataError(f"data.source folder '{path}' mixes file kinds ({', '.join(sorted(kinds))}); "
+                            "keep one kind per folder")
+        builder = kinds.pop()
+        files = [p for p in files if _BY_SUFFIX.get(p.suffix.lower()) == builder]
+        if builder == "text":
+            params.setdefault("sample_by", "document")
+        params.setdefault("data_dir", str(path))
+        return Source("folder", builder, str(path), files, params, is_text=builder == "text")
+    if source.startswith((".", "/", "~")) or Path(source).suffix.lower() in _BY_SUFFIX:
+        raise DataError(f"data.source '{source}' does not exist (looked in {Path.cwd()})")
+    return Source("hub", None, source, [], params)
+
+
+def _builder_for(path: Path) -> str:
+    builder = _BY_SUFFIX.get(path.suffix.lower())
+    if builder is None:
+        known = ", ".join(sorted(_BY_SUFFIX))
+        raise DataError(f"data.source '{path}': unknown file type '{path.suffix}'; use one of {known}")
+    return builder
+
+
+def load_source(src: Source, cfg: dict, cache_dir: str | None, num_proc: int | None = None):
+    """Load rows as a DatasetDict holding ``train`` and, if the source has one, ``test``."""
+    import datasets
+
+    for f in src.files:
+        if f.stat().st_size == 0:
+            raise DataError(f"source file '{f}' is empty")
+    kwargs = dict(src.params)
+    try:
+        if src.kind == "hub":
+            dd = datasets.load_dataset(src.location, num_proc=num_proc, **kwargs)
+        else:
+            dd = datasets.load_dataset(src.builder, cache_dir=cache_dir, **kwargs)
+    except RwkvPlugError:
+        raise
+    except Exception as exc:
+        raise DataError(_load_error(src, exc)) from exc
+    if not isinstance(dd, datasets.DatasetDict):
+        dd = datasets.DatasetDict({"train": dd})
+    want = cfg.get("source_dataset_split") or "train"
+    if want not in dd:
+        raise DataError(f"data.source_dataset_split '{want}' is not a split of '{src.location}'; "
+                        f"it has: {', '.join(dd.keys())}")
+    out = datasets.DatasetDict({"train": dd[want]})
+    if "test" in dd and want != "test":
+        out["test"] = dd["test"]
+    for name, ds in out.items():
+        if len(ds) == 0:
+            raise DataError(f"the {name} split of source '{src.location}' has no rows")
+    return out, [k for k in dd.keys() if k not in (want, "test")]
+
+
+def _load_error(src: Source, exc: Exception) -> str:
+    cause = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    if src.kind == "hub":
+        return (f"could not load dataset '{src.location}' from the HF hub ({cause}). The hub may be "
+                "unreachable or offline (HF_HUB_OFFLINE), or the name is wrong: check data.source, or "
+                "download the data and point data.source at the local file or folder")
+    where = ", ".join(str(f) for f in src.files[:3]) or src.location
+    return (f"could not read source {where} with the '{src.builder}' reader ({cause}); check that the "
+            "file is valid and that each column holds one type of value")

@@ -1,0 +1,164 @@
+"""The ``rwkv5`` architecture plugin: x052 key layout, detection, building.
+
+An architecture is recognised from a state dict's key names and shapes
+alone (as RWKV-LM and the ``rwkv`` pip package do), and its sizes are read
+from the tensors: n_layer = 1 + the largest block index, n_embd and vocab
+from ``head.weight``, dim_att from ``att.key.weight``, dim_ffn from
+``ffn.key.weight``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from rwkv_plug.core.errors import ModelError
+from rwkv_plug.core.interfaces import ModelArch
+
+HEAD_SIZE = 64
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+
+def default_dim_ffn(n_embd: int) -> int:
+    """The x052 FFN width: 3.5 * C rounded down to a multiple of 32."""
+    return int(n_embd * 3.5 // 32 * 32)
+
+
+def x052_shapes(
+    n_layer: int,
+    n_embd: int,
+    vocab_size: int,
+    dim_att: int | None = None,
+    dim_ffn: int | None = None,
+) -> dict[str, tuple[int, ...]]:
+    """Every key of an official x052 state dict with its shape, in RWKV-LM order."""
+    C, V = n_embd, vocab_size
+    A = dim_att or C
+    Fd = dim_ffn or default_dim_ffn(C)
+    H = A // HEAD_SIZE
+    shapes: dict[str, tuple[int, ...]] = {"emb.weight": (V, C)}
+    for l in range(n_layer):
+        b = f"blocks.{l}."
+        if l == 0:
+            shapes[b + "ln0.weight"] = shapes[b + "ln0.bias"] = (C,)
+        for ln in ("ln1", "ln2"):
+            shapes[f"{b}{ln}.weight"] = shapes[f"{b}{ln}.bias"] = (C,)
+        for m in "kvrg":
+            shapes[f"{b}att.time_mix_{m}"] = (1, 1, C)
+        shapes[b + "att.time_decay"] = (H, HEAD_SIZE)
+        shapes[b + "att.time_faaaa"] = (H, HEAD_SIZE)
+        for proj in ("receptance", "key", "value"):
+            shapes[f"{b}att.{proj}.weight"] = (A, C)
+        shapes[b + "att.output.weight"] = (C, A)
+        shapes[b + "att.gate.weight"] = (A, C)
+        shapes[b + "att.ln_x.weight"] = shapes[b + "att.ln_x.bias"] = (A,)
+        shapes[b + "ffn.time_mix_k"] = shapes[b + "ffn.time_mix_r"] = (1, 1, C)
+        shapes[b + "ffn.key.weight"] = (Fd, C)
+        shapes[b + "ffn.receptance.weight"] = (C, C)
+        shapes[b + "ffn.value.weight"] = (C, Fd)
+    shapes["ln_out.weight"] = shapes["ln_out.bias"] = (C,)
+    shapes["head.weight"] = (V, C)
+    return shapes
+
+
+def check_sizes(n_layer: int, n_embd: int, vocab_size: int, dim_att: int | None = None) -> None:
+    """Raise ``ModelError`` for sizes x052 cannot have."""
+    if n_layer < 1:
+        raise ModelError(f"n_layer must be at least 1, got {n_layer}")
+    if vocab_size < 1:
+        raise ModelError(f"vocab_size must be at least 1, got {vocab_size}")
+    for key, value in (("n_embd", n_embd), ("dim_att", dim_att or n_embd)):
+        if value < HEAD_SIZE or value % HEAD_SIZE:
+            raise ModelError(
+                f"{key} must be a positive multiple of the head size {HEAD_SIZE}, got {value}"
+            )
+
+
+class RWKV5Arch(ModelArch):
+    """RWKV-v5.2 "Eagle" (official x052 state dict, head size 64)."""
+
+    name = "rwkv5"
+
+    @classmethod
+    def detect(cls, state_dict: Mapping[str, Any]) -> bool:
+        """v5.2: has ``ln_x``, a 2-D ``att.time_decay`` of [H, 64], and no v6 ``time_maa``."""
+        keys = list(state_dict)
+        if any("time_maa" in k for k in keys) or not any(".ln_x." in k for k in keys):
+            return False
+        decays = [state_dict[k] for k in keys if k.endswith(".att.time_decay")]
+        return bool(decays) and all(
+            getattr(d, "dim", lambda: 0)() == 2 and d.shape[1] == HEAD_SIZE for d in decays
+        )
+
+    @classmethod
+    def dims(cls, state_dict: Mapping[str, Any]) -> dict[str, int]:
+        """n_layer, n_embd, vocab_size, dim_att, dim_ffn read from the tensors."""
+        try:
+            vocab, n_embd = state_dict["head.weight"].shape
+            blocks = [int(m.group(1)) for k in state_dict if (m := _BLOCK.match(k))]
+            return {
+                "n_layer": 1 + max(blocks),
+                "n_embd": int(n_embd),
+                "vocab_size": int(vocab),
+                "dim_att": int(state_dict["blocks.0.att.key.weight"].shape[0]),
+                "dim_ffn": int(state_dict["blocks.0.ffn.key.weight"].shape[0]),
+            }
+        except (KeyError, ValueError) as exc:
+            raise ModelError(f"x052 state dict lacks a key needed to read its sizes: {exc}") from None
+
+    @classmethod
+    def check_complete(cls, state_dict: Mapping[str, Any], source: str = "state dict") -> dict[str, int]:
+        """Raise ``ModelError`` unless the keys and shapes are exactly x052; return the dims."""
+        dims = cls.dims(state_dict)
+        want = x052_shapes(**dims)
+        missing = [k for k in want if k not in state_dict]
+        extra = [k for k in state_dict if k not in want]
+        wrong = [
+            f"{k} {tuple(state_dict[k].shape)} (expected {want[k]})"
+            for k in want
+            if k in state_dict and tuple(state_dict[k].shape) != want[k]
+        ]
+        problems = []
+        for label, items in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)):
+            if items:
+                more = f" and {len(items) - 5} more" if len(items) > 5 else ""
+                problems.append(f"{label}: {', '.join(items[:5])}{more}")
+        if problems:
+            raise ModelError(f"{source} is not a complete x052 model: {'; '.join(problems)}")
+        return dims
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        state_dict: Mapping[str, torch.Tensor],
+        *,
+        kernel: Any = "auto",
+        dropout: float = 0.0,
+        grad_cp: bool = False,
+        dtype: torch.dtype = torch.float32,
+        dim_att: int | None = None,
+        dim_ffn: int | None = None,
+        source: str = "state dict",
+    ):
+        """Build an :class:`~rwkv_plug.models.rwkv5.RWKV5` holding these weights."""
+        from rwkv_plug.models.rwkv5 import RWKV5
+
+        dims = cls.dims(state_dict)
+        for key, given in (("dim_att", dim_att), ("dim_ffn", dim_ffn)):
+            if given is not None and given != dims[key]:
+                raise ModelError(f"{source} has {key} {dims[key]}, but {key}={given} was requested")
+        cls.check_complete(state_dict, source)
+        with torch.device("meta"):  # no throw-away init; the weights come from the file
+            model = RWKV5(**dims, kernel=kernel, dropout=dropout, grad_cp=grad_cp)
+        weights = {k: v.to(dtype) for k, v in state_dict.items()}
+        model.load_state_dict(weights, strict=True, assign=True)
+        return model
+
+    @classmethod
+    def init_state_dict(cls, n_layer: int, n_embd: int, vocab_size: int, **kwargs: Any) -> dict:
+        from rwkv_plug.models.init import init_state_dict
+
+        return init_state_dict(n_layer, n_embd, vocab_size, **kwargs)

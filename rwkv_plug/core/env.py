@@ -7,6 +7,9 @@
 ``RWKV_PLUG_NEOX_TOKENIZER``   Path of the GPT-NeoX 20B ``tokenizer.json``.
 ``RWKV_PLUG_CACHE``            Folder for compiled kernels (default
                                ``~/.cache/rwkv_plug``).
+``TRITON_INTERPRET``           ``1`` runs Triton kernels in Triton's CPU
+                               interpreter (tests, debugging). Triton reads it
+                               too, so set it before anything imports triton.
 =============================  ==============================================
 
 Nothing reads ``os.environ`` at import time; call :func:`settings`.
@@ -25,6 +28,8 @@ class Settings:
     strict_plugins: bool = False
     neox_tokenizer: str | None = None
     cache_dir: Path = Path.home() / ".cache" / "rwkv_plug"
+    #: TRITON_INTERPRET=1: the triton kernel may run on CPU tensors (slowly).
+    triton_interpret: bool = False
 
 
 def _truthy(value: str | None) -> bool:
@@ -40,4 +45,5 @@ def settings(environ: dict[str, str] | None = None) -> Settings:
         strict_plugins=_truthy(env.get("RWKV_PLUG_STRICT_PLUGINS")),
         neox_tokenizer=env.get("RWKV_PLUG_NEOX_TOKENIZER") or None,
         cache_dir=Path(cache) if cache else Path.home() / ".cache" / "rwkv_plug",
+        triton_interpret=_truthy(env.get("TRITON_INTERPRET")),
     )

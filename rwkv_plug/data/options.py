@@ -49,6 +49,8 @@ DATA_OPTIONS: tuple[Option, ...] = (
     Option("reverse_train_dataset_before_save", False, "Reverse the order of the train split."),
     Option("num_proc", None, "Worker processes for tokenising (default: CPU count; "
            "tiny datasets use 1)."),
+    Option("dataloader_shuffle_training", False, "Shuffle the train split every epoch "
+           "(ignored with sort_by_length); read by fit, not by the build."),
     Option("strict", False, "Fail the build on the first bad row instead of skipping it."),
 )
 
@@ -83,7 +85,6 @@ UNSUPPORTED: dict[str, str] = {
     "when fresh; delete the key (use `rwkv-plug preload --force` to rebuild)",
     "processing_max_batch_size": "rechunking streams each split, so no batch size is needed; "
     "delete the key",
-    "dataloader_shuffle_training": "not read by the data loader yet; delete the key",
     "dataloader_prefetch_factor": "not read by the data loader yet; delete the key",
     "dataloader_pin_memory": "not read by the data loader yet; delete the key",
     "dataloader_swap_train_test_split": "not read by the data loader yet; delete the key",
@@ -171,7 +172,8 @@ def _check_values(cfg: dict, problems: Problems) -> None:
         problems.add(f"data.max_token_size ({cfg['max_token_size']}) is below data.min_token_size "
                      f"({cfg['min_token_size']}): every document would be dropped")
     for key in ("text_rechunk_auto", "text_rechunk_force", "test_split_shuffle", "sort_by_length",
-                "sort_asc", "reverse_train_dataset_before_save", "strict"):
+                "sort_asc", "reverse_train_dataset_before_save", "strict",
+                "dataloader_shuffle_training"):
         if not isinstance(cfg.get(key), bool):
             bad(key, "true or false")
     if not isinstance(cfg.get("text_rechunk_separator"), str):

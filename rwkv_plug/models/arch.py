@@ -18,13 +18,9 @@ import torch
 from rwkv_plug.core.errors import ModelError
 from rwkv_plug.core.interfaces import ModelArch
 
-HEAD_SIZE = 64
+from rwkv_plug.models.rwkv5 import HEAD_SIZE, RWKV5, default_dim_ffn
+
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
-
-
-def default_dim_ffn(n_embd: int) -> int:
-    """The x052 FFN width: 3.5 * C rounded down to a multiple of 32."""
-    return int(n_embd * 3.5 // 32 * 32)
 
 
 def x052_shapes(
@@ -142,10 +138,13 @@ class RWKV5Arch(ModelArch):
         dim_att: int | None = None,
         dim_ffn: int | None = None,
         source: str = "state dict",
-    ):
-        """Build an :class:`~rwkv_plug.models.rwkv5.RWKV5` holding these weights."""
-        from rwkv_plug.models.rwkv5 import RWKV5
+        copy: bool = True,
+    ) -> RWKV5:
+        """Build an :class:`RWKV5` holding these weights.
 
+        With ``copy=False`` the model may share memory with ``state_dict``
+        (used when the dict was just read from a file).
+        """
         dims = cls.dims(state_dict)
         for key, given in (("dim_att", dim_att), ("dim_ffn", dim_ffn)):
             if given is not None and given != dims[key]:
@@ -153,7 +152,7 @@ class RWKV5Arch(ModelArch):
         cls.check_complete(state_dict, source)
         with torch.device("meta"):  # no throw-away init; the weights come from the file
             model = RWKV5(**dims, kernel=kernel, dropout=dropout, grad_cp=grad_cp)
-        weights = {k: v.to(dtype) for k, v in state_dict.items()}
+        weights = {k: v.to(dtype, copy=copy) for k, v in state_dict.items()}
         model.load_state_dict(weights, strict=True, assign=True)
         return model
 

@@ -1,3 +1,20 @@
-"""Built-in plugin: registers this package's contributions."""
+"""Built-in plugin: the rwkv5 architecture and the model commands."""
 
-from rwkv_plug.core.hookspecs import hookimpl  # noqa: F401
+from __future__ import annotations
+
+from rwkv_plug.core.hookspecs import hookimpl
+
+
+@hookimpl
+def register_models():
+    from rwkv_plug.models.arch import RWKV5Arch
+
+    return [RWKV5Arch]
+
+
+@hookimpl
+def register_commands(cli):
+    from rwkv_plug.models.commands import export_cmd, generate_cmd, init_model_cmd
+
+    for command in (init_model_cmd, export_cmd, generate_cmd):
+        cli.add_command(command)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -62,17 +63,24 @@ def read_torch_file(path: str | os.PathLike, safe_types: Iterable[Any] = ()) -> 
         with guard:
             return torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()
-        detail = next((ln for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
         raise ModelError(
             f"refused to load '{p}': it is not a plain tensor file and loading it would run "
-            f"pickled code ({detail.strip()[:160]}); rwkv-plug only reads weights"
+            f"pickled code ({_unpickle_reason(str(exc))}); rwkv-plug only reads weights"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise ModelError(
             f"cannot read '{p}' as a PyTorch file ({type(exc).__name__}: {str(exc)[:160]}); "
             "is it a .pth written by torch.save?"
         ) from None
+
+
+def _unpickle_reason(message: str) -> str:
+    """The useful part of torch's long weights-only error."""
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    if found:
+        return f"it references the Python object '{found.group(1)}'"
+    found = re.search(r"WeightsUnpickler error: *\n*\s*(.+)", message)
+    return found.group(1).strip()[:160] if found else "unsupported pickle content"
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

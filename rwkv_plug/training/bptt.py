@@ -139,7 +139,7 @@ class _ChunkedSequence(torch.autograd.Function):
                 with torch.enable_grad(), torch.autocast(device_type, ac_dtype, enabled=ac_enabled):
                     s_in = tuple(s.detach().requires_grad_(pass_state) for s in ctx.starts[i])
                     logits, s_out = job.model(job.inputs[i], s_in)
-                    obj = logits.new_zeros((), dtype=torch.float32)
+                    obj = job.denom.new_zeros(())
                     if job.learn[i]:
                         part = chunk_loss(
                             logits, job.targets[i], job.masks[i], job.denom, job.batch, job.l2wrap
@@ -148,7 +148,7 @@ class _ChunkedSequence(torch.autograd.Function):
                     if g_state is not None:
                         for so, gs in zip(s_out, g_state):
                             if gs is not None and so.requires_grad:
-                                obj = obj + (so.float() * gs.float()).sum()
+                                obj = obj + (so * gs.to(so.dtype)).sum()
             inputs = list(params) + (list(s_in) if pass_state else [])
             got = torch.autograd.grad(obj, inputs, allow_unused=True) if obj.requires_grad else [None] * len(inputs)
             for j in range(len(params)):
@@ -198,7 +198,9 @@ def sequence_loss(
     run = sync_chunks(real) if sync_chunks is not None else real
     ids, mask = _pad_to_chunks(input_ids, loss_mask, ctx_len, max(run, real))
     inputs, targets, tmask = ids[:, :-1], ids[:, 1:], mask[:, 1:]
-    denom = tmask.sum().float().clamp(min=1.0)
+    # fp32 loss arithmetic, or fp64 when the model runs in fp64 (exactness checks)
+    fdt = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
+    denom = tmask.sum().to(fdt).clamp(min=1.0)
     r = settings.learning_range
     first = max(0, real - r) if r > 0 else 0
     learn = [first <= i < real for i in range(run)]
@@ -209,7 +211,7 @@ def sequence_loss(
         # evaluation, or bptt_learning: false (one plain graph over every chunk)
         grad = train and torch.is_grad_enabled()
         state = model.zero_state(B, device=ids.device)
-        total = ids.new_zeros((), dtype=torch.float32)
+        total = denom.new_zeros(())
         with torch.set_grad_enabled(grad):
             for c in cut:
                 logits, state = model(inputs[:, c], state)

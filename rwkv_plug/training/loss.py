@@ -60,7 +60,10 @@ def chunk_loss(
         batch_size: B, for the L2Wrap normaliser ``sum(mask) / B``.
     """
     B, T, V = logits.shape
-    ce = F.cross_entropy(logits.reshape(B * T, V).float(), targets.reshape(B * T), reduction="none")
+    flat = logits.reshape(B * T, V)
+    if flat.dtype in (torch.float16, torch.bfloat16):
+        flat = flat.float()  # CE in at least fp32
+    ce = F.cross_entropy(flat, targets.reshape(B * T), reduction="none")
     maskf = mask.reshape(B * T).to(ce.dtype)
     loss = (ce * maskf).sum() / denom
     if l2wrap and logits.requires_grad:

@@ -306,9 +306,11 @@ static PyObject *Trie_encode_batch(TrieObject *self, PyObject *args) {
     PyObject *texts, *seq, *res = NULL;
     int threads = 1;
     if (!PyArg_ParseTuple(args, "O|i", &texts, &threads)) return NULL;
-    seq = PySequence_Fast(texts, "texts must be a sequence of str");
+    /* A private tuple: another thread cannot drop the strings from under us
+     * while the GIL is released (a list passed in could be mutated). */
+    seq = PySequence_Tuple(texts);
     if (!seq) return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), total = 0;
+    Py_ssize_t n = PyTuple_GET_SIZE(seq), total = 0;
     const char **ptrs = malloc((size_t)(n ? n : 1) * sizeof(char *));
     Py_ssize_t *lens = malloc((size_t)(n ? n : 1) * sizeof(Py_ssize_t) * 3);
     int32_t *out = NULL;
@@ -318,7 +320,7 @@ static PyObject *Trie_encode_batch(TrieObject *self, PyObject *args) {
     }
     Py_ssize_t *offsets = lens + n, *counts = lens + 2 * n;
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (as_bytes(PySequence_Fast_GET_ITEM(seq, i), &ptrs[i], &lens[i]) < 0) goto done;
+        if (as_bytes(PyTuple_GET_ITEM(seq, i), &ptrs[i], &lens[i]) < 0) goto done;
         offsets[i] = total;
         total += lens[i];
     }

@@ -119,7 +119,7 @@ class Plugins:
     def _call_each(self, hook_name: str, **kwargs: Any):
         """Yield ``(plugin_name, result)`` for each implementation, isolating failures."""
         caller = getattr(self.pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):  # registration order
+        for impl in caller.get_hookimpls():  # registration order: built-ins first
             info = self.info.get(impl.plugin_name)
             if info is not None and info.error:
                 continue

@@ -10,7 +10,7 @@ lines and paragraph breaks survive, unlike the reference's line rows.
 from __future__ import annotations
 
 import hashlib
-import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from rwkv_plug.core.errors import DataError, RwkvPlugError
 
 BUILDERS = ("text", "json", "csv", "pandas", "parquet")
 _BY_SUFFIX = {
-    ".txt": "text", ".text": "text", ".md": "text",
+    ".txt": "text", ".text": "text",
     ".jsonl": "json", ".json": "json",
     ".csv": "csv",
     ".parquet": "parquet",
@@ -127,11 +127,29 @@ def resolve_source(cfg: dict) -> Source:
         files = [p for p in files if _BY_SUFFIX.get(p.suffix.lower()) == builder]
         if builder == "text":
             params.setdefault("sample_by", "document")
-        params.setdefault("data_dir", str(path))
+        # only files of the chosen kind, so a README next to the data is not read
+        params.setdefault("data_files", split_files(path, files))
         return Source("folder", builder, str(path), files, params, is_text=builder == "text")
     if source.startswith((".", "/", "~")) or Path(source).suffix.lower() in _BY_SUFFIX:
         raise DataError(f"data.source '{source}' does not exist (looked in {Path.cwd()})")
     return Source("hub", None, source, [], params)
+
+
+_SPLIT_WORDS = {"test": ("test", "testing", "eval", "evaluation"),
+                "validation": ("validation", "valid", "val", "dev")}
+
+
+def split_files(folder: Path, files: list[Path]) -> dict[str, list[str]]:
+    """Files by split, named as HF does: a path word test/eval -> test, validation/dev -> ..."""
+    out: dict[str, list[str]] = {}
+    for f in files:
+        words = set(re.split(r"[-_. /\\]", str(f.relative_to(folder)).lower()))
+        split = next((name for name, keys in _SPLIT_WORDS.items() if words & set(keys)), "train")
+        out.setdefault(split, []).append(str(f))
+    if "train" not in out:
+        raise DataError(f"data.source folder '{folder}' has no train files (all are named as "
+                        f"{'/'.join(out)} files)")
+    return out
 
 
 def _builder_for(path: Path) -> str:

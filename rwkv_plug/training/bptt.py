@@ -8,7 +8,8 @@ whole sequence at once, at about 2 forward + 1 backward passes and with
 memory that does not grow with the sample length:
 
 * forward: run every chunk without autograd, keeping only each chunk's
-  start state (a few MB) and the loss;
+  start state (a few MB) and the loss; the last chunk then runs with
+  ordinary autograd, so it is not run twice;
 * backward, in reverse chunk order: recompute chunk ``i`` from its stored
   start state with autograd on, and take the gradient of
   ``chunk_loss_i * g + <state_out_i, dL/dstate_out_i>`` with respect to the
@@ -92,8 +93,15 @@ def _set_rng_state(state, device: torch.device) -> None:
         torch.cuda.set_rng_state(cuda, device)
 
 
-class _ChunkedSequence(torch.autograd.Function):
-    """Loss over all chunks; backward recomputes chunk by chunk in reverse."""
+class _ChunkedPrefix(torch.autograd.Function):
+    """Every chunk but the last: their loss and the state they hand over.
+
+    Outputs ``(train_loss, data_loss, *state)``. The last chunk then runs
+    with ordinary autograd from that state, so a one-chunk sample costs one
+    forward and one backward, and the state gradient arrives here as the
+    gradient of the state outputs. Backward recomputes chunk by chunk in
+    reverse from the stored start states.
+    """
 
     @staticmethod
     def forward(ctx, job: _Job, *params):  # noqa: D102
@@ -118,47 +126,59 @@ class _ChunkedSequence(torch.autograd.Function):
             torch.is_autocast_enabled(device.type),
             torch.get_autocast_dtype(device.type),
         )
-        ctx.n_params = len(params)
         ctx.mark_non_differentiable(data)
-        return train, data
+        return (train, data, *state)
 
     @staticmethod
-    def backward(ctx, g_train, _g_data):  # noqa: D102
+    def _recompute(ctx, i: int, g_train, g_state, pass_state: bool):
+        """Chunk i again from its start state; returns (objective, start-state inputs)."""
+        job: _Job = ctx.job
+        device_type, ac_enabled, ac_dtype = ctx.autocast
+        device = job.inputs[0].device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            _set_rng_state(ctx.rngs[i], device)  # same dropout masks as the forward pass
+            with torch.enable_grad(), torch.autocast(device_type, ac_dtype, enabled=ac_enabled):
+                s_in = _as_inputs(ctx.starts[i], pass_state)
+                logits, s_out = job.model(job.inputs[i], s_in)
+                obj = job.denom.new_zeros(())
+                if job.learn[i]:
+                    part = chunk_loss(logits, job.targets[i], job.masks[i], job.denom, job.batch, job.l2wrap)
+                    obj = obj + part * g_train
+                if g_state is not None:
+                    # <state_out, dL/dstate_out> carries the later chunks' gradient in
+                    for so, gs in zip(s_out, g_state):
+                        if gs is not None and so.requires_grad:
+                            obj = obj + (so * gs.to(so.dtype)).sum()
+        return obj, s_in
+
+    @staticmethod
+    def backward(ctx, g_train, _g_data, *g_out):  # noqa: D102
         job: _Job = ctx.job
         params = [p for p in job.model.parameters() if p.requires_grad]
         grads: list[torch.Tensor | None] = [None] * len(params)
-        device_type, ac_enabled, ac_dtype = ctx.autocast
-        device = job.inputs[0].device
-        g_state: Sequence[torch.Tensor | None] | None = None
+        g_state: Sequence[torch.Tensor | None] | None = None if job.truncated else g_out
         for i in reversed(range(len(job.inputs))):
             if not job.learn[i] and g_state is None:
                 continue  # nothing downstream of this chunk is learned
             pass_state = not job.truncated and i > 0
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                _set_rng_state(ctx.rngs[i], device)
-                with torch.enable_grad(), torch.autocast(device_type, ac_dtype, enabled=ac_enabled):
-                    s_in = tuple(s.detach().requires_grad_(pass_state) for s in ctx.starts[i])
-                    logits, s_out = job.model(job.inputs[i], s_in)
-                    obj = job.denom.new_zeros(())
-                    if job.learn[i]:
-                        part = chunk_loss(
-                            logits, job.targets[i], job.masks[i], job.denom, job.batch, job.l2wrap
-                        )
-                        obj = obj + part * g_train
-                    if g_state is not None:
-                        for so, gs in zip(s_out, g_state):
-                            if gs is not None and so.requires_grad:
-                                obj = obj + (so * gs.to(so.dtype)).sum()
+            obj, s_in = _ChunkedPrefix._recompute(ctx, i, g_train, g_state, pass_state)
             inputs = list(params) + (list(s_in) if pass_state else [])
-            got = torch.autograd.grad(obj, inputs, allow_unused=True) if obj.requires_grad else [None] * len(inputs)
+            if obj.requires_grad:
+                got = torch.autograd.grad(obj, inputs, allow_unused=True)
+            else:
+                got = [None] * len(inputs)
             for j in range(len(params)):
                 if got[j] is not None:
                     grads[j] = got[j] if grads[j] is None else grads[j] + got[j]
             g_state = got[len(params):] if pass_state else None
-            del logits, s_out, obj, got
+            del obj, got
         ctx.starts = ctx.rngs = None  # free the boundary states
         out = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
         return (None, *out)
+
+
+def _as_inputs(state: State, grad: bool) -> State:
+    return tuple(s.detach().requires_grad_(grad) for s in state)
 
 
 def _pad_to_chunks(ids: torch.Tensor, mask: torch.Tensor, ctx_len: int, chunks: int):
@@ -220,17 +240,28 @@ def sequence_loss(
             trained = int(tmask.sum())
         return SequenceLoss(total, total.detach(), trained, real, run)
 
-    job = _Job(
-        model=model,
-        inputs=[inputs[:, c] for c in cut],
-        targets=[targets[:, c] for c in cut],
-        masks=[tmask[:, c] for c in cut],
-        learn=learn,
-        denom=denom,
-        batch=B,
-        truncated=settings.truncated,
-        l2wrap=settings.l2wrap,
-    )
-    params = [p for p in model.parameters() if p.requires_grad]
-    loss, data = _ChunkedSequence.apply(job, *params)
-    return SequenceLoss(loss, data.detach(), trained, real, run)
+    n = len(cut)
+    train_loss = denom.new_zeros(())
+    data_loss = denom.new_zeros(())
+    state = model.zero_state(B, device=ids.device)
+    if n > 1:
+        job = _Job(
+            model=model,
+            inputs=[inputs[:, c] for c in cut[:-1]],
+            targets=[targets[:, c] for c in cut[:-1]],
+            masks=[tmask[:, c] for c in cut[:-1]],
+            learn=learn[:-1],
+            denom=denom,
+            batch=B,
+            truncated=settings.truncated,
+            l2wrap=settings.l2wrap,
+        )
+        params = [p for p in model.parameters() if p.requires_grad]
+        train_loss, data_loss, *state = _ChunkedPrefix.apply(job, *params)
+        state = tuple(s.detach() for s in state) if settings.truncated else tuple(state)
+    # the last chunk runs with ordinary autograd from the handed-over state
+    c = cut[-1]
+    logits, _ = model(inputs[:, c], state)
+    last = chunk_loss(logits, targets[:, c], tmask[:, c], denom, B, settings.l2wrap and learn[-1])
+    loss = train_loss + last if learn[-1] else train_loss + 0.0 * last
+    return SequenceLoss(loss, (data_loss + last).detach(), trained, real, run)

@@ -1,0 +1,141 @@
+"""Training benchmarks on CPU: throughput/MFU, long-sample memory and time, gradient exactness.
+
+    python bench/bench_train.py throughput [--layers 6 --embd 512 --vocab 65536 --ctx 512 --steps 4]
+    python bench/bench_train.py long --tokens 2048 16384 65536 [--ctx 512]
+    python bench/bench_train.py exact [--tokens 1024 --ctx 256]
+
+Every ratio is against a baseline measured in the same run: MFU divides
+the model FLOPs by the fp32 matmul FLOP/s this script measures; long-sample
+memory and time are given relative to the first (shortest) length. Each
+long-sample length runs in its own process so peak RSS is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def build_model(layers: int, embd: int, vocab: int, kernel: str = "torch"):
+    from rwkv_plug.models import load_model
+    from rwkv_plug.models.init import init_state_dict
+
+    sd = init_state_dict(layers, embd, vocab, seed=0, dtype=torch.float32)
+    g = torch.Generator().manual_seed(1)
+    # the init zeroes some matrices; small noise makes every path carry gradient
+    sd = {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in sd.items()}
+    return load_model(sd, kernel=kernel)
+
+
+def matmul_flops(n: int = 2048, reps: int = 8) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def train_step(model, opt, ids, ctx: int, truncated: bool = False) -> float:
+    from rwkv_plug.training.bptt import BpttSettings, sequence_loss
+
+    mask = torch.ones_like(ids)
+    t = time.perf_counter()
+    out = sequence_loss(model, ids, mask, BpttSettings(ctx_len=ctx, truncated=truncated), train=True)
+    out.loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return time.perf_counter() - t
+
+
+def throughput(a) -> dict:
+    model = build_model(a.layers, a.embd, a.vocab, a.kernel)
+    params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("emb."))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    ids = torch.randint(0, a.vocab, (1, a.ctx + 1))
+    train_step(model, opt, ids, a.ctx)  # warm-up
+    peak_before = matmul_flops()
+    times = [train_step(model, opt, ids, a.ctx) for _ in range(a.steps)]
+    peak = max(peak_before, matmul_flops())
+    tok_s = a.ctx / (sum(times) / len(times))
+    return {
+        "model": f"L{a.layers}-D{a.embd} vocab {a.vocab}", "ctx_len": a.ctx, "batch": 1, "dtype": "fp32",
+        "kernel": a.kernel, "threads": torch.get_num_threads(), "tokens_per_s": round(tok_s, 1),
+        "non_embedding_params": params, "matmul_gflops": round(peak / 1e9, 1),
+        "mfu": round(6 * params * tok_s / peak, 3), "step_s": [round(x, 2) for x in times],
+    }
+
+
+def long_one(a) -> dict:
+    model = build_model(a.layers, a.embd, a.vocab, a.kernel)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    ids = torch.randint(0, a.vocab, (1, a.tokens[0] + 1))
+    step = train_step(model, opt, ids, a.ctx, a.truncated)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"tokens": a.tokens[0], "step_s": round(step, 2), "peak_rss_gib": round(peak / 2**20, 3),
+            "rss_before_step_gib": round(base_rss / 2**20, 3)}
+
+
+def long(a) -> list[dict]:
+    rows = []
+    for n in a.tokens:
+        cmd = [sys.executable, __file__, "long-one", "--tokens", str(n), "--ctx", str(a.ctx), "--layers",
+               str(a.layers), "--embd", str(a.embd), "--vocab", str(a.vocab), "--kernel", a.kernel]
+        if a.truncated:
+            cmd.append("--truncated")
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        base = rows[0]
+        rows[-1]["memory_vs_first"] = round(rows[-1]["peak_rss_gib"] / base["peak_rss_gib"], 3)
+        rows[-1]["time_per_token_vs_first"] = round(
+            (rows[-1]["step_s"] / n) / (base["step_s"] / base["tokens"]), 3)
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def exact(a) -> dict:
+    """fp32: chunked exact BPTT against one full-sequence backward."""
+    from rwkv_plug.training.bptt import BpttSettings, sequence_loss
+    from rwkv_plug.training.loss import chunk_loss
+
+    model = build_model(a.layers, a.embd, a.vocab, a.kernel)
+    ids = torch.randint(0, a.vocab, (1, a.tokens[0] + 1), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    logits, _ = model(ids[:, :-1])
+    chunk_loss(logits, ids[:, 1:], mask[:, 1:], mask[:, 1:].sum().float(), 1).backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    sequence_loss(model, ids, mask, BpttSettings(ctx_len=a.ctx), train=True).loss.backward()
+    rel = {n: ((p.grad - ref[n]).abs().max() / ref[n].abs().max()).item() for n, p in model.named_parameters()}
+    worst = max(rel, key=rel.get)
+    return {"tokens": a.tokens[0], "ctx_len": a.ctx, "max_rel_diff": rel[worst], "worst_param": worst}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("what", choices=["throughput", "long", "long-one", "exact"])
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--embd", type=int, default=512)
+    p.add_argument("--vocab", type=int, default=65536)
+    p.add_argument("--ctx", type=int, default=512)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--tokens", type=int, nargs="+", default=[2048])
+    p.add_argument("--kernel", default="torch")
+    p.add_argument("--truncated", action="store_true")
+    a = p.parse_args()
+    print(f"# machine: {os.cpu_count()}-core CPU, torch {torch.__version__}, load {os.getloadavg()}", flush=True)
+    result = {"throughput": throughput, "long": long, "long-one": long_one, "exact": exact}[a.what](a)
+    if a.what != "long":
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

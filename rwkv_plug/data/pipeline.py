@@ -1,0 +1,209 @@
+"""The dataset build, in order: source -> strategy -> filters -> rechunk -> split -> save.
+
+:func:`prepare_dataset` is what ``preload``, ``inspect`` and ``fit`` call. It
+reuses ``data_path`` when its fingerprint matches and otherwise rebuilds,
+logging which it did and why.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rwkv_plug.core.config import Problems
+from rwkv_plug.core.errors import DataError
+from rwkv_plug.data import split as splitting
+from rwkv_plug.data import store
+from rwkv_plug.data.options import DATA_OPTIONS, resolve_data_config
+from rwkv_plug.data.sources import Source, load_source, resolve_source
+from rwkv_plug.data.summary import Summary, split_stats
+
+Log = Callable[[str], None]
+#: Below this much source data (Arrow bytes) one process is faster than a pool.
+SMALL_BYTES = 1 << 20
+MAP_BATCH_ROWS = 256
+
+
+def _resolved(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    if all(o.name in data_cfg for o in DATA_OPTIONS):
+        return dict(data_cfg)
+    problems = Problems("data")
+    cfg = resolve_data_config(data_cfg, problems)
+    problems.raise_if_any()
+    return cfg
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def load_summary(data_path: str | Path) -> Summary | None:
+    """The summary stored with a built dataset, or None."""
+    meta = store.read_meta(Path(data_path).expanduser().resolve())
+    return Summary.from_json(meta["summary"]) if meta and "summary" in meta else None
+
+
+def prepare_dataset(data_cfg: dict, *, force: bool = False, log: Log = print):
+    """Build ``data_path`` if missing or stale (or ``force``), else reuse it.
+
+    Returns ``(DatasetDict with train and test, "built" | "reused")``; both
+    splits have columns ``input_ids`` (int32 lists) and ``loss_mask`` (int8).
+    """
+    import datasets
+
+    from rwkv_plug import __version__
+    from rwkv_plug.core import plugins
+    from rwkv_plug.data.tokenizer import load_tokenizer
+
+    cfg = _resolved(data_cfg)
+    data_path = Path(cfg["data_path"]).expanduser().resolve()
+    tokenizer = load_tokenizer(cfg["tokenizer"], cfg)
+    src = resolve_source(cfg)
+    parts = {
+        "config": {k: v for k, v in sorted(cfg.items()) if k not in store.NOT_CONTENT},
+        "source": src.identity(),
+        "tokenizer": {"spec": cfg["tokenizer"], "fingerprint": tokenizer.fingerprint(),
+                      "vocab_size": tokenizer.vocab_size,
+                      "plugin": store.plugin_version(plugins.tokenizers(), tokenizer.name)},
+        "rwkv_plug": __version__,
+    }
+    parts = store.roundtrip(parts)
+    reason = "--force was given" if force else store.stale_reason(data_path, parts, plugins.strategies())
+    if reason is None:
+        log(f"reusing the dataset at {data_path} (its fingerprint matches the config, source and tokenizer)")
+        return datasets.load_from_disk(str(data_path)), "reused"
+    log(f"building the dataset at {data_path}: {reason}")
+    store.check_replaceable(data_path)
+    staged = store.build_dir(data_path)
+    work = store.build_dir(data_path, kind="work")  # intermediate files, removed below
+    try:
+        dd, summary = _build(cfg, src, tokenizer, work, log)
+        dd.save_to_disk(str(staged))
+        entry = store.plugin_version(plugins.strategies(), summary.strategy)
+        store.write_meta(staged, {"meta_version": store.META_VERSION, "parts": parts,
+                                  "fingerprint": store.digest(parts), "strategy": entry,
+                                  "summary": summary.to_json()})
+        del dd  # release the work files before publishing
+        store.publish(staged, data_path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(staged, ignore_errors=True)
+    for line in summary.lines():
+        log(line)
+    return datasets.load_from_disk(str(data_path)), "built"
+
+
+def _build(cfg: dict, src: Source, tokenizer, work: Path, log: Log):
+    import datasets
+
+    from rwkv_plug.data.strategy_select import pick_strategy
+
+    nproc = cfg.get("num_proc") or cpu_count()
+    dd, ignored = load_source(src, cfg, cache_dir=str(work / "hf"), num_proc=nproc)
+    summary = Summary(tokenizer=f"{cfg['tokenizer']} (vocab {tokenizer.vocab_size})")
+    if ignored:
+        summary.notes.append(f"source splits not used: {', '.join(ignored)}")
+    row_offset = 0
+    if cfg["dataset_offset"] > 0 or cfg["dataset_length"] > 0:
+        n = len(dd["train"])
+        start, stop = splitting.offset_length(n, cfg["dataset_offset"], cfg["dataset_length"])
+        if stop <= start:
+            raise DataError(f"data.dataset_offset/dataset_length select no rows of the {n} source rows")
+        dd["train"] = dd["train"].select(range(start, stop))
+        row_offset = start
+        summary.notes.append(f"dataset_offset/length: source train rows {start}..{stop - 1} of {n}")
+    strategy_cls = pick_strategy(dd["train"].column_names, cfg, cfg.get("strategy"))
+    summary.strategy = strategy_cls.name
+    log(f"strategy '{strategy_cls.name}' for columns {', '.join(dd['train'].column_names)}")
+
+    encoded = {}
+    for name, ds in dd.items():
+        summary.rows_in[name] = len(ds)
+        encoded[name] = _encode_split(name, ds, strategy_cls, cfg, tokenizer,
+                                      row_offset if name == "train" else 0, nproc, work, summary)
+        summary.documents_kept[name] = len(encoded[name])
+
+    size = cfg["text_rechunk_size"]
+    if size > 0 and (cfg["text_rechunk_force"] or (cfg["text_rechunk_auto"] and src.is_text)):
+        from rwkv_plug.data.rechunk import rechunk
+
+        sep_text = cfg["text_rechunk_separator"]
+        sep = tokenizer.encode(sep_text) if sep_text else []
+        summary.rechunk_size = size
+        for name in list(encoded):
+            res = rechunk(encoded[name], size, sep, cfg["data_prefix_skip_mask"],
+                          str(work / f"rechunk-{name}.arrow"))
+            summary.rechunk_remainder[name] = res.remainder
+            if res.chunks == 0:
+                raise DataError(f"the {name} split has fewer than text_rechunk_size={size} tokens "
+                                f"({res.remainder}); lower data.text_rechunk_size or add data")
+            encoded[name] = res.dataset
+
+    if "test" in encoded:
+        summary.notes.append("the source has a test split; data.test_split is not used")
+        train, test = encoded["train"], encoded["test"]
+    else:
+        train, test = splitting.split_train_test(encoded["train"], cfg["test_split"],
+                                                 cfg["test_split_shuffle"])
+    if cfg["sort_by_length"]:
+        train = splitting.sort_by_length(train, cfg["sort_asc"])
+    if cfg["reverse_train_dataset_before_save"]:
+        train = splitting.reverse(train)
+    out = datasets.DatasetDict({"train": train, "test": test})
+    for name, ds in out.items():
+        stats, _ = split_stats(ds)
+        summary.splits[name] = stats
+    _check_ids(out, tokenizer.vocab_size)
+    return out, summary
+
+
+def _encode_split(name: str, ds, strategy_cls, cfg: dict, tokenizer, row_offset: int,
+                  nproc: int, work: Path, summary: Summary):
+    from rwkv_plug.data.encode import Encoder, encoded_features
+
+    procs = 1 if ds.data.nbytes < SMALL_BYTES else max(1, min(nproc, len(ds)))
+    batch = max(1, min(MAP_BATCH_ROWS, -(-len(ds) // procs)))
+    fn = Encoder(strategy_cls, cfg, tokenizer, row_offset)
+    enc = ds.map(fn, batched=True, batch_size=batch, with_indices=True,
+                 remove_columns=ds.column_names, features=encoded_features(),
+                 num_proc=procs if procs > 1 else None,
+                 cache_file_name=str(work / f"encoded-{name}.arrow"), load_from_cache_file=False,
+                 new_fingerprint=store.digest([name, repr(work), strategy_cls.name]),
+                 desc=f"tokenising {name}")
+    table = enc.select_columns(["_drop", "_row", "_bad"]).with_format("arrow")[:]
+    drop = table.column("_drop").to_numpy(zero_copy_only=False)
+    rows = table.column("_row").to_numpy(zero_copy_only=False)
+    bad = table.column("_bad").to_numpy(zero_copy_only=False)
+    if cfg["strict"] and bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{name} row {rows[i]} (0-based): {drop[i]} [data.strict is on; turn it "
+                        "off to skip bad rows and count them instead]")
+    dropped = drop != ""
+    for reason in dict.fromkeys(drop[dropped]):
+        where = np.flatnonzero(drop == reason)
+        summary.skip(str(reason), len(where), int(rows[where[0]]), name)
+    keep = np.flatnonzero(~dropped)
+    if len(keep) == 0:
+        reasons = "; ".join(f"{k}: {v.count}" for k, v in summary.skipped.items())
+        raise DataError(f"no rows of the {name} split are left after tokenising and filtering "
+                        f"({reasons})")
+    return enc.select(keep).remove_columns(["_drop", "_bad", "_row"])
+
+
+def _check_ids(dd, vocab_size: int) -> None:
+    import pyarrow.compute as pc
+
+    for name, ds in dd.items():
+        for t in ds.with_format("arrow").iter(batch_size=10_000):
+            top = pc.max(pc.list_flatten(t.column("input_ids"))).as_py()
+            if top is not None and top >= vocab_size:
+                raise DataError(f"the {name} split holds token id {top}, outside the tokenizer's "
+                                f"vocab of {vocab_size}; the tokenizer plugin is inconsistent")

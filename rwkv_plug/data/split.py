@@ -1,0 +1,70 @@
+"""Row selection: dataset_offset/length, the test split, sorting and reversing."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from rwkv_plug.core.errors import DataError
+
+#: Fixed seed of the test-split shuffle, as in the reference, so builds repeat.
+SPLIT_SEED = 42
+
+
+def offset_length(n: int, offset: float, length: float) -> tuple[int, int]:
+    """Rows ``[start, stop)`` kept by ``dataset_offset``/``dataset_length`` (fraction if in (0,1))."""
+    if offset <= 0:
+        start = 0
+    elif offset < 1:
+        start = math.floor(n * offset)
+    else:
+        start = int(offset)
+    start = min(start, n)
+    if length <= 0:
+        count = n - start
+    elif length < 1:
+        count = math.floor(n * length)
+    else:
+        count = int(length)
+    return start, min(n, start + count)
+
+
+def test_count(n: int, test_split: float) -> int:
+    """Test rows for ``test_split``: ceil(f*n) for a fraction, k for a count, 1 for <=0."""
+    if test_split <= 0:
+        return 1
+    if test_split < 1:
+        return math.ceil(test_split * n)
+    return int(test_split)
+
+
+def split_train_test(ds, test_split: float, shuffle: bool):
+    """Take the test rows off ``ds``: the last rows, or a seeded random choice."""
+    n = len(ds)
+    k = test_count(n, test_split)
+    if k >= n:
+        raise DataError(f"data.test_split={test_split!r} asks for {k} test samples but there are only "
+                        f"{n}; nothing would be left to train on. Lower test_split or add data")
+    order = np.random.default_rng(SPLIT_SEED).permutation(n) if shuffle else np.arange(n)
+    return ds.select(order[: n - k]), ds.select(order[n - k:])
+
+
+def sample_lengths(ds, batch_rows: int = 10_000) -> np.ndarray:
+    """Token count of every row, read batch by batch (respects a select())."""
+    import pyarrow.compute as pc
+
+    parts = [pc.list_value_length(t.column("input_ids")).to_numpy(zero_copy_only=False)
+             for t in ds.with_format("arrow").iter(batch_size=batch_rows)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+
+
+def sort_by_length(ds, ascending: bool):
+    """Stable sort of ``ds`` by sample length."""
+    lengths = sample_lengths(ds)
+    order = np.argsort(lengths if ascending else -lengths, kind="stable")
+    return ds.select(order)
+
+
+def reverse(ds):
+    return ds.select(np.arange(len(ds) - 1, -1, -1))

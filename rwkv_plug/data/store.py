@@ -1,0 +1,143 @@
+"""``data_path`` on disk: the metadata fingerprint, freshness checks and atomic saves.
+
+The metadata file records everything that determines the dataset's content,
+so a later run can say exactly why it rebuilds ("tokenizer changed") or
+that it reuses the folder. Saves go to a temp folder next to ``data_path``
+and are renamed into place, so a crash never leaves a half-written dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rwkv_plug.core.errors import DataError
+
+META_FILE = "rwkv_plug_dataset.json"
+META_VERSION = 1
+#: Config keys that do not change the built rows, so they stay out of the fingerprint.
+NOT_CONTENT = ("data_path", "num_proc", "strict", "dataloader_shuffle_training")
+
+
+def plugin_version(registry, name: str) -> dict[str, Any]:
+    """Which plugin (distribution and version) provides ``name`` in ``registry``."""
+    from rwkv_plug.core import plugins
+
+    if name not in registry:
+        return {"name": name, "plugin": None, "version": None}
+    entry = registry.entry(name)
+    info = plugins.current().info.get(entry.plugin)
+    return {"name": name, "plugin": entry.plugin,
+            "distribution": info.distribution if info else None,
+            "version": info.version if info else None}
+
+
+def digest(obj: Any) -> str:
+    blob = json.dumps(obj, sort_keys=True, default=repr).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def roundtrip(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON, so fresh and stored parts compare equal."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=repr))
+
+
+def read_meta(data_path: Path) -> dict[str, Any] | None:
+    p = data_path / META_FILE
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def stale_reason(data_path: Path, parts: dict[str, Any], strategies) -> str | None:
+    """Why ``data_path`` must be rebuilt, or None when it is fresh."""
+    if not data_path.exists():
+        return f"no dataset at {data_path} yet"
+    meta = read_meta(data_path)
+    if meta is None:
+        return f"{data_path} has no {META_FILE} (built by another tool or interrupted)"
+    if meta.get("meta_version") != META_VERSION:
+        return "the dataset format changed"
+    old = meta.get("parts", {})
+    if old.get("tokenizer") != parts["tokenizer"]:
+        return "tokenizer changed"
+    if old.get("source") != parts["source"]:
+        return _source_change(old.get("source", {}), parts["source"])
+    if old.get("config") != parts["config"]:
+        keys = sorted(k for k in set(old.get("config", {})) | set(parts["config"])
+                      if old.get("config", {}).get(k) != parts["config"].get(k))
+        return f"data config changed ({', '.join(keys)})"
+    if old.get("rwkv_plug") != parts["rwkv_plug"]:
+        return f"rwkv-plug version changed ({old.get('rwkv_plug')} -> {parts['rwkv_plug']})"
+    used = meta.get("strategy") or {}
+    if used and plugin_version(strategies, used.get("name", "")) != used:
+        return f"the plugin providing strategy '{used.get('name')}' changed"
+    return None
+
+
+def _source_change(old: dict[str, Any], new: dict[str, Any]) -> str:
+    old_files = {f["path"]: f for f in old.get("files", [])}
+    new_files = {f["path"]: f for f in new.get("files", [])}
+    for path in sorted(set(old_files) | set(new_files)):
+        if path not in old_files:
+            return f"source file added ({path})"
+        if path not in new_files:
+            return f"source file removed ({path})"
+        if old_files[path] != new_files[path]:
+            return f"source file changed ({path})"
+    if old.get("revision") != new.get("revision"):
+        return "source dataset revision changed"
+    return "data source changed"
+
+
+def check_replaceable(data_path: Path) -> None:
+    """Refuse to replace a folder that is neither empty nor a dataset we built."""
+    if not data_path.exists():
+        return
+    if not data_path.is_dir():
+        raise DataError(f"data.data_path '{data_path}' exists and is not a folder")
+    if any(data_path.iterdir()) and not (data_path / META_FILE).exists() \
+            and not (data_path / "dataset_dict.json").exists():
+        raise DataError(f"data.data_path '{data_path}' is a non-empty folder that is not a dataset; "
+                        "refusing to replace it. Point data_path at a new folder")
+
+
+def build_dir(data_path: Path, kind: str = "build") -> Path:
+    """A fresh temp folder next to ``data_path`` (same file system, so rename is atomic)."""
+    data_path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=f".{data_path.name}.{kind}-", dir=data_path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)  # mkdtemp makes it private; the dataset is not
+    return path
+
+
+def publish(staged: Path, data_path: Path) -> None:
+    """Move the finished ``staged`` folder to ``data_path``, replacing any old one."""
+    old = None
+    if data_path.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{data_path.name}.old-", dir=data_path.parent))
+        os.rmdir(old)
+        os.replace(data_path, old)
+    try:
+        os.replace(staged, data_path)
+    except OSError:
+        if old is not None:
+            os.replace(old, data_path)  # put the previous dataset back
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_meta(folder: Path, meta: dict[str, Any]) -> None:
+    tmp = folder / (META_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=repr), encoding="utf-8")
+    os.replace(tmp, folder / META_FILE)

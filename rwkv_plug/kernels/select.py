@@ -1,0 +1,94 @@
+"""Choosing a wkv5 kernel: ``model.kernel: auto|torch|triton|cuda|<plugin name>``.
+
+``auto`` takes the available kernel with the highest ``caps.speed_rank``
+whose caps list the device type and dtype. A kernel named explicitly is
+used or refused with its reason: never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rwkv_plug.core import plugins
+from rwkv_plug.core.errors import KernelError
+from rwkv_plug.core.interfaces import Kernel
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``, the spelling used in ``KernelCaps.dtypes``."""
+    return str(dtype).replace("torch.", "")
+
+
+def availability(cls: type) -> tuple[bool, str]:
+    """``cls.availability()``, with a raising check turned into a reason."""
+    try:
+        ok, reason = cls.availability()
+        return bool(ok), str(reason or "")
+    except Exception as exc:  # availability must never take selection down
+        return False, f"availability check failed: {type(exc).__name__}: {exc}"
+
+
+def runs_on(cls: type, device_type: str) -> bool:
+    """Whether a kernel accepts tensors on ``device_type`` when named explicitly.
+
+    A kernel may widen its ``caps.devices`` with a ``runs_on(device_type)``
+    classmethod (triton does, for CPU under ``TRITON_INTERPRET=1``); ``auto``
+    only ever looks at ``caps.devices``.
+    """
+    hook = getattr(cls, "runs_on", None)
+    if callable(hook):
+        try:
+            return bool(hook(device_type))
+        except Exception:
+            return False
+    return device_type in cls.caps.devices
+
+
+def resolve_kernel(name: str, device: torch.device | str, dtype: torch.dtype) -> Kernel:
+    """A kernel instance for ``name`` on ``device`` computing on ``dtype`` inputs.
+
+    Raises ``UnknownNameError`` (with did-you-mean) for unregistered names and
+    ``KernelError`` with the reason when the kernel cannot run here.
+    """
+    device_type = torch.device(device).type
+    dt = dtype_name(dtype)
+    registry = plugins.kernels()
+    if str(name).strip().lower() != "auto":
+        cls = registry.get(name)
+        ok, reason = availability(cls)
+        if not ok:
+            raise KernelError(
+                f"model.kernel '{name}' is not available here: {reason}. "
+                "Pick another kernel (rwkv-plug list-kernels) or kernel: auto."
+            )
+        if not runs_on(cls, device_type):
+            raise KernelError(
+                f"model.kernel '{name}' does not run on {device_type} "
+                f"(it supports {', '.join(cls.caps.devices)}); use kernel: auto or another kernel."
+            )
+        if dt not in cls.caps.dtypes:
+            raise KernelError(
+                f"model.kernel '{name}' does not support {dt} inputs "
+                f"(it supports {', '.join(cls.caps.dtypes)}); change precision or the kernel."
+            )
+        return cls()
+
+    best = None
+    skipped = []
+    for entry in registry:
+        cls = entry.cls
+        if device_type not in cls.caps.devices or dt not in cls.caps.dtypes:
+            continue
+        ok, reason = availability(cls)
+        if not ok:
+            skipped.append(f"{entry.name}: {reason}")
+            continue
+        if best is None or cls.caps.speed_rank > best.caps.speed_rank:
+            best = cls
+    if best is None:
+        why = "; ".join(skipped) or "none lists this device and dtype in its caps"
+        raise KernelError(
+            f"no wkv5 kernel is available for {device_type} / {dt} ({why}). "
+            "Run rwkv-plug list-kernels to see why."
+        )
+    return best()

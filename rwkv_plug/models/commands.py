@@ -1,0 +1,135 @@
+"""The ``init-model``, ``export`` and ``generate`` commands.
+
+Each command validates its arguments and raises ``RwkvPlugError`` subclasses;
+the CLI turns them into one line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from rwkv_plug.core.errors import ConfigError, ModelError
+
+#: Named vocabularies accepted by ``--vocab_size`` (and their embedding rows).
+VOCABS = {"neox": 50277, "world": 65536}
+
+
+def parse_vocab(value: str) -> int:
+    key = str(value).strip().lower()
+    if key in VOCABS:
+        return VOCABS[key]
+    try:
+        n = int(key)
+    except ValueError:
+        raise ConfigError(
+            f"--vocab_size '{value}' is not a number nor one of: {', '.join(VOCABS)}"
+        ) from None
+    if n < 1:
+        raise ConfigError(f"--vocab_size must be at least 1, got {n}")
+    return n
+
+
+@click.command("init-model")
+@click.option("--n_layer", "--n-layer", "n_layer", type=int, required=True, help="Number of blocks.")
+@click.option("--n_embd", "--n-embd", "n_embd", type=int, required=True, help="Width C (multiple of 64).")
+@click.option(
+    "--vocab_size", "--vocab-size", "vocab_size", default="neox", show_default=True,
+    help="neox (50277), world (65536) or a number of tokens.",
+)
+@click.option("--skip-if-exists/--no-skip-if-exists", default=False, help="Leave an existing OUT untouched.")
+@click.option("--emb-scale", "--emb_scale", "emb_scale", type=float, default=1e-4, show_default=True,
+              help="Embeddings start uniform in [-F, F].")
+@click.option("--seed", type=int, default=None, help="Random seed, for a reproducible file.")
+@click.argument("out", type=click.Path(dir_okay=False))
+def init_model_cmd(n_layer, n_embd, vocab_size, skip_if_exists, emb_scale, seed, out) -> None:
+    """Write a freshly initialised RWKV-v5 model file (bf16, official x052 keys)."""
+    from rwkv_plug.models.arch import check_sizes
+    from rwkv_plug.models.init import count_params, init_state_dict
+    from rwkv_plug.models.io import save_state_dict
+
+    vocab = parse_vocab(vocab_size)
+    if Path(out).exists() and skip_if_exists:
+        click.echo(f"{out} already exists; left untouched (--skip-if-exists)")
+        return
+    try:
+        check_sizes(n_layer, n_embd, vocab)
+    except ModelError as exc:  # here it means a flag was typed wrong
+        raise ConfigError(f"init-model: {exc}") from None
+    sd = init_state_dict(n_layer, n_embd, vocab, emb_scale=emb_scale, seed=seed)
+    path = save_state_dict(sd, out)
+    click.echo(
+        f"wrote {path}: RWKV-v5 L{n_layer}-D{n_embd}, vocab {vocab}, "
+        f"{count_params(sd) / 1e6:.2f}M parameters, bf16"
+    )
+
+
+@click.command("export")
+@click.argument("ckpt", type=click.Path())
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--dtype", default="bf16", show_default=True, help="bf16 or fp32.")
+def export_cmd(ckpt, out, dtype) -> None:
+    """Turn a training checkpoint (file or folder) into an official x052 .pth model."""
+    from rwkv_plug.models.export import export_checkpoint
+    from rwkv_plug.models.io import parse_dtype
+
+    parse_dtype(dtype, allowed=("bf16", "fp32"))  # fail before reading a big file
+    src, path, dims = export_checkpoint(ckpt, out, dtype)
+    click.echo(
+        f"exported {src} -> {path}: L{dims['n_layer']}-D{dims['n_embd']}, "
+        f"vocab {dims['vocab_size']}, {dtype}"
+    )
+
+
+def default_tokenizer(vocab_size: int) -> str:
+    from rwkv_plug.core.errors import TokenizerError
+
+    for name, size in (("world", 65536), ("neox", 50277)):
+        if vocab_size == size:
+            return name
+    raise TokenizerError(
+        f"the model has vocab size {vocab_size}, which is neither world (65536) nor neox (50277); "
+        "name its tokenizer with --tokenizer"
+    )
+
+
+@click.command("generate")
+@click.argument("model_path", metavar="MODEL.pth", type=click.Path())
+@click.option("--prompt", required=True, help="Text to continue.")
+@click.option("--tokenizer", default=None, help="world, neox or a tokenizer name (default: from vocab size).")
+@click.option("--max-tokens", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="0 means greedy.")
+@click.option("--top-p", type=click.FloatRange(0, 1), default=0.7, show_default=True)
+@click.option("--seed", type=int, default=None, help="Random seed for sampling.")
+@click.option("--chunk-len", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Prompt tokens per forward call.")
+@click.option("--kernel", default="auto", show_default=True, help="WKV kernel name.")
+def generate_cmd(model_path, prompt, tokenizer, max_tokens, temperature, top_p, seed, chunk_len, kernel):
+    """Continue a prompt with a model file, streaming text to stdout."""
+    import torch
+
+    from rwkv_plug.core.errors import TokenizerError
+    from rwkv_plug.data.tokenizer import load_tokenizer
+    from rwkv_plug.models import load_model
+    from rwkv_plug.models.sampling import StreamDecoder, generate
+
+    model = load_model(model_path, kernel=kernel, dtype=torch.float32).eval()
+    tok = load_tokenizer(tokenizer or default_tokenizer(model.vocab_size), {})
+    ids = tok.encode(prompt)
+    if not ids:
+        raise TokenizerError("--prompt encodes to no tokens; give some text")
+    if max(ids) >= model.vocab_size:
+        raise TokenizerError(
+            f"tokenizer '{tok.name}' produced id {max(ids)}, beyond the model's vocab "
+            f"{model.vocab_size}; pick the tokenizer the model was trained with"
+        )
+    stream = StreamDecoder(lambda pending: tok.decode(pending))
+    click.echo(prompt, nl=False)
+
+    def show(token: int) -> None:
+        click.echo(stream.push(token), nl=False)
+
+    generate(model, ids, max_tokens, temperature, top_p, seed, chunk_len, on_token=show)
+    click.echo(stream.flush())

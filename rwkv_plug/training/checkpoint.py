@@ -1,0 +1,54 @@
+"""Checkpoint writing (atomic) and picking a checkpoint to resume from."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rwkv_plug.core.errors import TrainingError
+
+
+def atomic_checkpoint_io():
+    """A Lightning CheckpointIO that writes to a temp file in the same dir, then renames.
+
+    Lightning's own writer goes through an fsspec transaction; the rename
+    here makes the guarantee explicit and independent of fsspec versions.
+    """
+    import torch
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+            target = Path(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    torch.save(checkpoint, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+
+    return AtomicCheckpointIO()
+
+
+def find_resume(resume: str | None, checkpoint_dir: Path, log=print) -> str | None:
+    """``None`` -> fresh; ``auto`` -> newest ``*.ckpt`` in the dir (fresh if none); else a path."""
+    if not resume:
+        return None
+    if resume == "auto":
+        found = sorted(checkpoint_dir.glob("*.ckpt"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+        if not found:
+            log(f"resume auto: no checkpoint in {checkpoint_dir}, starting fresh")
+            return None
+        log(f"resume auto: continuing from {found[-1]}")
+        return str(found[-1])
+    path = Path(resume)
+    if not path.is_file():
+        raise TrainingError(f"--resume {resume}: no such checkpoint file (use 'auto' to pick the newest in {checkpoint_dir})")
+    return str(path)

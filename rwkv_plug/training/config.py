@@ -1,0 +1,282 @@
+"""``rwkv-plug fit`` config: the seed's ``trainer:`` / ``model:`` / ``data:`` shape.
+
+:func:`load_fit_config` reads the YAML, checks every section and key
+(did-you-mean for unknown ones), and reports all problems at once.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rwkv_plug.core.config import Problems, load_yaml, resolve_options
+from rwkv_plug.core.errors import ConfigError, did_you_mean
+from rwkv_plug.training import options as O
+
+
+@dataclass
+class FitConfig:
+    """A validated fit config. Paths are resolved; trainer values are raw YAML."""
+
+    path: Path
+    model: dict[str, Any]
+    #: Keyword arguments for ``lightning.Trainer`` (logger/callbacks still as specs).
+    trainer: dict[str, Any]
+    microbatch_size: int
+    target_batch_size: int
+    accumulate_grad_batches: int
+    num_devices: int
+    #: ``ModelCheckpoint`` keyword arguments (dirpath resolved).
+    checkpoint: dict[str, Any]
+    data: dict[str, Any]
+    seed: int | None = 42
+    root_dir: Path = field(default_factory=Path)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.checkpoint["dirpath"])
+
+    @property
+    def world_size(self) -> int:
+        return self.num_devices * int(self.trainer.get("num_nodes", 1))
+
+
+def _number(problems: Problems, key: str, value: Any, kind: type, minimum: float | None = None):
+    """YAML 1.1 reads ``3e-4`` as a string; accept numeric strings and check the range."""
+    if isinstance(value, bool) or value is None:
+        problems.add(f"{key} must be a number, got {value!r}")
+        return value
+    try:
+        number = kind(float(value)) if kind is int else kind(value)
+        if kind is int and float(value) != int(float(value)):
+            raise ValueError
+    except (TypeError, ValueError):
+        problems.add(f"{key} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+        return value
+    if minimum is not None and number < minimum:
+        problems.add(f"{key} must be >= {minimum}, got {value!r}")
+    return number
+
+
+def _bool(problems: Problems, key: str, value: Any) -> Any:
+    if not isinstance(value, bool):
+        problems.add(f"{key} must be true or false, got {value!r}")
+    return value
+
+
+def _existing_path(value: str, config_dir: Path) -> Path | None:
+    """Relative paths are tried from the working directory, then from the config's folder."""
+    p = Path(value).expanduser()
+    for candidate in ((p,) if p.is_absolute() else (p, config_dir / p)):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _check_model(m: dict[str, Any], problems: Problems, config_dir: Path) -> None:
+    if m["load_model"] in (None, ""):
+        problems.add("model.load_model is required (make a model with `rwkv-plug init-model OUT.pth`)")
+    else:
+        found = _existing_path(str(m["load_model"]), config_dir)
+        if found is None:
+            problems.add(
+                f"model.load_model '{m['load_model']}' does not exist (looked in the working directory "
+                f"and in {config_dir}); create it with `rwkv-plug init-model`"
+            )
+        else:
+            m["load_model"] = str(found)
+    if m["lr_init"] is None:
+        problems.add("model.lr_init is required (e.g. lr_init: 3e-4)")
+    else:
+        m["lr_init"] = _number(problems, "model.lr_init", m["lr_init"], float, 0.0)
+    for key, kind, low in (
+        ("lr_final", float, None), ("beta1", float, 0.0), ("beta2", float, 0.0), ("adam_eps", float, 0.0),
+        ("weight_decay", float, 0.0), ("dropout", float, 0.0), ("ctx_len", int, 1), ("lr_period", int, None),
+        ("warmup_steps", int, None), ("bptt_learning_range", int, None), ("n_embd", int, None),
+        ("n_layer", int, None), ("vocab_size", int, None), ("dim_att", int, None), ("dim_ffn", int, None),
+    ):
+        m[key] = _number(problems, f"model.{key}", m[key], kind, low)
+    for key in ("layerwise_lr", "grad_cp", "bptt_learning", "bptt_truncated_learning",
+                "substep_cuda_cache_clear", "substep_logging", "consolidated_logging"):
+        _bool(problems, f"model.{key}", m[key])
+    if m["lr_period_type"] not in ("epoch", "step"):
+        problems.add(f"model.lr_period_type must be 'epoch' or 'step', got {m['lr_period_type']!r}")
+    if m["lr_type"] not in ("cosine", "linear"):
+        problems.add(f"model.lr_type must be 'cosine' or 'linear', got {m['lr_type']!r}")
+    if isinstance(m["warmup_steps"], int) and isinstance(m["lr_period"], int):
+        if m["warmup_steps"] > 0 and m["lr_period"] > 0:
+            problems.add("model.warmup_steps and model.lr_period cannot both be set (warmup is followed by a constant LR)")
+        if m["lr_period"] == 0:
+            problems.add("model.lr_period must be > 0, or -1 for the whole run")
+    if isinstance(m["lr_final"], float) and m["lr_final"] < 0:
+        m["lr_final"] = m["lr_init"]
+    if isinstance(m["dropout"], float) and m["dropout"] >= 1:
+        problems.add(f"model.dropout must be < 1, got {m['dropout']}")
+
+
+def _model_section(raw: Any, problems: Problems, config_dir: Path) -> dict[str, Any]:
+    raw = dict(raw or {})
+    refused = {}
+    for key, reason in O.MODEL_UNSUPPORTED.items():
+        if key in raw:
+            if key in O.MODEL_NOOP and raw[key] == O.MODEL_NOOP[key]:
+                raw.pop(key)  # set to its no-op value: harmless
+            else:
+                refused[key] = reason
+    m = resolve_options("model", raw, O.MODEL_OPTIONS, problems, unsupported=refused)
+    _check_model(m, problems, config_dir)
+    return m
+
+
+def trainer_argument_names() -> list[str]:
+    import lightning
+
+    return [n for n in inspect.signature(lightning.Trainer.__init__).parameters if n != "self"]
+
+
+def count_devices(trainer: dict[str, Any]) -> int:
+    """Devices per node, as Lightning will use them (needed for accumulation)."""
+    devices = trainer.get("devices", "auto")
+    accel = str(trainer.get("accelerator", "auto")).lower()
+    if isinstance(devices, (list, tuple)):
+        return len(devices)
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        devices = int(devices)
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    if devices in ("auto", -1):
+        import torch
+
+        if accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available()):
+            return max(1, torch.cuda.device_count())
+        if devices == -1 and accel == "cpu":
+            import os
+
+            return os.cpu_count() or 1
+        return 1
+    raise ConfigError(f"trainer.devices must be 'auto', an integer or a list of device ids, got {devices!r}")
+
+
+def _check_plugin_spec(problems: Problems, key: str, spec: Any, simple: tuple[str, ...]) -> None:
+    """``class_path``/``init_args`` mappings (LightningCLI form) or a simple name."""
+    specs = spec if isinstance(spec, list) else [spec]
+    for item in specs:
+        if isinstance(item, bool) or item is None:
+            continue
+        if isinstance(item, str):
+            if item.lower() not in simple:
+                problems.add(f"trainer.{key}: unknown name '{item}'.{did_you_mean(item, simple)} "
+                             f"Use one of {', '.join(simple)} or a class_path/init_args mapping")
+            continue
+        if not isinstance(item, dict) or "class_path" not in item:
+            problems.add(f"trainer.{key} entries must be a name or a mapping with class_path (and init_args)")
+            continue
+        extra = set(item) - {"class_path", "init_args"}
+        if extra:
+            problems.add(f"trainer.{key}: unexpected keys {sorted(extra)} next to class_path (put them in init_args)")
+        if not isinstance(item.get("init_args", {}) or {}, dict):
+            problems.add(f"trainer.{key}: init_args must be a mapping")
+
+
+def _trainer_section(raw: Any, problems: Problems, config_path: Path) -> dict[str, Any]:
+    raw = dict(raw or {})
+    for key, reason in O.TRAINER_FIXED.items():
+        if key in raw:
+            problems.add(f"trainer.{key} cannot be set: {reason}")
+            raw.pop(key)
+    ours = resolve_options("trainer", raw, O.TRAINER_OPTIONS, problems, passthrough=trainer_argument_names())
+    t = {**O.TRAINER_DEFAULTS, **{k: v for k, v in ours.items() if k not in {o.name for o in O.TRAINER_OPTIONS}}}
+    ours = {o.name: ours[o.name] for o in O.TRAINER_OPTIONS}
+    t["microbatch_size"] = _number(problems, "trainer.microbatch_size", ours["microbatch_size"], int, 1)
+    t["target_batch_size"] = _number(problems, "trainer.target_batch_size", ours["target_batch_size"], int)
+    t["checkpoint"] = ours["checkpoint"]
+    if "logger" in t:
+        _check_plugin_spec(problems, "logger", t["logger"], ("csv", "tensorboard", "wandb"))
+    if "callbacks" in t:
+        _check_plugin_spec(problems, "callbacks", t["callbacks"], ())
+    t.setdefault("default_root_dir", str(Path("runs") / config_path.stem))
+    return t
+
+
+def _checkpoint_section(spec: Any, root: Path, problems: Problems) -> dict[str, Any]:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    spec = {} if spec is None else spec
+    if not isinstance(spec, dict):
+        problems.add("trainer.checkpoint must be a mapping of ModelCheckpoint settings")
+        spec = {}
+    names = [n for n in inspect.signature(ModelCheckpoint.__init__).parameters if n != "self"]
+    out: dict[str, Any] = {"dirpath": str(root / "checkpoints"), "save_last": True, "save_top_k": -1}
+    for key, value in spec.items():
+        if key not in names:
+            problems.add(f"unknown key trainer.checkpoint.{key}.{did_you_mean(key, names)}")
+        elif key == "save_weights_only" and value:
+            problems.add("trainer.checkpoint.save_weights_only cannot be true: resume needs the optimizer state")
+        else:
+            out[key] = value
+    return out
+
+
+def load_fit_config(path: str | Path) -> FitConfig:
+    """Read and validate a fit config; raises ``ConfigError`` listing every problem."""
+    path = Path(path)
+    raw = load_yaml(path)
+    problems = Problems(str(path))
+    for section in raw:
+        if section not in O.TOP_LEVEL:
+            problems.add(f"unknown section '{section}'.{did_you_mean(section, O.TOP_LEVEL)}")
+    for section in ("trainer", "model", "data"):
+        if raw.get(section) is not None and not isinstance(raw[section], dict):
+            problems.add(f"section '{section}' must be a mapping")
+            raw[section] = {}
+    if not raw.get("model"):
+        problems.add("section 'model' is required (at least load_model and lr_init)")
+    if not raw.get("data"):
+        problems.add("section 'data' is required")
+    model = _model_section(raw.get("model"), problems, path.parent)
+    trainer = _trainer_section(raw.get("trainer"), problems, path)
+    micro, target = trainer.pop("microbatch_size"), trainer.pop("target_batch_size")
+    ckpt_spec = trainer.pop("checkpoint")
+    root = Path(trainer["default_root_dir"])
+    checkpoint = _checkpoint_section(ckpt_spec, root, problems)
+    data = _data_section(raw.get("data"), problems)
+    seed = raw.get("seed_everything", 42)
+    if seed is True:
+        seed = 42
+    elif seed is False or seed is None:
+        seed = None
+    elif not isinstance(seed, int):
+        problems.add(f"seed_everything must be an integer or true/false, got {seed!r}")
+
+    accumulate = 1
+    devices = 1
+    try:
+        devices = count_devices(trainer)
+    except ConfigError as exc:
+        problems.add(str(exc))
+    nodes = trainer.get("num_nodes", 1)
+    explicit = trainer.get("accumulate_grad_batches", 1)
+    if isinstance(target, int) and isinstance(micro, int) and isinstance(nodes, int) and target > 0:
+        if isinstance(explicit, int) and explicit > 1:
+            problems.add("trainer.target_batch_size and trainer.accumulate_grad_batches > 1 cannot both be set; keep one")
+        accumulate = max(1, target // (nodes * devices * micro))
+    elif isinstance(explicit, int):
+        accumulate = explicit
+    trainer["accumulate_grad_batches"] = accumulate
+    problems.raise_if_any()
+    return FitConfig(
+        path=path, model=model, trainer=trainer, microbatch_size=micro, target_batch_size=target,
+        accumulate_grad_batches=accumulate, num_devices=devices, checkpoint=checkpoint, data=data,
+        seed=seed, root_dir=root,
+    )
+
+
+def _data_section(raw: Any, problems: Problems) -> dict[str, Any]:
+    """Validated by the data area; kept raw if that area is not installed."""
+    try:
+        from rwkv_plug.data.options import resolve_data_config
+    except ImportError:
+        return dict(raw or {})
+    return resolve_data_config(dict(raw or {}), problems)

@@ -1,0 +1,68 @@
+"""Batches for training: collation to whole chunks and a resumable per-rank sampler."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Sampler
+
+
+def padded_length(longest: int, ctx_len: int) -> int:
+    """``ceil((M - 1) / ctx_len) * ctx_len + 1``: inputs fill whole chunks."""
+    return max(1, -(-(longest - 1) // ctx_len)) * ctx_len + 1
+
+
+def collate(rows: Sequence[Mapping[str, Any]], ctx_len: int) -> dict[str, torch.Tensor]:
+    """Pad a microbatch with id 0 / mask 0; ``lengths`` keeps the true lengths."""
+    lengths = [len(r["input_ids"]) for r in rows]
+    L = padded_length(max(lengths), ctx_len)
+    ids = torch.zeros(len(rows), L, dtype=torch.long)
+    mask = torch.zeros(len(rows), L, dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = lengths[i]
+        ids[i, :n] = torch.as_tensor(r["input_ids"], dtype=torch.long)
+        mask[i, :n] = torch.as_tensor(r["loss_mask"], dtype=torch.long)
+    return {"input_ids": ids, "loss_mask": mask, "lengths": torch.tensor(lengths, dtype=torch.long)}
+
+
+class ResumableSampler(Sampler[int]):
+    """DistributedSampler semantics (interleaved per rank, drop_last, epoch-seeded
+    shuffle) plus an exact skip of the samples a resumed epoch already consumed."""
+
+    def __init__(self, size: int, num_replicas: int = 1, rank: int = 0, shuffle: bool = False, seed: int = 0):
+        self.size, self.num_replicas, self.rank = size, num_replicas, rank
+        self.shuffle, self.seed = shuffle, seed
+        self.epoch = 0
+        self._skip: tuple[int, int] | None = None  # (epoch, samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def skip(self, epoch: int, samples: int) -> None:
+        """On resume: leave out the first ``samples`` of ``epoch`` (this rank's share)."""
+        self._skip = (epoch, samples)
+
+    def per_rank(self) -> int:
+        return self.size // self.num_replicas
+
+    def indices(self, epoch: int) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = list(range(self.size))
+        total = self.per_rank() * self.num_replicas
+        return order[self.rank : total : self.num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        idx = self.indices(self.epoch)
+        if self._skip is not None and self._skip[0] == self.epoch:
+            idx = idx[self._skip[1] :]
+            self._skip = None  # only the resumed epoch is shortened
+        return iter(idx)
+
+    def __len__(self) -> int:
+        # the full epoch: Lightning's restored batch counter finishes it
+        return self.per_rank()

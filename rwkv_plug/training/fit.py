@@ -1,0 +1,149 @@
+"""``rwkv-plug fit``: config -> data -> model -> Lightning Trainer -> checkpoints."""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rwkv_plug.core.errors import ConfigError, ModelError, TrainingError
+from rwkv_plug.training.config import FitConfig, load_fit_config
+
+_LOGGERS = {
+    "csv": "lightning.pytorch.loggers.CSVLogger",
+    "tensorboard": "lightning.pytorch.loggers.TensorBoardLogger",
+    "wandb": "lightning.pytorch.loggers.WandbLogger",
+}
+
+
+def _instantiate(spec: dict[str, Any], key: str):
+    """Build ``class_path`` with ``init_args`` (LightningCLI form)."""
+    path = str(spec["class_path"])
+    if "." not in path:
+        path = f"lightning.pytorch.{'loggers' if key == 'logger' else 'callbacks'}.{path}"
+    module, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"trainer.{key}: cannot import class_path '{path}': {exc}") from None
+    try:
+        return cls(**(spec.get("init_args") or {}))
+    except (TypeError, ValueError, ImportError, ModuleNotFoundError) as exc:
+        raise ConfigError(f"trainer.{key}: {path}(...) failed: {exc}") from None
+
+
+def _loggers(spec: Any, root: Path) -> Any:
+    if spec is None or spec is True:
+        spec = "csv"
+    if spec is False:
+        return False
+    out = []
+    for item in spec if isinstance(spec, list) else [spec]:
+        if isinstance(item, str):
+            item = {"class_path": _LOGGERS[item.lower()], "init_args": {"save_dir": str(root), "name": "logs"}}
+        out.append(_instantiate(item, "logger"))
+    return out
+
+
+def build_trainer(cfg: FitConfig, extra_callbacks: list | None = None, log: Callable[[str], None] = print):
+    """A ``lightning.Trainer`` from the validated config (also used by tests)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from rwkv_plug.training.checkpoint import atomic_checkpoint_io
+
+    kwargs = dict(cfg.trainer)
+    kwargs["logger"] = _loggers(kwargs.get("logger"), cfg.root_dir)
+    callbacks = [_instantiate(c, "callbacks") for c in (kwargs.pop("callbacks", None) or [])]
+    if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+        if kwargs.get("enable_checkpointing", True):
+            callbacks.append(ModelCheckpoint(**cfg.checkpoint))
+    callbacks.extend(extra_callbacks or [])
+    plugins = kwargs.pop("plugins", None) or []
+    plugins = list(plugins) if isinstance(plugins, list) else [plugins]
+    plugins.append(atomic_checkpoint_io())
+    kwargs["use_distributed_sampler"] = False
+    return L.Trainer(callbacks=callbacks, plugins=plugins, **kwargs)
+
+
+def _check_dims(state_dict, m: dict[str, Any]) -> None:
+    """Given n_layer/n_embd/... must match the checkpoint (-1 means read it)."""
+    found = {
+        "vocab_size": state_dict["head.weight"].shape[0],
+        "n_embd": state_dict["head.weight"].shape[1],
+        "n_layer": 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("blocks.")),
+    }
+    if "blocks.0.att.key.weight" in state_dict:
+        found["dim_att"] = state_dict["blocks.0.att.key.weight"].shape[0]
+    if "blocks.0.ffn.key.weight" in state_dict:
+        found["dim_ffn"] = state_dict["blocks.0.ffn.key.weight"].shape[0]
+    for key, value in found.items():
+        want = m.get(key, -1)
+        if want not in (-1, None) and want != value:
+            raise ConfigError(f"model.{key}: {want} given but {m['load_model']} has {value}; set -1 to use the file's")
+
+
+def load_training_model(m: dict[str, Any]):
+    """Load ``model.load_model`` through the model area, checking declared dims."""
+    try:
+        from rwkv_plug.models import load_model
+        from rwkv_plug.models.io import load_state_dict
+    except ImportError as exc:
+        raise ModelError(f"the RWKV model plugin is not available: {exc}") from None
+    sd = load_state_dict(m["load_model"])
+    if "head.weight" not in sd:
+        raise ModelError(f"{m['load_model']} has no head.weight: not an RWKV state dict")
+    _check_dims(sd, m)
+    dims = {k: (m[k] if m.get(k, -1) > 0 else None) for k in ("dim_att", "dim_ffn")}
+    return load_model(sd, kernel=m["kernel"], dropout=m["dropout"], grad_cp=m["grad_cp"], **dims)
+
+
+def run_fit(config: str | Path, resume: str | None = None, log: Callable[[str], None] = print) -> FitConfig:
+    """The whole ``fit`` command; returns the config it ran."""
+    import torch
+
+    from rwkv_plug.training.checkpoint import find_resume
+    from rwkv_plug.training.module import RwkvTrainingModule, TrainSettings
+
+    cfg = load_fit_config(config)
+    m = cfg.model
+    log(
+        f"batch: microbatch {cfg.microbatch_size} x devices {cfg.num_devices} x nodes "
+        f"{cfg.trainer.get('num_nodes', 1)} x accumulate {cfg.accumulate_grad_batches} = "
+        f"{cfg.microbatch_size * cfg.world_size * cfg.accumulate_grad_batches} samples per optimizer step"
+    )
+    from rwkv_plug.data.pipeline import prepare_dataset
+
+    dataset, status = prepare_dataset(cfg.data, log=log)
+    log(f"data: {status} dataset at {cfg.data.get('data_path')}")
+    if "train" not in dataset or len(dataset["train"]) == 0:
+        raise TrainingError(f"the dataset at {cfg.data.get('data_path')} has no training rows")
+    if m["torch_set_float32_matmul_precision"]:
+        torch.set_float32_matmul_precision(m["torch_set_float32_matmul_precision"])
+    if cfg.seed is not None:
+        import lightning as L
+
+        L.seed_everything(cfg.seed, verbose=False)
+    model = load_training_model(m)
+    settings = TrainSettings(
+        model=m,
+        microbatch_size=cfg.microbatch_size,
+        accumulate_grad_batches=cfg.accumulate_grad_batches,
+        shuffle=bool(cfg.data.get("dataloader_shuffle_training", False)) and not cfg.data.get("sort_by_length"),
+        seed=cfg.seed or 0,
+    )
+    module = RwkvTrainingModule(model, settings, dataset["train"], dataset.get("test"))
+    ckpt = find_resume(resume, cfg.checkpoint_dir, log)
+    trainer = build_trainer(cfg, log=log)
+    with warnings.catch_warnings():
+        # our sampler skips the consumed microbatches itself
+        warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer.fit(module, ckpt_path=ckpt, weights_only=True)
+    if trainer.global_rank == 0:
+        log(f"checkpoints: {cfg.checkpoint_dir}")
+        for lg in trainer.loggers:
+            log(f"logs: {getattr(lg, 'log_dir', None) or lg.save_dir}")
+    return cfg

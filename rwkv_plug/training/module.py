@@ -1,0 +1,191 @@
+"""The LightningModule: chunked loss, optimizer, data loaders, resume position.
+
+The RWKV ``nn.Module`` lives at ``self.model``, so checkpoint keys are
+``model.<official name>`` (the export command strips ``model.``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from rwkv_plug.training.bptt import BpttSettings, sequence_loss
+from rwkv_plug.training.data import ResumableSampler, collate
+from rwkv_plug.training.optim import LrSchedule, build_optimizer, schedule_steps
+
+
+@dataclass
+class TrainSettings:
+    """What the module needs from the config (see ``docs/config/training.md``)."""
+
+    model: dict[str, Any]
+    microbatch_size: int = 1
+    accumulate_grad_batches: int = 1
+    shuffle: bool = False
+    seed: int = 0
+    num_workers: int = 0
+
+    @property
+    def bptt(self) -> BpttSettings:
+        m = self.model
+        return BpttSettings(
+            ctx_len=m["ctx_len"],
+            learning=m["bptt_learning"],
+            truncated=m["bptt_truncated_learning"],
+            learning_range=m["bptt_learning_range"],
+        )
+
+
+class _Collate:
+    """Picklable collate function (DataLoader workers may be processes)."""
+
+    def __init__(self, ctx_len: int) -> None:
+        self.ctx_len = ctx_len
+
+    def __call__(self, rows):
+        return collate(rows, self.ctx_len)
+
+
+class RwkvTrainingModule(L.LightningModule):
+    """Trains ``model`` on a dataset of ``input_ids``/``loss_mask`` rows."""
+
+    def __init__(self, model: torch.nn.Module, settings: TrainSettings, train_data=None, val_data=None):
+        super().__init__()
+        self.model = model
+        self.settings = settings
+        self.bptt = settings.bptt
+        self.train_data, self.val_data = train_data, val_data
+        self._epoch_batches = 0  # microbatches consumed in the current epoch
+        self._resume: tuple[int, int] | None = None
+        self._tokens = 0
+        self._trained = 0
+        self._last_time: float | None = None
+
+    # -- multi-device sync --------------------------------------------------
+    def _sync_chunks(self, chunks: int) -> int:
+        """All ranks run the same number of chunks: the max over ranks."""
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return chunks
+        t = torch.tensor([chunks], device=self.device, dtype=torch.long)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
+
+    # -- steps ---------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = sequence_loss(
+            self.model, batch["input_ids"], batch["loss_mask"], self.bptt, train=True, sync_chunks=self._sync_chunks
+        )
+        self._epoch_batches += 1
+        now = time.perf_counter()
+        tokens = int(batch["lengths"].sum())
+        self._tokens += tokens
+        self._trained += out.trained_tokens
+        sync = bool(self.settings.model.get("consolidated_logging", True))
+        bs = batch["input_ids"].shape[0]
+        self.log("train/loss", out.data_loss, prog_bar=True, sync_dist=sync, batch_size=bs)
+        if out.loss.requires_grad and self.bptt.learning_range > 0:
+            self.log("train/learn_loss", out.loss.detach(), sync_dist=sync, batch_size=bs)
+        self.log("train/trained_tokens", float(self._trained), reduce_fx="sum", sync_dist=sync, batch_size=bs)
+        self.log("train/tokens", float(self._tokens), reduce_fx="sum", sync_dist=sync, batch_size=bs)
+        if self._last_time is not None:
+            rate = tokens / max(now - self._last_time, 1e-9)
+            self.log("train/tokens_per_sec", rate, prog_bar=True, reduce_fx="sum", sync_dist=sync, batch_size=bs)
+        self._last_time = now
+        opt = self.optimizers(use_pl_optimizer=False)
+        lr = next(g["lr"] / g["lr_scale"] for g in opt.param_groups)
+        self.log("train/lr", lr, prog_bar=True, batch_size=bs)
+        return out.loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        m = self.settings.model
+        if m.get("substep_cuda_cache_clear") and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if m.get("substep_logging"):
+            print()
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        out = sequence_loss(self.model, batch["input_ids"], batch["loss_mask"], self.bptt, train=False)
+        self.log("validation/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].shape[0])
+
+    # -- optimizer -------------------------------------------------------------
+    def steps_per_epoch(self) -> int:
+        world = self.trainer.world_size if self._trainer is not None else 1
+        per_rank = len(self.train_data) // world
+        batches = -(-per_rank // self.settings.microbatch_size)
+        return max(1, -(-batches // self.settings.accumulate_grad_batches))
+
+    def configure_optimizers(self):
+        m = self.settings.model
+        total = schedule_steps(
+            m["lr_period"], m["lr_period_type"], self.trainer.max_steps, self.trainer.max_epochs, self.steps_per_epoch()
+        )
+        schedule = LrSchedule(m["lr_init"], m["lr_final"], m["lr_type"], m["warmup_steps"], total)
+        opt, sched = build_optimizer(self.model, m, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    # -- data ------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        t = self.trainer
+        sampler = ResumableSampler(
+            len(self.train_data), t.world_size, t.global_rank, self.settings.shuffle, self.settings.seed
+        )
+        if self._resume is not None:
+            epoch, batches = self._resume
+            sampler.skip(epoch, batches * self.settings.microbatch_size)
+        return DataLoader(
+            self.train_data,
+            batch_size=self.settings.microbatch_size,
+            sampler=sampler,
+            collate_fn=_Collate(self.bptt.ctx_len),
+            num_workers=self.settings.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        t = self.trainer
+        data = self.val_data if self.val_data is not None else []
+        sampler = ResumableSampler(len(data), t.world_size, t.global_rank)
+        return DataLoader(
+            data, batch_size=self.settings.microbatch_size, sampler=sampler, collate_fn=_Collate(self.bptt.ctx_len)
+        )
+
+    # -- resume position ---------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        if self._resume is not None and self._resume[0] == self.current_epoch:
+            self._epoch_batches = self._resume[1]
+        else:
+            self._epoch_batches = 0
+        self._last_time = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rwkv_plug"] = {
+            "epoch": int(self.current_epoch),
+            "epoch_batches": int(self._epoch_batches),
+            "tokens": int(self._tokens),
+            "trained_tokens": int(self._trained),
+            # dropout after a resume draws the same masks as an uninterrupted run
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        pos = checkpoint.get("rwkv_plug")
+        if pos:
+            self._resume = (pos["epoch"], pos["epoch_batches"])
+            self._tokens, self._trained = pos["tokens"], pos["trained_tokens"]
+            self._rng = (pos.get("rng_cpu"), pos.get("rng_cuda"))
+
+    def on_train_start(self) -> None:
+        rng = getattr(self, "_rng", None)
+        if rng is not None:
+            cpu, cuda = rng
+            if cpu is not None:
+                torch.set_rng_state(cpu)
+            if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(cuda)
+            self._rng = None

@@ -1,0 +1,94 @@
+"""Optimizer parameter groups (RWKV-v5 layerwise LR) and the LR schedule.
+
+Schedule, stepped once per optimizer step (``f`` is the LR for a 1x group):
+
+* ``warmup_steps > 0``: ``lr_init * (0.2 + 0.8 * min(1, step / warmup_steps))``,
+  then constant (lr_final is ignored);
+* ``lr_final == lr_init``: constant;
+* else cosine or linear from lr_init to lr_final over the period, then it
+  **stays** at lr_final (the earlier trainer's cosine rose again).
+
+Groups keep their multipliers throughout (2x stays 2x), unlike the earlier
+trainer, whose cosine floor was the same absolute lr_final for every group.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class LrSchedule:
+    lr_init: float
+    lr_final: float
+    lr_type: str = "cosine"
+    warmup_steps: int = -1
+    #: Optimizer steps of the decay (already converted from epochs).
+    total_steps: int = 1
+
+    def lr_at(self, step: int) -> float:
+        """The 1x learning rate after ``step`` optimizer steps."""
+        if self.warmup_steps > 0:
+            return self.lr_init * (0.2 + 0.8 * min(1.0, step / self.warmup_steps))
+        if self.lr_final == self.lr_init:
+            return self.lr_init
+        progress = min(1.0, step / max(1, self.total_steps))
+        if self.lr_type == "linear":
+            return self.lr_init + (self.lr_final - self.lr_init) * progress
+        return self.lr_final + (self.lr_init - self.lr_final) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def schedule_steps(
+    lr_period: int, lr_period_type: str, max_steps: int | None, max_epochs: int | None, steps_per_epoch: int
+) -> int:
+    """Optimizer steps the decay lasts: lr_period, or the whole run when it is -1."""
+    if lr_period > 0:
+        return lr_period if lr_period_type == "step" else lr_period * steps_per_epoch
+    if max_steps is not None and max_steps > 0:
+        return max_steps
+    if max_epochs is not None and max_epochs > 0:
+        return max_epochs * steps_per_epoch
+    warnings.warn("neither max_steps nor max_epochs is set: the LR decays over 10 epochs", stacklevel=2)
+    return 10 * steps_per_epoch
+
+
+def param_groups(
+    named: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: float, layerwise_lr: bool
+) -> list[dict]:
+    """RWKV-v5 groups: time_decay 2x, time_first 3x, decay only on >=2-D non-time weights."""
+    named = [(n, p) for n, p in named if p.requires_grad]
+    if not layerwise_lr:
+        return [{"params": [p for _, p in named], "lr_scale": 1.0, "weight_decay": weight_decay, "name": "all"}]
+    buckets: dict[str, list] = {"1x": [], "2x": [], "3x": [], "decay": []}
+    for name, p in named:
+        if "time_decay" in name or "time_daaaa" in name:
+            buckets["2x"].append(p)
+        elif "time_first" in name:
+            buckets["3x"].append(p)
+        elif weight_decay > 0 and p.squeeze().dim() >= 2 and "time_" not in name:
+            buckets["decay"].append(p)
+        else:
+            buckets["1x"].append(p)
+    scale = {"1x": 1.0, "2x": 2.0, "3x": 3.0, "decay": 1.0}
+    return [
+        {"params": ps, "lr_scale": scale[k], "weight_decay": weight_decay if k == "decay" else 0.0, "name": k}
+        for k, ps in buckets.items()
+        if ps
+    ]
+
+
+def build_optimizer(model: torch.nn.Module, m: dict, schedule: LrSchedule):
+    """AdamW when weight_decay > 0 (else Adam), with a per-step LambdaLR."""
+    groups = param_groups(model.named_parameters(), m["weight_decay"], m["layerwise_lr"])
+    for g in groups:
+        g["lr"] = schedule.lr_init * g["lr_scale"]
+    cls = torch.optim.AdamW if m["weight_decay"] > 0 else torch.optim.Adam
+    opt = cls(groups, lr=schedule.lr_init, betas=(m["beta1"], m["beta2"]), eps=m["adam_eps"])
+    # every group follows the same curve, times its own multiplier
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: schedule.lr_at(step) / schedule.lr_init)
+    return opt, sched

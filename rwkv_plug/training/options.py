@@ -1,0 +1,90 @@
+"""The ``model:`` and ``trainer:`` keys that ``rwkv-plug fit`` understands.
+
+Every key of the seed configs and of the earlier trainer's ``model:``
+section is either declared here or listed in :data:`MODEL_UNSUPPORTED`
+with the reason it is refused. ``trainer:`` also accepts every argument of
+``lightning.Trainer`` (checked against its signature).
+"""
+
+from __future__ import annotations
+
+from rwkv_plug.core.interfaces import Option
+
+AUTO = -1
+
+MODEL_OPTIONS: tuple[Option, ...] = (
+    Option("load_model", None, "Path of the .pth state dict to start from (required; make one with `rwkv-plug init-model`)."),
+    Option("ctx_len", 2048, "Chunk length: samples are cut into chunks of this many tokens, state carried between them."),
+    Option("lr_init", None, "Initial learning rate (required)."),
+    Option("lr_final", AUTO, "Final learning rate of the decay schedule; -1 means lr_init (constant)."),
+    Option("lr_period", AUTO, "Length of the decay, in lr_period_type units; -1 means the whole run."),
+    Option("lr_period_type", "epoch", "Unit of lr_period: 'epoch' or 'step' (optimizer steps)."),
+    Option("lr_type", "cosine", "Decay shape: 'cosine' or 'linear'; both stay at lr_final after the period."),
+    Option("warmup_steps", AUTO, "If > 0: LR rises linearly from 0.2*lr_init to lr_init over this many steps, then stays."),
+    Option("beta1", 0.9, "Adam beta1."),
+    Option("beta2", 0.99, "Adam beta2."),
+    Option("adam_eps", 1e-8, "Adam epsilon."),
+    Option("weight_decay", 0.001, "AdamW weight decay on >=2-D weight matrices (0 = Adam, no decay)."),
+    Option("layerwise_lr", True, "time_decay learns at 2x and time_first at 3x the LR; others 1x."),
+    Option("grad_cp", False, "Activation checkpointing per block (less memory per chunk, ~30% more compute)."),
+    Option("dropout", 0.0, "Dropout on the embedding and residual sums."),
+    Option("bptt_learning", True, "Backprop across chunks with the memory-bounded engine; false = one plain autograd graph."),
+    Option("bptt_learning_range", AUTO, "If > 0: only the last N chunks' losses are trained; -1 = all chunks."),
+    Option("bptt_truncated_learning", False, "Detach the state between chunks (truncated BPTT); false = exact gradients."),
+    Option("kernel", "auto", "WKV kernel: auto, torch, triton, cuda or a plugin's kernel name."),
+    Option("n_embd", AUTO, "Model width; -1 = read from the checkpoint (given values are checked against it)."),
+    Option("n_layer", AUTO, "Number of blocks; -1 = read from the checkpoint."),
+    Option("vocab_size", AUTO, "Vocabulary rows; -1 = read from the checkpoint."),
+    Option("dim_att", AUTO, "Attention width; -1 = read from the checkpoint."),
+    Option("dim_ffn", AUTO, "FFN width; -1 = read from the checkpoint."),
+    Option("substep_cuda_cache_clear", False, "Empty the CUDA cache after every training step."),
+    Option("substep_logging", False, "Print a newline after every step so progress lines are kept."),
+    Option("torch_set_float32_matmul_precision", "high", "Passed to torch.set_float32_matmul_precision (null: leave it)."),
+    Option("consolidated_logging", True, "Average the logged loss and token counts over all ranks."),
+)
+
+#: Keys of the earlier trainer that are refused, with the reason. A key set
+#: to its no-op value (see :data:`MODEL_NOOP`) is accepted silently.
+MODEL_UNSUPPORTED: dict[str, str] = {
+    "position_loss_bias": "the earlier trainer accepted it but never applied it; remove the key",
+    "position_loss_bias_in_validation": "the earlier trainer accepted it but never applied it; remove the key",
+    "token_loss_threshold": "selective loss is not implemented; remove the key or set it to 0",
+    "token_dropout_rate": "selective loss is not implemented; remove the key or set it to 0",
+    "ctx_len_cutoffs": "the context-length cutoff schedule is not implemented; remove the key",
+    "ctx_len_warmup_steps": "the context-length cutoff schedule is not implemented; remove the key",
+    "head_size": "the head size is fixed at 64 for RWKV-v5",
+}
+
+MODEL_NOOP: dict[str, object] = {
+    "position_loss_bias": 1.0,
+    "position_loss_bias_in_validation": False,
+    "token_loss_threshold": 0.0,
+    "token_dropout_rate": 0.0,
+    "ctx_len_cutoffs": [],
+    "ctx_len_warmup_steps": [],
+}
+
+#: ``trainer:`` keys added on top of lightning.Trainer's arguments.
+TRAINER_OPTIONS: tuple[Option, ...] = (
+    Option("microbatch_size", 1, "Samples per device per forward/backward (DataLoader batch size)."),
+    Option("target_batch_size", AUTO, "If > 0: accumulate_grad_batches = max(1, target // (num_nodes * devices * microbatch_size))."),
+    Option("checkpoint", None, "ModelCheckpoint settings (dirpath, every_n_train_steps, save_top_k, save_last, ...); dirpath defaults to <default_root_dir>/checkpoints."),
+)
+
+#: lightning.Trainer arguments we set ourselves, with why.
+TRAINER_FIXED: dict[str, str] = {
+    "use_distributed_sampler": "rwkv-plug shards the data per rank itself (resumable sampler); remove the key",
+}
+
+#: Defaults that differ from lightning.Trainer's own.
+TRAINER_DEFAULTS: dict[str, object] = {
+    "accelerator": "auto",  # cpu when no GPU is present
+    "devices": "auto",
+    "num_nodes": 1,
+    "strategy": "auto",
+    "num_sanity_val_steps": 0,
+    "log_every_n_steps": 1,
+}
+
+#: Top-level sections besides trainer/model/data.
+TOP_LEVEL = ("trainer", "model", "data", "seed_everything")

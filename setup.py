@@ -1,0 +1,23 @@
+"""Builds the optional native world-tokenizer trie; metadata lives in pyproject.toml.
+
+``optional=True``: on a machine without a C compiler the install still
+succeeds and the world tokenizer uses its pure-Python fallback (with a warning).
+"""
+
+import os
+
+from setuptools import Extension, setup
+
+posix = os.name == "posix"
+
+setup(
+    ext_modules=[
+        Extension(
+            "rwkv_plug.builtin_tokenizers._world_trie",
+            ["rwkv_plug/builtin_tokenizers/_world_trie.c"],
+            extra_compile_args=["-O3", "-pthread"] if posix else [],
+            extra_link_args=["-pthread"] if posix else [],
+            optional=True,
+        )
+    ]
+)

@@ -1,0 +1,49 @@
+"""Two CPU ranks over gloo: no hang with uneven chunk counts, same result as one process."""
+
+from __future__ import annotations
+
+import warnings
+
+import lightning as L
+import torch
+
+from rwkv_plug.training.module import RwkvTrainingModule, TrainSettings
+from rwkv_plug.training.testing import ToyRWKV
+
+MODEL = {
+    "ctx_len": 4, "bptt_learning": True, "bptt_truncated_learning": False, "bptt_learning_range": -1,
+    "lr_init": 1e-2, "lr_final": 1e-2, "lr_period": -1, "lr_period_type": "step", "lr_type": "cosine",
+    "warmup_steps": -1, "weight_decay": 0.0, "layerwise_lr": True, "beta1": 0.9, "beta2": 0.99,
+    "adam_eps": 1e-8, "consolidated_logging": True,
+}
+
+
+def rows():
+    g = torch.Generator().manual_seed(0)
+    # even rows are short (1 chunk), odd rows long (3 chunks): rank 0 and rank 1 differ
+    lengths = [3, 12, 5, 10, 2, 13, 4, 11]
+    return [{"input_ids": torch.randint(1, 32, (n,), generator=g).tolist(), "loss_mask": [1] * n} for n in lengths]
+
+
+def train(devices: int, accumulate: int):
+    L.seed_everything(0, verbose=False)
+    settings = TrainSettings(model=MODEL, microbatch_size=1, accumulate_grad_batches=accumulate)
+    module = RwkvTrainingModule(ToyRWKV(), settings, rows(), None)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
+        max_steps=3, accumulate_grad_batches=accumulate, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
+        limit_val_batches=0, use_distributed_sampler=False,
+    )
+    trainer.fit(module)
+    return {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+
+
+def test_two_ranks_equal_one_process_with_the_same_global_batch():
+    warnings.filterwarnings("ignore")
+    single = train(devices=1, accumulate=2)
+    double = train(devices=2, accumulate=1)  # ranks get rows 0,2,4.. and 1,3,5..
+    before = ToyRWKV().state_dict()
+    for k in single:
+        assert not torch.equal(single[k], before[k]) or k.endswith("bias"), k  # it trained
+        assert torch.allclose(single[k], double[k], rtol=0, atol=1e-5), k

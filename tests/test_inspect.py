@@ -1,0 +1,81 @@
+"""``rwkv-plug inspect``: statistics and samples, with and without colour."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from rwkv_plug.core.cli import cli
+from rwkv_plug.data.tokenizer import load_tokenizer
+from rwkv_plug.data.view import histogram, render_sample
+
+NEOX_FILE = "/work/shared/tokenizers/20B_tokenizer.json"
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    import datasets
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setenv("RWKV_PLUG_NEOX_TOKENIZER", os.environ.get("RWKV_PLUG_NEOX_TOKENIZER", NEOX_FILE))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+
+
+def _config(tmp_path, ctx_len: int = 4):
+    rows = [{"prompt": "Question: one plus one?", "completion": " Two."},
+            {"prompt": "Question: the sky?", "completion": " Blue, mostly."},
+            {"prompt": "Question: grass?", "completion": " Green."}]
+    (tmp_path / "pc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"model:\n  ctx_len: {ctx_len}\ndata:\n  data_path: out\n  source: pc.jsonl\n"
+                   "  test_split: 1\n")
+    return cfg, rows
+
+
+def test_inspect_plain_marks_masks_tokens_and_ctx_boundaries(tmp_path):
+    cfg, rows = _config(tmp_path)
+    result = CliRunner().invoke(cli, ["inspect", str(cfg), "--samples", "1"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "\x1b[" not in out  # not a terminal: no colour codes
+    tok = load_tokenizer("neox", {})
+    p, c = tok.encode(rows[0]["prompt"]), tok.encode(rows[0]["completion"])
+    assert f"train: 2 samples, {len(p) + len(c) + len(tok.encode(rows[1]['prompt'])) + len(tok.encode(rows[1]['completion']))} tokens" in out
+    assert "token-length histogram:" in out
+    assert f"train sample 0: {len(p) + len(c)} tokens, {len(c)} learned" in out
+    # the prompt is masked: its tokens sit inside [[ ]], split by |, and a ctx boundary every 4 tokens
+    masked = "|".join(tok.decode([t]) for t in p[:4])
+    assert "[[" + masked + "]]" in out
+    assert "ctx_len boundary: chunk 2 starts at token 4" in out
+    assert "]]" + "|".join(tok.decode([t]) for t in c) in out.replace("\n", "")
+
+
+def test_inspect_color_and_ctx_len_option(tmp_path):
+    cfg, _ = _config(tmp_path, ctx_len=1024)
+    result = CliRunner().invoke(cli, ["inspect", str(cfg), "--color", "--ctx-len", "3", "--split", "test"],
+                                color=True)
+    assert result.exit_code == 0, result.output
+    assert "\x1b[32m" in result.output and "\x1b[31m" in result.output  # learned green, masked red
+    assert "\x1b[48;2;38;38;38m" in result.output and "\x1b[48;2;72;72;72m" in result.output
+    assert "chunk 2 starts at token 3" in result.output
+    assert "test sample 0" in result.output
+
+
+def test_render_sample_plain():
+    decode = {1: "a", 2: "b", 3: "\n", 4: "d"}
+    text = render_sample([1, 2, 3, 4], [0, 0, 1, 1], lambda ids: decode[ids[0]], color=False, ctx_len=3)
+    assert text == "[[a|b]]↵\n\n──── ctx_len boundary: chunk 2 starts at token 3 ────\nd"
+
+
+def test_histogram_counts_every_sample():
+    lengths = np.array([3, 3, 4, 10, 50, 50, 50])
+    lines = histogram(lengths, bins=5)
+    assert sum(int(line.split()[1]) for line in lines) == len(lengths)
+    assert lines[0].split()[0].startswith("3-") and lines[-1].split()[0].endswith("-50")
+    assert len(lines) <= 5

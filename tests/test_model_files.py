@@ -1,0 +1,227 @@
+"""Model files: safe loading, atomic writes, init-model and export commands."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from rwkv_plug.core.errors import ModelError
+from rwkv_plug.models.arch import x052_shapes
+from rwkv_plug.models.export import export_checkpoint
+from rwkv_plug.models.init import init_state_dict
+from rwkv_plug.models.io import load_state_dict, save_state_dict
+from conftest import run_cli
+
+
+def invoke(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the CLI entry point in-process: (exit code, stdout, stderr)."""
+    from rwkv_plug.core.cli import main
+
+    code = 0
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+class Evil:
+    """Unpickling this would run a shell command that creates a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle"])
+def test_malicious_pickle_is_refused_and_not_executed(tmp_path, writer):
+    marker, path = tmp_path / "pwned", tmp_path / "evil.pth"
+    payload = {"emb.weight": torch.zeros(2, 2), "x": Evil(marker)}
+    if writer == "torch.save":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload))
+    with pytest.raises(ModelError) as err:
+        load_state_dict(path)
+    assert not marker.exists()
+    assert "evil.pth" in str(err.value)
+    if writer == "torch.save":
+        assert "refused" in str(err.value) and "pickled code" in str(err.value)
+
+
+def test_missing_file_and_non_state_dict(tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        load_state_dict(tmp_path / "nope.pth")
+    torch.save([torch.zeros(1)], tmp_path / "list.pth")
+    with pytest.raises(ModelError, match="not a model state dict"):
+        load_state_dict(tmp_path / "list.pth")
+    torch.save({"state_dict": {"model.emb.weight": torch.zeros(1)}}, tmp_path / "t.ckpt")
+    with pytest.raises(ModelError, match="rwkv-plug export"):
+        load_state_dict(tmp_path / "t.ckpt")
+
+
+def test_save_is_atomic_and_writes_only_the_tensor_data(tmp_path, monkeypatch):
+    big = torch.arange(1000.0)
+    save_state_dict({"a": big[:10]}, tmp_path / "sub" / "m.pth")  # parent folder is created
+    loaded = load_state_dict(tmp_path / "sub" / "m.pth")
+    assert torch.equal(loaded["a"], big[:10])
+    assert (tmp_path / "sub" / "m.pth").stat().st_size < 2000  # not the whole 1000-float storage
+
+    (tmp_path / "keep.pth").write_bytes(b"old")
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError):
+        save_state_dict({"a": big}, tmp_path / "keep.pth")
+    assert (tmp_path / "keep.pth").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.pth", "sub"]  # no temp left
+
+
+def test_save_to_bare_file_name_in_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    save_state_dict({"a": torch.ones(2)}, "bare.pth")  # the earlier trainer failed here
+    assert torch.equal(load_state_dict("bare.pth")["a"], torch.ones(2))
+
+
+# -- init-model command ------------------------------------------------------
+def test_init_model_console_script(tmp_path):
+    # the seed's music model has vocab 20259; L6-D512 layouts are checked in test_model.py
+    out = tmp_path / "L2-D128-V20259-init.pth"
+    res = run_cli("init-model", "--n_layer", "2", "--n_embd", "128", "--vocab_size", "20259",
+                  "--skip-if-exists", str(out))
+    assert res.returncode == 0, res.stderr
+    assert "20259" in res.stdout and str(out) in res.stdout
+    sd = load_state_dict(out)
+    assert {k: tuple(v.shape) for k, v in sd.items()} == x052_shapes(2, 128, 20259)
+    assert all(v.dtype == torch.bfloat16 for v in sd.values())
+
+
+@pytest.mark.parametrize("vocab,rows", [("neox", 50277), ("world", 65536), ("123", 123)])
+def test_vocab_names(vocab, rows):
+    from rwkv_plug.models.commands import parse_vocab
+
+    assert parse_vocab(vocab) == rows
+
+
+def test_init_model_skip_if_exists_leaves_file_untouched(tmp_path, capsys):
+    out = tmp_path / "m.pth"
+    out.write_bytes(b"precious")
+    before = out.stat().st_mtime_ns
+    code, stdout, _ = invoke(capsys, "init-model", "--n_layer", "1", "--n_embd", "64",
+                             "--vocab_size", "10", "--skip-if-exists", out)
+    assert code == 0
+    assert "left untouched" in stdout
+    assert out.read_bytes() == b"precious" and out.stat().st_mtime_ns == before
+
+
+def test_init_model_without_directory_and_one_layer(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = invoke(capsys, "init-model", "--n_layer", "1", "--n_embd", "64",
+                          "--vocab_size", "10", "m.pth")
+    assert code == 0, err
+    assert set(load_state_dict(tmp_path / "m.pth")) == set(x052_shapes(1, 64, 10))
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--n_layer", "2", "--n_embd", "100", "--vocab_size", "10"], "multiple of the head size 64"),
+        (["--n_layer", "0", "--n_embd", "64", "--vocab_size", "10"], "n_layer must be at least 1"),
+        (["--n_layer", "2", "--n_embd", "64", "--vocab_size", "wrld"], "neox, world"),
+        (["--n_layer", "2", "--n_embd", "64", "--vocab_size", "0"], "at least 1"),
+    ],
+)
+def test_init_model_errors_are_one_line(tmp_path, capsys, args, needle):
+    code, _, err = invoke(capsys, "init-model", *args, tmp_path / "m.pth")
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
+    assert not (tmp_path / "m.pth").exists()
+
+
+# -- export --------------------------------------------------------------------
+def _lightning_like_checkpoint(path, prefix="model."):
+    from lightning.fabric.utilities.data import AttributeDict
+
+    sd = init_state_dict(2, 64, 50, seed=0, dtype=torch.float32)
+    ckpt = {
+        "epoch": 0,
+        "global_step": 3,
+        "pytorch-lightning_version": "2.6.0",
+        "state_dict": {prefix + k: v for k, v in sd.items()} | {"loss_weights": torch.ones(3)},
+        "optimizer_states": [{"state": {}, "param_groups": [{"lr": 1e-3, "params": [0]}]}],
+        "hyper_parameters": AttributeDict(lr_init=1e-3, ctx_len=512),
+    }
+    torch.save(ckpt, path)
+    return sd
+
+
+@pytest.mark.parametrize("prefix", ["model.", "_forward_module.model.", ""])
+def test_export_strips_prefixes_and_casts(tmp_path, prefix):
+    sd = _lightning_like_checkpoint(tmp_path / "last.ckpt", prefix)
+    _, out, dims = export_checkpoint(tmp_path / "last.ckpt", tmp_path / "m.pth")
+    got = load_state_dict(out)
+    assert set(got) == set(sd) and dims["n_layer"] == 2
+    assert all(got[k].dtype == torch.bfloat16 and torch.equal(got[k], sd[k].bfloat16()) for k in sd)
+    _, out32, _ = export_checkpoint(tmp_path / "last.ckpt", tmp_path / "m32.pth", "fp32")
+    assert all(torch.equal(load_state_dict(out32)[k], sd[k]) for k in sd)
+
+
+def test_export_cli_from_folder_and_errors(tmp_path, capsys):
+    ckdir = tmp_path / "checkpoints"
+    ckdir.mkdir()
+    _lightning_like_checkpoint(ckdir / "epoch=0-step=3.ckpt")
+    code, out, err = invoke(capsys, "export", ckdir, tmp_path / "out.pth", "--dtype", "fp32")
+    assert code == 0, err
+    assert "epoch=0-step=3.ckpt" in out
+    assert load_state_dict(tmp_path / "out.pth")["head.weight"].dtype == torch.float32
+
+    code, _, err = invoke(capsys, "export", ckdir, tmp_path / "x.pth", "--dtype", "fp8")
+    assert code != 0 and len(err.strip().splitlines()) == 1
+    assert "unknown dtype 'fp8'" in err and "bf16, fp32" in err
+
+    bad = tmp_path / "partial.ckpt"
+    sd = init_state_dict(2, 64, 50, seed=0)
+    del sd["blocks.1.att.gate.weight"]
+    torch.save({"state_dict": {"model." + k: v for k, v in sd.items()}}, bad)
+    res = run_cli("export", str(bad), str(tmp_path / "y.pth"))
+    assert res.returncode != 0 and "missing: blocks.1.att.gate.weight" in res.stderr
+    assert not (tmp_path / "y.pth").exists()
+
+
+def test_export_real_lightning_checkpoint(tmp_path):
+    import lightning as L
+
+    from rwkv_plug.models import load_model
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.save_hyperparameters({"lr": 0.01})
+            self.model = load_model(init_state_dict(1, 64, 20, seed=0))
+
+        def training_step(self, batch, _):
+            logits, _ = self.model(batch)
+            return torch.nn.functional.cross_entropy(logits[0], batch[0])
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=0.01)
+
+    data = torch.utils.data.DataLoader(torch.randint(0, 20, (4, 8)), batch_size=1)
+    trainer = L.Trainer(max_steps=2, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu")
+    module = Module()
+    trainer.fit(module, data)
+    _, out, _ = export_checkpoint(tmp_path / "checkpoints", tmp_path / "m.pth", "fp32")
+    got = load_state_dict(out)
+    trained = module.model.state_dict()
+    assert set(got) == set(trained)
+    assert all(torch.equal(got[k], trained[k]) for k in got)

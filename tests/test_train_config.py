@@ -1,0 +1,148 @@
+"""fit config: seed shape, did-you-mean, accumulation, all problems at once."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from rwkv_plug.core.errors import ConfigError
+from rwkv_plug.training.config import count_devices, load_fit_config
+
+
+def _write(tmp_path: Path, body: str, model_file: bool = True) -> Path:
+    if model_file:
+        (tmp_path / "m.pth").write_bytes(b"x")
+    p = tmp_path / "cfg.yaml"
+    p.write_text(textwrap.dedent(body))
+    return p
+
+
+SEED = """
+trainer:
+  max_steps: 10
+  target_batch_size: 32
+model:
+  load_model: m.pth
+  ctx_len: 1024
+  lr_init: 3e-4
+  bptt_learning: true
+  bptt_learning_range: -1
+data:
+  data_path: {tmp}/datapath/
+  source: "teven/enwiki_10k"
+  tokenizer: neox
+  min_token_size: 64
+  max_token_size: -1
+  text_rechunk_size: 2048
+  text_rechunk_force: true
+  custom_text_key: 'text'
+  test_split: 0.01
+  test_split_shuffle: false
+"""
+
+
+def test_seed_config_loads_as_written(tmp_path):
+    cfg = load_fit_config(_write(tmp_path, SEED.format(tmp=tmp_path)))
+    assert cfg.model["lr_init"] == pytest.approx(3e-4)  # YAML 1.1 reads 3e-4 as a string
+    assert cfg.model["lr_final"] == pytest.approx(3e-4)  # -1 means lr_init
+    assert cfg.model["ctx_len"] == 1024
+    assert cfg.model["bptt_truncated_learning"] is False  # exact gradients by default
+    assert cfg.model["load_model"] == str(tmp_path / "m.pth")  # found next to the config
+    assert cfg.trainer["max_steps"] == 10
+    assert cfg.accumulate_grad_batches == 32 // (1 * cfg.num_devices * 1)
+    assert cfg.checkpoint_dir == Path("runs/cfg/checkpoints")
+
+
+@pytest.mark.parametrize(
+    "devices,nodes,micro,target,expect",
+    [(8, 1, 1, 32, 4), (3, 1, 2, 32, 5), (1, 1, 1, 32, 32), (4, 2, 8, 32, 1), (2, 1, 3, 1, 1)],
+)
+def test_accumulation_formula(tmp_path, devices, nodes, micro, target, expect):
+    body = f"""
+    trainer: {{accelerator: cpu, devices: {devices}, num_nodes: {nodes}, microbatch_size: {micro},
+               target_batch_size: {target}}}
+    model: {{load_model: m.pth, lr_init: 1e-4}}
+    data: {{data_path: {tmp_path}/d, source: x.txt}}
+    """
+    cfg = load_fit_config(_write(tmp_path, body))
+    assert cfg.accumulate_grad_batches == expect == max(1, target // (nodes * devices * micro))
+    assert cfg.trainer["accumulate_grad_batches"] == expect
+
+
+def test_target_and_explicit_accumulate_conflict(tmp_path):
+    body = f"""
+    trainer: {{target_batch_size: 8, accumulate_grad_batches: 2}}
+    model: {{load_model: m.pth, lr_init: 1e-4}}
+    data: {{data_path: {tmp_path}/d, source: x.txt}}
+    """
+    with pytest.raises(ConfigError, match="target_batch_size and trainer.accumulate_grad_batches"):
+        load_fit_config(_write(tmp_path, body))
+
+
+def test_did_you_mean_and_all_problems_at_once(tmp_path):
+    body = f"""
+    trainer: {{max_step: 10, microbatch_size: 1}}
+    model: {{load_model: m.pth, lr_init: 1e-4, ctx_lenn: 512, token_loss_threshold: 0.5, lr_type: cos}}
+    dta: {{}}
+    data: {{data_path: {tmp_path}/d, source: x.txt}}
+    """
+    with pytest.raises(ConfigError) as err:
+        load_fit_config(_write(tmp_path, body))
+    msg = str(err.value)
+    assert "unknown key trainer.max_step. Did you mean 'max_steps'?" in msg
+    assert "unknown key model.ctx_lenn. Did you mean 'ctx_len'?" in msg
+    assert "unknown section 'dta'. Did you mean 'data'?" in msg
+    assert "model.token_loss_threshold is not supported yet" in msg
+    assert "model.lr_type must be 'cosine' or 'linear'" in msg
+    assert "5 problems" in msg
+
+
+def test_missing_model_file_and_lr(tmp_path):
+    body = f"""
+    model: {{load_model: nope.pth}}
+    data: {{data_path: {tmp_path}/d, source: x.txt}}
+    """
+    with pytest.raises(ConfigError) as err:
+        load_fit_config(_write(tmp_path, body, model_file=False))
+    assert "nope.pth' does not exist" in str(err.value)
+    assert "rwkv-plug init-model" in str(err.value)
+    assert "model.lr_init is required" in str(err.value)
+
+
+def test_noop_reference_keys_are_accepted_and_warmup_period_conflict(tmp_path):
+    body = f"""
+    model: {{load_model: m.pth, lr_init: 1e-4, position_loss_bias: 1.0, token_dropout_rate: 0.0,
+             warmup_steps: 10, lr_period: 5}}
+    data: {{data_path: {tmp_path}/d, source: x.txt}}
+    """
+    with pytest.raises(ConfigError) as err:
+        load_fit_config(_write(tmp_path, body))
+    assert str(err.value).count("problems") == 0  # exactly one problem
+    assert "warmup_steps and model.lr_period cannot both be set" in str(err.value)
+
+
+def test_checkpoint_and_logger_specs_are_checked(tmp_path):
+    body = f"""
+    trainer:
+      logger: tensorbord
+      callbacks: [{{class_path: lightning.pytorch.callbacks.LearningRateMonitor, args: {{}}}}]
+      checkpoint: {{every_n_train_step: 5}}
+    model: {{load_model: m.pth, lr_init: 1e-4}}
+    data: {{data_path: {tmp_path}/d, source: x.txt}}
+    """
+    with pytest.raises(ConfigError) as err:
+        load_fit_config(_write(tmp_path, body))
+    msg = str(err.value)
+    assert "Did you mean 'tensorboard'?" in msg
+    assert "unexpected keys ['args'] next to class_path" in msg
+    assert "trainer.checkpoint.every_n_train_step. Did you mean 'every_n_train_steps'?" in msg
+
+
+def test_count_devices():
+    assert count_devices({"accelerator": "cpu", "devices": "auto"}) == 1
+    assert count_devices({"devices": [0, 1, 2]}) == 3
+    assert count_devices({"devices": "4"}) == 4
+    with pytest.raises(ConfigError):
+        count_devices({"devices": "many"})

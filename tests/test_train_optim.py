@@ -1,0 +1,108 @@
+"""LR schedule values, layerwise parameter groups, collation, sampler."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rwkv_plug.training.data import ResumableSampler, collate, padded_length
+from rwkv_plug.training.optim import LrSchedule, build_optimizer, param_groups, schedule_steps
+
+
+def test_warmup_goes_from_02_to_1_then_stays():
+    s = LrSchedule(1e-3, 1e-5, warmup_steps=10)
+    assert s.lr_at(0) == pytest.approx(0.2e-3)
+    assert s.lr_at(5) == pytest.approx(1e-3 * (0.2 + 0.8 * 0.5))
+    assert s.lr_at(10) == pytest.approx(1e-3)
+    assert s.lr_at(1000) == pytest.approx(1e-3)  # lr_final ignored with warmup
+
+
+def test_constant_when_final_equals_init():
+    s = LrSchedule(3e-4, 3e-4, total_steps=10)
+    assert {s.lr_at(i) for i in range(30)} == {3e-4}
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear"])
+def test_decay_reaches_final_and_stays(kind):
+    s = LrSchedule(1e-3, 1e-4, lr_type=kind, total_steps=20)
+    assert s.lr_at(0) == pytest.approx(1e-3)
+    mid = 1e-4 + 0.9e-3 * (0.5 * (1 + math.cos(math.pi * 0.25)) if kind == "cosine" else 0.75)
+    assert s.lr_at(5) == pytest.approx(mid)
+    for step in (20, 21, 40, 1000):  # fixed: cosine no longer rises after the period
+        assert s.lr_at(step) == pytest.approx(1e-4)
+    vals = [s.lr_at(i) for i in range(25)]
+    assert all(a >= b for a, b in zip(vals, vals[1:]))
+
+
+def test_schedule_length():
+    assert schedule_steps(7, "step", 100, None, 3) == 7
+    assert schedule_steps(2, "epoch", 100, None, 3) == 6
+    assert schedule_steps(-1, "epoch", 100, None, 3) == 100
+    assert schedule_steps(-1, "epoch", -1, 4, 3) == 12
+
+
+class _Named(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.time_decay = torch.nn.Parameter(torch.zeros(2, 4))
+        self.time_first = torch.nn.Parameter(torch.zeros(4))
+        self.time_faaaa = torch.nn.Parameter(torch.zeros(2, 4))
+        self.time_mix_k = torch.nn.Parameter(torch.zeros(1, 1, 4))
+        self.key = torch.nn.Linear(4, 4, bias=False)
+        self.ln = torch.nn.LayerNorm(4)
+
+
+def test_layerwise_groups_and_decay():
+    m = _Named()
+    groups = {g["name"]: g for g in param_groups(m.named_parameters(), 0.01, True)}
+    ids = lambda g: {id(p) for p in groups[g]["params"]}  # noqa: E731
+    assert ids("2x") == {id(m.time_decay)} and groups["2x"]["lr_scale"] == 2.0
+    assert ids("3x") == {id(m.time_first)} and groups["3x"]["lr_scale"] == 3.0
+    assert ids("decay") == {id(m.key.weight)} and groups["decay"]["weight_decay"] == 0.01
+    assert ids("1x") == {id(m.time_faaaa), id(m.time_mix_k), id(m.ln.weight), id(m.ln.bias)}
+    assert all(groups[g]["weight_decay"] == 0 for g in ("1x", "2x", "3x"))
+    no_decay = {g["name"] for g in param_groups(m.named_parameters(), 0.0, True)}
+    assert "decay" not in no_decay
+
+
+def test_optimizer_kind_and_multipliers_follow_schedule():
+    m = _Named()
+    base = {"weight_decay": 0.0, "layerwise_lr": True, "beta1": 0.9, "beta2": 0.99, "adam_eps": 1e-8}
+    opt, sched = build_optimizer(m, base, LrSchedule(1e-3, 1e-4, "linear", total_steps=4))
+    assert type(opt) is torch.optim.Adam
+    opt2, _ = build_optimizer(m, {**base, "weight_decay": 0.1}, LrSchedule(1e-3, 1e-3))
+    assert type(opt2) is torch.optim.AdamW
+    for _ in range(2):
+        opt.step()
+        sched.step()
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs["1x"] == pytest.approx(1e-3 - 0.9e-3 * 0.5)
+    assert lrs["2x"] == pytest.approx(2 * lrs["1x"])
+    assert lrs["3x"] == pytest.approx(3 * lrs["1x"])
+
+
+def test_collate_pads_to_whole_chunks():
+    rows = [{"input_ids": [5, 6, 7], "loss_mask": [0, 1, 1]},
+            {"input_ids": list(range(1, 11)), "loss_mask": [1] * 10}]
+    b = collate(rows, ctx_len=4)
+    L = math.ceil((10 - 1) / 4) * 4 + 1
+    assert b["input_ids"].shape == (2, L) == (2, padded_length(10, 4))
+    assert b["lengths"].tolist() == [3, 10]
+    assert b["input_ids"][0].tolist() == [5, 6, 7] + [0] * (L - 3)
+    assert b["loss_mask"][0].tolist() == [0, 1, 1] + [0] * (L - 3)
+    assert padded_length(5, 4) == 5 and padded_length(2, 4) == 5
+
+
+def test_sampler_interleaves_ranks_drops_tail_and_skips_on_resume():
+    r0, r1 = ResumableSampler(7, 2, 0), ResumableSampler(7, 2, 1)
+    assert list(r0) == [0, 2, 4] and list(r1) == [1, 3, 5] and len(r0) == 3
+    s = ResumableSampler(10, 1, 0, shuffle=True, seed=3)
+    s.set_epoch(1)
+    order = list(s)
+    s.skip(1, 4)
+    assert list(s) == order[4:]
+    assert list(s) == order  # only the resumed epoch is shortened
+    s.set_epoch(2)
+    assert sorted(s) == list(range(10)) and list(s) != order

@@ -16,7 +16,7 @@ NEOX_ENV = RWKV_PLUG_NEOX_TOKENIZER="$${RWKV_PLUG_NEOX_TOKENIZER:-$$(test -f $(S
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml setup.py Makefile rwkv_plug/builtin_tokenizers/_world_trie.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# Pin torch first so nothing else can pull a multi-GB CUDA build.

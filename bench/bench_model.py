@@ -11,6 +11,7 @@ The loss is plain mean cross-entropy (the trainer adds masking and L2Wrap).
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -65,22 +66,27 @@ def main() -> None:
             model(x)
 
     params = sum(p.numel() for n, p in model.named_parameters() if n != "emb.weight")
-    peak = matmul_flops()  # measured before and after: the machine may be shared
+    # The machine may be shared: time the matmul baseline right before every
+    # measured step and report medians of the per-step ratios.
     results = {}
     for name, fn, flops_per_token in (("fwd+bwd", step, 6), ("fwd", forward, 2)):
         fn()
-        t = time.perf_counter()
+        tps, mfu, peaks = [], [], []
         for _ in range(args.steps):
+            peak = matmul_flops(reps=4)
+            t = time.perf_counter()
             fn()
-        dt = (time.perf_counter() - t) / args.steps
-        results[name] = (args.ctx / dt, flops_per_token * params * args.ctx / dt)
-    peak = max(peak, matmul_flops())
+            dt = time.perf_counter() - t
+            tps.append(args.ctx / dt)
+            mfu.append(flops_per_token * params * args.ctx / dt / peak)
+            peaks.append(peak)
+        results[name] = (statistics.median(tps), statistics.median(mfu), statistics.median(peaks))
     print(f"model L{args.layers}-D{args.embd} vocab {args.vocab}, ctx {args.ctx}, fp32, batch 1, "
           f"kernel {model.kernel_for(x.device, torch.float32).name}, "
           f"{params / 1e6:.1f}M non-embedding params, {torch.get_num_threads()} threads")
-    print(f"fp32 matmul baseline: {peak / 1e9:.1f} GFLOP/s")
-    for name, (tps, flops) in results.items():
-        print(f"{name:8s} {tps:8.1f} tokens/s  {flops / 1e9:6.1f} GFLOP/s  MFU {flops / peak:6.1%}")
+    for name, (tps, mfu, peak) in results.items():
+        print(f"{name:8s} {tps:8.1f} tokens/s  MFU {mfu:6.1%}  (median of {args.steps}; "
+              f"fp32 matmul baseline {peak / 1e9:.0f} GFLOP/s)")
     if args.profile:
         with torch.profiler.profile() as prof:
             step()

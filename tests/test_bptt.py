@@ -216,3 +216,13 @@ def test_exact_bptt_with_the_rwkv5_model_fp64():
         # the model computes w = exp(-exp(time_decay)) and u in fp32 even for an fp64
         # model, so those two get fp32-level differences; everything else is fp64-exact
         assert rel < (1e-6 if ("time_decay" in n or "time_faaaa" in n) else 1e-10), (n, rel)
+
+
+def test_mixed_precision_recomputation_matches_plain_autograd():
+    model = ToyRWKV()
+    ids, mask = _data(L=3 * 4 + 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a_out, a = _chunked(model, ids, mask, ctx_len=4, learning=False)
+        b_out, b = _chunked(model, ids, mask, ctx_len=4)
+    assert torch.allclose(a_out.loss, b_out.loss)
+    assert _max_rel(a, b) < 1e-5  # the same bf16 ops are replayed, not fp32 ones

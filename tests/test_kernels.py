@@ -79,6 +79,16 @@ def test_bf16_inputs_compute_in_fp32():
     torch.testing.assert_close(y.double(), y_ref, rtol=2e-2, atol=2e-2)
 
 
+def test_autocast_does_not_lower_the_kernel_precision():
+    x = [t.float() for t in _inputs(T=40)]
+    y_ref, s_ref = wkv5_chunked(*x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, s = TorchKernel().wkv5(*x)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(s, s_ref)
+
+
 # -- the conformance helper catches broken kernels ---------------------------
 class _IgnoresStateGrad(Kernel):
     """Detaches the final state, like kernels that drop dsT."""
@@ -196,6 +206,12 @@ def test_explicit_kernel_with_wrong_dtype_or_device_is_an_error(with_plugin):
         resolve_kernel("fastcpu", "cpu", torch.float64)
     with pytest.raises(KernelError, match="does not run on meta"):
         resolve_kernel("fastcpu", "meta", torch.float32)
+
+
+def test_triton_on_cpu_only_when_named_under_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert resolve_kernel("triton", "cpu", torch.float32).name == "triton"
+    assert resolve_kernel("auto", "cpu", torch.float32).name == "torch"  # auto stays fast
 
 
 def test_unknown_kernel_name_suggests_a_close_one():

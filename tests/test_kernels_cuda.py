@@ -11,6 +11,10 @@ import torch
 from rwkv_plug.kernels.cuda_wkv5 import SOURCES, CudaKernel, nvcc_flags
 
 NVCC = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+# What torch.utils.cpp_extension adds to every nvcc call.
+TORCH_NVCC_DEFINES = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+                      "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
+                      "--expt-relaxed-constexpr", "-std=c++17"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -20,7 +24,7 @@ def test_wkv5_cu_compiles_for_ampere_and_hopper(tmp_path, dtype):
     out = tmp_path / "wkv5.o"
     cmd = [NVCC, "-c", str(SOURCES / "wkv5.cu"), "-o", str(out),
            "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90",
-           *nvcc_flags(64, dtype)]
+           *nvcc_flags(64, dtype), *TORCH_NVCC_DEFINES]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "warning" not in res.stderr.lower(), res.stderr[-3000:]

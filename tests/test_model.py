@@ -241,3 +241,27 @@ def test_bf16_model_runs_and_keeps_fp32_wkv_state():
     logits, state = model(torch.tensor([[1, 2, 3, 4]]))
     assert logits.dtype == torch.bfloat16 and state[1].dtype == torch.float32
     assert state[0].dtype == torch.bfloat16 and math.isfinite(float(logits.detach().float().sum()))
+
+
+def test_autocast_bf16_resolves_a_bf16_kernel_and_keeps_state_dtypes():
+    model = load_model(perturbed(2, 128, 300))
+    idx = torch.randint(0, 300, (1, 20), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        full, _ = model(idx)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed, state = model(idx)
+    assert ("cpu", torch.bfloat16) in model._kernels
+    assert [s.dtype for s in state] == [s.dtype for s in model.zero_state(1)]
+    assert (mixed.float() - full).abs().max() < 0.1  # bf16 rounding only
+
+
+def test_model_pickles_without_resolved_kernels():
+    import pickle
+
+    model = load_model(perturbed(2, 128, 300))
+    idx = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        before, _ = model(idx)
+        clone = pickle.loads(pickle.dumps(model))  # e.g. ddp_spawn sends the module
+        assert clone._kernels == {}
+        assert torch.equal(clone(idx)[0], before)

@@ -119,6 +119,11 @@ def test_world_batch_threads_and_fallback_agree():
     assert tok.encode_batch([t.encode("utf-8") for t in texts[:20]]) == single[:20]
     fallback = world_mod._PyTrie(tok._tokens)
     assert fallback.encode_batch(texts[:80]) == single[:80]
+    # Long texts with more ids than the native encode's first guess (bytes / 3) make it grow its buffer.
+    for text in ("\x01\x7f" * 3000, "".join(map(chr, range(0x80, 0x800))) * 5):
+        ids = tok.encode(text)
+        assert len(ids) > len(text.encode()) / 3 + 64
+        assert ids == fallback.encode(text) == tok.encode_batch([text])[0]
 
 
 def test_world_round_trips_arbitrary_unicode():

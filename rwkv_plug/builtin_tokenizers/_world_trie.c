@@ -18,6 +18,7 @@
 
 #define DENSE_MIN 6 /* nodes with more children than this get a dense table */
 #define PARALLEL_MIN_BYTES (1 << 16)
+#define SMALL_TEXT 2048 /* bytes; encode() handles texts up to this on the stack */
 
 typedef struct {
     int32_t tok;      /* token id ending here, or -1 */
@@ -255,6 +256,11 @@ static PyObject *Trie_encode(TrieObject *self, PyObject *obj) {
     const char *s;
     Py_ssize_t len, n = 0, at = 0, got;
     if (as_bytes(obj, &s, &len) < 0) return NULL;
+    if (len <= SMALL_TEXT) { /* short text: no heap buffer, and not worth releasing the GIL */
+        int32_t small[SMALL_TEXT];
+        got = encode_bytes(self, (const uint8_t *)s, len, small);
+        return got < 0 ? (PyErr_SetString(PyExc_ValueError, "byte not in vocab"), NULL) : to_list(self, small, got);
+    }
     /* Start near the usual ~4 bytes per id and grow, so a huge text does not
      * need 4 bytes of ids for every byte up front. */
     Py_ssize_t cap = len / 3 + 64;

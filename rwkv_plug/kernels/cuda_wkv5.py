@@ -78,14 +78,16 @@ class CudaBackend:
         return load_extension(r.shape[-1], r.dtype)
 
     def forward(self, r, k, v, lw, s0):
-        stream = torch.cuda.current_stream(r.device).cuda_stream
-        y, sT = self._ext(r).forward(r, k, v, lw, s0, stream)
-        return y, sT
+        ext = self._ext(r)
+        with torch.cuda.device(r.device):  # launch on the tensors' GPU
+            stream = torch.cuda.current_stream(r.device).cuda_stream
+            return tuple(ext.forward(r, k, v, lw, s0, stream))
 
     def backward(self, r, k, v, lw, s0, dy, dsT):
-        stream = torch.cuda.current_stream(r.device).cuda_stream
-        dr, dk, dv, ds0 = self._ext(r).backward(r, k, v, lw, s0, dy, dsT, stream)
-        return dr, dk, dv, ds0
+        ext = self._ext(r)
+        with torch.cuda.device(r.device):
+            stream = torch.cuda.current_stream(r.device).cuda_stream
+            return tuple(ext.backward(r, k, v, lw, s0, dy, dsT, stream))
 
 
 class CudaKernel(Kernel):

@@ -40,6 +40,13 @@ def _powers(w: Tensor, n: int) -> Tensor:
     return torch.cat([ones, torch.cumprod(w.unsqueeze(0).expand(n, *w.shape), dim=0)])
 
 
+def _gather_index(L: int, device: torch.device) -> Tensor:
+    """Flat positions in ``D`` (row d+1 holds sub-diagonal d) of each ``A[t, s]``."""
+    t = torch.arange(L, device=device).view(L, 1)
+    s = torch.arange(L, device=device).view(1, L)
+    return torch.where(s < t, (t - s) * L + s, s).flatten()  # s >= t reads row 0: zeros
+
+
 def _chunks(r: Tensor, k: Tensor, v: Tensor, w: Tensor, s0: Tensor, L: int):
     """State part of wkv5 over ``T = nc * L`` tokens; inputs are ``(B, H, T, N)``."""
     B, H, T, N = r.shape
@@ -48,12 +55,14 @@ def _chunks(r: Tensor, k: Tensor, v: Tensor, w: Tensor, s0: Tensor, L: int):
     P = _powers(w, L)  # (L+1, H, N)
     Pt = P[:L].permute(1, 0, 2).reshape(1, H, 1, L, N)  # w^t at row t
 
-    # Intra-chunk attention, sub-diagonal d holds pairs with t - 1 - s == d.
-    A = r.new_zeros(B, H, nc, L, L)
+    # Intra-chunk attention, built one sub-diagonal at a time: D[d, s] = A[s + d + 1, s].
+    diags = [r.new_zeros(B, H, nc, L)]  # row 0 stays zero: the slot for s >= t
     for d in range(L - 1):
         wd = P[d].view(1, H, 1, 1, N)
         diag = (r[..., d + 1 :, :] * wd * k[..., : L - 1 - d, :]).sum(-1)  # (B, H, nc, L-1-d)
-        A.diagonal(offset=-(d + 1), dim1=-2, dim2=-1).copy_(diag)
+        diags.append(torch.nn.functional.pad(diag, (0, d + 1)))
+    D = torch.stack(diags, dim=-2).flatten(-2)  # (B, H, nc, L * L)
+    A = D.index_select(-1, _gather_index(L, r.device)).view(B, H, nc, L, L)
     y = A @ v  # (B, H, nc, L, N)
 
     # Chunk-start states: one small sequential scan over chunks.
@@ -77,6 +86,12 @@ def wkv5_chunked(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, s0: Tens
     the final state in the compute dtype (fp32 unless inputs are fp64).
     """
     check_shapes(r, k, v, w, u, s0)
+    # Autocast would run the matmuls below in bf16; this op promises fp32.
+    with torch.autocast(device_type=r.device.type, enabled=False):
+        return _wkv5_chunked(r, k, v, w, u, s0, chunk)
+
+
+def _wkv5_chunked(r, k, v, w, u, s0, chunk):
     B, T, H, N = r.shape
     cdt = compute_dtype(r.dtype)
     rc, kc, vc = (x.to(cdt).transpose(1, 2) for x in (r, k, v))  # (B, H, T, N)

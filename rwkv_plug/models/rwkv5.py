@@ -76,7 +76,8 @@ class TimeMix(nn.Module):
 
         y = y.reshape(B * T, H * N) / HEAD_SIZE_DIVISOR
         y = self.ln_x(y).view(B, T, H * N)  # (B, T, A)
-        return self.output(y * g), x[:, -1], wkv  # (B, T, C)
+        # clone: a view of x[:, -1] would keep the whole chunk's activations alive
+        return self.output(y * g), x[:, -1].clone(), wkv  # (B, T, C)
 
 
 class ChannelMix(nn.Module):
@@ -96,7 +97,7 @@ class ChannelMix(nn.Module):
         dx = x - xx
         xk, xr = xx + dx * self.time_mix_k, xx + dx * self.time_mix_r
         k = torch.relu(self.key(xk)).square()  # (B, T, F)
-        return torch.sigmoid(self.receptance(xr)) * self.value(k), x[:, -1]  # (B, T, C)
+        return torch.sigmoid(self.receptance(xr)) * self.value(k), x[:, -1].clone()  # (B, T, C)
 
 
 class Block(nn.Module):
@@ -175,6 +176,11 @@ class RWKV5(nn.Module):
 
             self._kernels[key] = resolve_kernel(self._kernel_spec, device, dtype)
         return self._kernels[key]
+
+    def __getstate__(self):
+        # resolved kernels may hold compiled extensions; re-resolve after unpickling
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        return {**state, "_kernels": {}}
 
     # -- state ------------------------------------------------------------
     def zero_state(self, batch_size: int, device=None) -> tuple[Tensor, ...]:

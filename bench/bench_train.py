@@ -34,7 +34,11 @@ def build_model(layers: int, embd: int, vocab: int, kernel: str = "torch"):
     return load_model(sd, kernel=kernel)
 
 
-def matmul_flops(n: int = 2048, reps: int = 8) -> float:
+def make_opt(model):
+    return torch.optim.Adam(model.parameters(), lr=1e-5, fused=True)  # as the trainer does
+
+
+def matmul_flops(n: int = 2048, reps: int = 4) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
     t = time.perf_counter()
@@ -58,30 +62,43 @@ def train_step(model, opt, ids, ctx: int, truncated: bool = False) -> float:
 def throughput(a) -> dict:
     model = build_model(a.layers, a.embd, a.vocab, a.kernel)
     params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("emb."))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    opt = make_opt(model)
     ids = torch.randint(0, a.vocab, (1, a.ctx + 1))
     train_step(model, opt, ids, a.ctx)  # warm-up
-    peak_before = matmul_flops()
-    times = [train_step(model, opt, ids, a.ctx) for _ in range(a.steps)]
-    peak = max(peak_before, matmul_flops())
-    tok_s = a.ctx / (sum(times) / len(times))
+    times, mfus, peaks = [], [], []
+    for _ in range(a.steps):
+        # the machine is shared: measure the matmul rate right next to every step
+        before = matmul_flops()
+        step = train_step(model, opt, ids, a.ctx)
+        peak = (before + matmul_flops()) / 2
+        times.append(step)
+        peaks.append(peak)
+        mfus.append(6 * params * (a.ctx / step) / peak)
+    best = min(range(len(times)), key=lambda i: times[i])
     return {
         "model": f"L{a.layers}-D{a.embd} vocab {a.vocab}", "ctx_len": a.ctx, "batch": 1, "dtype": "fp32",
-        "kernel": a.kernel, "threads": torch.get_num_threads(), "tokens_per_s": round(tok_s, 1),
-        "non_embedding_params": params, "matmul_gflops": round(peak / 1e9, 1),
-        "mfu": round(6 * params * tok_s / peak, 3), "step_s": [round(x, 2) for x in times],
+        "kernel": a.kernel, "threads": torch.get_num_threads(), "non_embedding_params": params,
+        "tokens_per_s_median": round(a.ctx / sorted(times)[len(times) // 2], 1),
+        "tokens_per_s_best": round(a.ctx / times[best], 1),
+        "mfu_median": round(sorted(mfus)[len(mfus) // 2], 3), "mfu_best": round(max(mfus), 3),
+        "matmul_gflops": [round(x / 1e9, 1) for x in peaks], "step_s": [round(x, 2) for x in times],
     }
 
 
 def long_one(a) -> dict:
     model = build_model(a.layers, a.embd, a.vocab, a.kernel)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    opt = make_opt(model)
+    train_step(model, opt, torch.randint(0, a.vocab, (1, a.ctx + 1)), a.ctx)  # warm-up, one chunk
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     ids = torch.randint(0, a.vocab, (1, a.tokens[0] + 1))
+    before = matmul_flops()
     step = train_step(model, opt, ids, a.ctx, a.truncated)
+    rate = (before + matmul_flops()) / 2
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"tokens": a.tokens[0], "step_s": round(step, 2), "peak_rss_gib": round(peak / 2**20, 3),
-            "rss_before_step_gib": round(base_rss / 2**20, 3)}
+            "rss_after_1chunk_warmup_gib": round(base_rss / 2**20, 3), "matmul_gflops": round(rate / 1e9, 1),
+            # step time in units of "seconds at 1 TFLOP/s": removes the shared machine's load swings
+            "step_tflop_equiv": round(step * rate / 1e12, 2)}
 
 
 def long(a) -> list[dict]:
@@ -97,6 +114,8 @@ def long(a) -> list[dict]:
         rows[-1]["memory_vs_first"] = round(rows[-1]["peak_rss_gib"] / base["peak_rss_gib"], 3)
         rows[-1]["time_per_token_vs_first"] = round(
             (rows[-1]["step_s"] / n) / (base["step_s"] / base["tokens"]), 3)
+        rows[-1]["load_normalised_time_per_token_vs_first"] = round(
+            (rows[-1]["step_tflop_equiv"] / n) / (base["step_tflop_equiv"] / base["tokens"]), 3)
         print(json.dumps(rows[-1]), flush=True)
     return rows
 

@@ -32,3 +32,11 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     return subprocess.run(
         [str(exe), *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=600
     )
+
+
+def pytest_configure(config):
+    # Tiny models run faster on one thread, and tests then don't fight each other
+    # (or a tokenizer's worker threads) for the machine's two cores.
+    import torch
+
+    torch.set_num_threads(1)

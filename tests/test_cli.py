@@ -61,3 +61,14 @@ def test_import_is_cheap_and_silent():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "HEAVY=" and out.stderr == ""
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("data:\n  data_pth: x\n")
+    plain = run_cli("preload", str(cfg))
+    assert plain.returncode == 2
+    lines = plain.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Did you mean 'data_path'?" in lines[0] and str(cfg) in lines[0]
+    debug = run_cli("--debug", "preload", str(cfg))
+    assert debug.returncode == 2 and "Traceback" in debug.stderr

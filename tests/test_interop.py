@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rwkv_plug.models import load_model
 from rwkv_plug.models.export import export_checkpoint
 from rwkv_plug.models.init import init_state_dict
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread than waiting on a second, busy core."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def test_exported_model_matches_rwkv_pip_package(tmp_path, monkeypatch):

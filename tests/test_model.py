@@ -16,6 +16,15 @@ from rwkv_plug.models.io import save_state_dict
 from rwkv_plug.models.rwkv5 import RWKV5
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread than waiting on a second, busy core."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 class RecurrentKernel:
     """The executable spec as a kernel object (also checks objects are accepted)."""
 
@@ -265,3 +274,24 @@ def test_model_pickles_without_resolved_kernels():
         clone = pickle.loads(pickle.dumps(model))  # e.g. ddp_spawn sends the module
         assert clone._kernels == {}
         assert torch.equal(clone(idx)[0], before)
+
+
+def test_chunked_backprop_through_carried_state_equals_full_pass():
+    sd = perturbed(2, 128, 300)
+    idx = torch.randint(0, 300, (2, 40), generator=torch.Generator().manual_seed(5))
+
+    def grads(bounds):
+        model = load_model(sd)
+        state, loss = None, 0.0
+        for a, b in bounds:
+            logits, state = model(idx[:, a:b], state)
+            loss = loss + torch.nn.functional.cross_entropy(
+                logits.reshape(-1, 300), idx[:, a:b].reshape(-1), reduction="sum"
+            )
+        loss.backward()
+        return {n: p.grad for n, p in model.named_parameters()}
+
+    full = grads([(0, 40)])
+    chunked = grads([(0, 13), (13, 14), (14, 40)])
+    for name, g in full.items():
+        assert torch.allclose(chunked[name], g, rtol=1e-4, atol=1e-5), name

@@ -16,6 +16,15 @@ from rwkv_plug.models.io import load_state_dict, save_state_dict
 from conftest import run_cli
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread than waiting on a second, busy core."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def invoke(capsys, *args: str) -> tuple[int, str, str]:
     """Run the CLI entry point in-process: (exit code, stdout, stderr)."""
     from rwkv_plug.core.cli import main
@@ -64,6 +73,17 @@ def test_missing_file_and_non_state_dict(tmp_path):
     torch.save({"state_dict": {"model.emb.weight": torch.zeros(1)}}, tmp_path / "t.ckpt")
     with pytest.raises(ModelError, match="rwkv-plug export"):
         load_state_dict(tmp_path / "t.ckpt")
+
+
+def test_garbage_and_truncated_files_are_clear_errors(tmp_path):
+    (tmp_path / "junk.pth").write_bytes(b"this is not a model" * 10)
+    with pytest.raises(ModelError, match="cannot read"):
+        load_state_dict(tmp_path / "junk.pth")
+    save_state_dict({"a": torch.ones(100)}, tmp_path / "ok.pth")
+    data = (tmp_path / "ok.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="cut.pth"):
+        load_state_dict(tmp_path / "cut.pth")
 
 
 def test_save_is_atomic_and_writes_only_the_tensor_data(tmp_path, monkeypatch):

@@ -261,6 +261,10 @@ def test_tokenizer_kernel_and_model_hooks_fill_their_registries():
         def detect(cls, state_dict):
             return "toy" in state_dict
 
+        @classmethod
+        def from_state_dict(cls, state_dict, **options):
+            return ("toy model", dict(state_dict))
+
     class AllKinds:
         @hookimpl
         def register_tokenizers(self):
@@ -278,6 +282,9 @@ def test_tokenizer_kernel_and_model_hooks_fill_their_registries():
     assert plugins.tokenizers().get("chars").load("chars", {}).encode("A") == [65]
     assert plugins.kernels().get("never").availability() == (False, "needs a quantum computer")
     assert plugins.models().get("toy").detect({"toy": 1})
+    from rwkv_plug.models import load_model
+
+    assert load_model({"toy": 1}) == ("toy model", {"toy": 1})  # detection goes through the registry
 
     from click.testing import CliRunner
 

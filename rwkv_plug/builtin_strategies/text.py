@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rwkv_plug.builtin_strategies.pieces import Piece, PieceStrategy, cell_text
+from rwkv_plug.builtin_strategies.pieces import FlatSamples, Piece, PieceStrategy, cell_text, flat_encode
 from rwkv_plug.core.errors import ConfigError, DataError, did_you_mean
 from rwkv_plug.core.interfaces import BadRow, Option
 
@@ -67,3 +67,31 @@ class TextStrategy(PieceStrategy):
         if not text:
             raise BadRow(f"column '{self.column}' is empty")
         return [(text, True)]
+
+    def encode_flat(self, rows: Sequence[Mapping[str, Any]]) -> FlatSamples | None:
+        """``encode_batch`` as flat arrays (the pipeline's fast path), or None to decline.
+
+        Declines for subclasses that change how a row is read or encoded, so
+        they keep their own behaviour through the generic path.
+        """
+        cls = type(self)
+        if (cls.pieces is not TextStrategy.pieces or cls.encode_batch is not PieceStrategy.encode_batch
+                or cls.encode is not PieceStrategy.encode):
+            return None
+        import numpy as np
+
+        texts: list[str] = []
+        bad: dict[int, BadRow] = {}
+        for i, row in enumerate(rows):
+            try:
+                texts.append(self.pieces(row)[0][0])  # type: ignore[arg-type]
+            except BadRow as exc:
+                bad[i] = exc
+        ids, offsets = flat_encode(self.tokenizer, texts)
+        if bad:  # give the bad rows zero tokens
+            good = np.array([i for i in range(len(rows)) if i not in bad], dtype=np.int64)
+            lengths = np.zeros(len(rows), dtype=np.int64)
+            lengths[good] = np.diff(offsets)
+            offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+        return FlatSamples(ids, offsets, None, bad)

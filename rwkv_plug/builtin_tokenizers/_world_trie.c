@@ -308,32 +308,36 @@ static void *batch_worker(void *arg) {
     return NULL;
 }
 
-static PyObject *Trie_encode_batch(TrieObject *self, PyObject *args) {
-    PyObject *texts, *seq, *res = NULL;
-    int threads = 1;
-    if (!PyArg_ParseTuple(args, "O|i", &texts, &threads)) return NULL;
-    /* A private tuple: another thread cannot drop the strings from under us
-     * while the GIL is released (a list passed in could be mutated). */
-    seq = PySequence_Tuple(texts);
-    if (!seq) return NULL;
+/* Shared by encode_batch and encode_flat: tokenise every text of the tuple
+ * seq on `threads` threads. On success *out holds each text's ids at
+ * offsets[i] (its byte offset), counts[i] of them; returns 0, or -1 with an
+ * exception set. The caller frees *out and *lens (offsets, counts inside). */
+static int run_batch(TrieObject *self, PyObject *seq, int threads, int32_t **out_p, Py_ssize_t **lens_p) {
     Py_ssize_t n = PyTuple_GET_SIZE(seq), total = 0;
     const char **ptrs = malloc((size_t)(n ? n : 1) * sizeof(char *));
     Py_ssize_t *lens = malloc((size_t)(n ? n : 1) * sizeof(Py_ssize_t) * 3);
     int32_t *out = NULL;
+    *out_p = NULL;
+    *lens_p = lens;
     if (!ptrs || !lens) {
+        free(ptrs);
         PyErr_NoMemory();
-        goto done;
+        return -1;
     }
     Py_ssize_t *offsets = lens + n, *counts = lens + 2 * n;
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (as_bytes(PyTuple_GET_ITEM(seq, i), &ptrs[i], &lens[i]) < 0) goto done;
+        if (as_bytes(PyTuple_GET_ITEM(seq, i), &ptrs[i], &lens[i]) < 0) {
+            free(ptrs);
+            return -1;
+        }
         offsets[i] = total;
         total += lens[i];
     }
     out = malloc((size_t)(total ? total : 1) * sizeof(int32_t));
     if (!out) {
+        free(ptrs);
         PyErr_NoMemory();
-        goto done;
+        return -1;
     }
     Batch b = {self, ptrs, lens, offsets, counts, out, n, 0};
     if (threads > n) threads = (int)n;
@@ -344,17 +348,78 @@ static PyObject *Trie_encode_batch(TrieObject *self, PyObject *args) {
     if (threads > 64) threads = 64;
     for (int k = 1; k < threads; k++)
         if (pthread_create(&tids[started], NULL, batch_worker, &b) == 0) started++;
-    batch_worker(&b); /* this thread works too; it finishes whatever is left */
+    batch_worker(&b);
     for (int k = 0; k < started; k++) pthread_join(tids[k], NULL);
     Py_END_ALLOW_THREADS
-    res = PyList_New(n);
-    if (!res) goto done;
+    free(ptrs);
+    *out_p = out;
     for (Py_ssize_t i = 0; i < n; i++) {
         if (counts[i] < 0) {
             PyErr_SetString(PyExc_ValueError, "byte not in vocab");
-            Py_CLEAR(res);
-            goto done;
+            return -1;
         }
+    }
+    return 0;
+}
+
+/* encode_flat(texts, threads=1) -> (ids, offsets): ids is the bytes of every
+ * text's int32 ids back to back, offsets the bytes of n+1 int64 positions
+ * (text i is ids[offsets[i]:offsets[i+1]]). No Python int is made per token. */
+static PyObject *Trie_encode_flat(TrieObject *self, PyObject *args) {
+    PyObject *texts, *seq, *ids = NULL, *offs = NULL;
+    int threads = 1;
+    int32_t *out = NULL;
+    Py_ssize_t *lens = NULL;
+    if (!PyArg_ParseTuple(args, "O|i", &texts, &threads)) return NULL;
+    seq = PySequence_Tuple(texts); /* private: see encode_batch */
+    if (!seq) return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(seq), total = 0;
+    if (run_batch(self, seq, threads, &out, &lens) < 0) goto done;
+    Py_ssize_t *offsets = lens + n, *counts = lens + 2 * n;
+    for (Py_ssize_t i = 0; i < n; i++) total += counts[i];
+    ids = PyBytes_FromStringAndSize(NULL, total * (Py_ssize_t)sizeof(int32_t));
+    offs = PyBytes_FromStringAndSize(NULL, (n + 1) * (Py_ssize_t)sizeof(int64_t));
+    if (!ids || !offs) goto done;
+    int32_t *dst = (int32_t *)PyBytes_AS_STRING(ids);
+    int64_t *pos = (int64_t *)PyBytes_AS_STRING(offs);
+    int64_t at = 0;
+    for (Py_ssize_t i = 0; i < n; i++) { /* compact: each text's ids sat at its byte offset */
+        pos[i] = at;
+        memcpy(dst + at, out + offsets[i], (size_t)counts[i] * sizeof(int32_t));
+        at += counts[i];
+    }
+    pos[n] = at;
+    free(out);
+    free(lens);
+    Py_DECREF(seq);
+    PyObject *res = PyTuple_Pack(2, ids, offs);
+    Py_DECREF(ids);
+    Py_DECREF(offs);
+    return res;
+done:
+    Py_XDECREF(ids);
+    Py_XDECREF(offs);
+    free(out);
+    free(lens);
+    Py_DECREF(seq);
+    return NULL;
+}
+
+static PyObject *Trie_encode_batch(TrieObject *self, PyObject *args) {
+    PyObject *texts, *seq, *res = NULL;
+    int threads = 1;
+    int32_t *out = NULL;
+    Py_ssize_t *lens = NULL;
+    if (!PyArg_ParseTuple(args, "O|i", &texts, &threads)) return NULL;
+    /* A private tuple: another thread cannot drop the strings from under us
+     * while the GIL is released (a list passed in could be mutated). */
+    seq = PySequence_Tuple(texts);
+    if (!seq) return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
+    if (run_batch(self, seq, threads, &out, &lens) < 0) goto done;
+    Py_ssize_t *offsets = lens + n, *counts = lens + 2 * n;
+    if (!(res = PyList_New(n))) goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *ids = to_list(self, out + offsets[i], counts[i]);
         if (!ids) {
             Py_CLEAR(res);
@@ -365,7 +430,6 @@ static PyObject *Trie_encode_batch(TrieObject *self, PyObject *args) {
 done:
     free(out);
     free(lens);
-    free(ptrs);
     Py_DECREF(seq);
     return res;
 }
@@ -378,6 +442,8 @@ static PyMethodDef Trie_methods[] = {
     {"encode", (PyCFunction)Trie_encode, METH_O, "encode(text: str | bytes) -> list[int]"},
     {"encode_batch", (PyCFunction)Trie_encode_batch, METH_VARARGS,
      "encode_batch(texts: list[str | bytes], threads: int = 1) -> list[list[int]]"},
+    {"encode_flat", (PyCFunction)Trie_encode_flat, METH_VARARGS,
+     "encode_flat(texts: list[str | bytes], threads: int = 1) -> (bytes of int32 ids, bytes of int64 offsets)"},
     {"node_count", (PyCFunction)Trie_node_count, METH_NOARGS, "number of trie nodes"},
     {NULL, NULL, 0, NULL},
 };

@@ -108,6 +108,15 @@ class _PyTrie:
     def encode_batch(self, texts: Sequence[str | bytes], threads: int = 1) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
+    def encode_flat(self, texts: Sequence[str | bytes], threads: int = 1) -> tuple[bytes, bytes]:
+        import numpy as np
+
+        lists = self.encode_batch(texts)
+        offsets = np.zeros(len(lists) + 1, dtype=np.int64)
+        np.cumsum([len(x) for x in lists], out=offsets[1:])
+        ids = np.fromiter((i for x in lists for i in x), dtype=np.int32, count=int(offsets[-1]))
+        return ids.tobytes(), offsets.tobytes()
+
 
 _warned = False
 
@@ -187,6 +196,17 @@ class WorldTokenizer(Tokenizer):
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return self._trie.encode_batch(texts, self.threads)
+
+    def encode_flat(self, texts: Sequence[str], threads: int | None = None) -> tuple[Any, Any]:
+        """``encode_batch`` as two numpy arrays, ``(ids int32, offsets int64)``:
+        text i is ``ids[offsets[i]:offsets[i + 1]]``. Same ids; no Python int per token.
+
+        ``threads`` overrides :attr:`threads` for this call.
+        """
+        import numpy as np
+
+        raw_ids, raw_offsets = self._trie.encode_flat(texts, threads or self.threads)
+        return np.frombuffer(raw_ids, dtype=np.int32), np.frombuffer(raw_offsets, dtype=np.int64)
 
     def decode_bytes(self, ids: Sequence[int]) -> bytes:
         tokens = self._tokens

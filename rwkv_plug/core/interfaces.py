@@ -187,6 +187,27 @@ class ModelArch(ABC):
     def detect(cls, state_dict: Mapping[str, Any]) -> bool:
         """Whether a checkpoint's keys belong to this architecture."""
 
+    @classmethod
+    @abstractmethod
+    def from_state_dict(
+        cls,
+        state_dict: Mapping[str, Any],
+        *,
+        kernel: Any = "auto",
+        dropout: float = 0.0,
+        grad_cp: bool = False,
+        dtype: Any = None,
+        dim_att: int | None = None,
+        dim_ffn: int | None = None,
+        source: str = "state dict",
+        copy: bool = True,
+    ) -> Any:
+        """Build the model (an ``nn.Module``) from a checkpoint's tensors.
+
+        ``source`` names the file in error messages; ``copy=False`` lets the
+        model take ownership of the tensors instead of copying them.
+        """
+
 
 @dataclass
 class Registered:

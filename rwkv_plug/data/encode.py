@@ -4,6 +4,12 @@ One batched ``datasets.map`` does all of it, so every source row yields one
 output row that says either "keep" or why it was dropped (``_drop``), and
 which source row it was (``_row``). The summary counts those afterwards;
 nothing is dropped without a reason on record.
+
+Fast path: a strategy may offer ``encode_flat(rows)`` returning
+:class:`~rwkv_plug.builtin_strategies.pieces.FlatSamples` (the built-in
+``text`` strategy does); the filters then run on whole arrays and no Python
+object is made per token. It must give the same table as the per-row path
+(``tests/test_data_flat.py``); third-party strategies need not have it.
 """
 
 from __future__ import annotations
@@ -95,13 +101,29 @@ class Encoder:
             self._strategy = self.strategy_cls(self.cfg, self._tokenizer)
         return self._strategy
 
+    @property
+    def flat(self) -> bool:
+        """Whether the strategy has the optional flat fast path (``encode_flat``)."""
+        return callable(getattr(self.strategy, "encode_flat", None))
+
+    def _limits(self) -> tuple[int, int, int]:
+        return (int(self.cfg.get("data_prefix_skip_mask") or 0), int(self.cfg.get("min_token_size") or -1),
+                int(self.cfg.get("max_token_size") or -1))
+
     def __call__(self, batch: dict[str, list], indices: list[int]) -> pa.Table:
         names = list(batch)
         rows = [dict(zip(names, values)) for values in zip(*(batch[n] for n in names))]
+        if self.flat:
+            try:
+                flat = self.strategy.encode_flat(rows)  # type: ignore[attr-defined]
+            except (BadRow, DataError):
+                raise
+            except Exception:
+                flat = None  # the generic path below finds and names the failing row
+            if flat is not None:
+                return self._table_from_flat(flat, indices)
         results = self._encode(rows, indices)
-        skip = int(self.cfg.get("data_prefix_skip_mask") or 0)
-        min_size = int(self.cfg.get("min_token_size") or -1)
-        max_size = int(self.cfg.get("max_token_size") or -1)
+        skip, min_size, max_size = self._limits()
         ids_out: list[np.ndarray] = []
         mask_out: list[np.ndarray] = []
         drop: list[str] = []
@@ -124,16 +146,67 @@ class Encoder:
             if not reason:
                 ids_out.append(ids)
                 mask_out.append(mask)
-        offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
         flat_ids = np.concatenate(ids_out) if ids_out else np.zeros(0, np.int32)
         flat_mask = np.concatenate(mask_out) if mask_out else np.zeros(0, np.int8)
+        return self._table(np.asarray(lengths, dtype=np.int64), flat_ids, flat_mask, drop, bad, indices)
+
+    def _table(self, lengths: np.ndarray, ids: np.ndarray, mask: np.ndarray, drop: list[str],
+               bad: list[bool], indices: list[int]) -> pa.Table:
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
         return pa.table({  # an Arrow table skips datasets' per-value conversion
-            "input_ids": pa.ListArray.from_arrays(offsets, pa.array(flat_ids)),
-            "loss_mask": pa.ListArray.from_arrays(offsets, pa.array(flat_mask)),
+            "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids)),
+            "loss_mask": pa.ListArray.from_arrays(pa.array(offsets), pa.array(mask)),
             "_drop": pa.array(drop, type=pa.string()),
             "_bad": pa.array(bad, type=pa.bool_()),
             "_row": pa.array(np.asarray(indices, dtype=np.int64) + self.row_offset),
         })
+
+    def _table_from_flat(self, flat: Any, indices: list[int]) -> pa.Table:
+        """The same table as the per-row path, computed on whole arrays.
+
+        ``flat`` is a :class:`~rwkv_plug.builtin_strategies.pieces.FlatSamples`.
+        """
+        skip, min_size, max_size = self._limits()
+        offsets = np.asarray(flat.offsets, dtype=np.int64)
+        ids = np.asarray(flat.ids, dtype=np.int32)
+        lengths = np.diff(offsets)
+        starts = offsets[:-1]
+        mask = None if flat.mask is None else np.array(flat.mask, dtype=np.int8)  # a copy we may edit
+        if skip > 0:
+            if mask is None:
+                mask = np.ones(len(ids), dtype=np.int8)
+            within = np.arange(len(ids), dtype=np.int64) - np.repeat(starts, lengths)
+            mask[within < skip] = 0
+        if mask is None:
+            learned = lengths > 0
+        else:
+            total = np.zeros(len(mask) + 1, dtype=np.int64)
+            np.cumsum(mask, out=total[1:])
+            learned = total[offsets[1:]] > total[starts]
+        # the same checks in the same order as filter_reason()
+        codes = np.zeros(len(lengths), dtype=np.int8)  # 0 keep, else index into reasons
+        reasons = ["", FILTER_TOO_SHORT, f"shorter than min_token_size ({min_size})",
+                   f"longer than max_token_size ({max_size})", FILTER_NO_MASK]
+        checks = [lengths <= 1, (lengths < min_size) if min_size > 0 else None,
+                  (lengths > max_size) if max_size > 0 else None, ~learned]
+        for code, hit in enumerate(checks, 1):
+            if hit is not None:
+                codes[(codes == 0) & hit] = code
+        drop = [reasons[c] for c in codes.tolist()]
+        bad = [False] * len(lengths)
+        for i, exc in flat.bad.items():
+            drop[i], bad[i] = str(exc) or "bad row", True
+            codes[i] = 1
+        keep = codes == 0
+        if not keep.all():
+            tokens = np.repeat(keep, lengths)
+            ids = ids[tokens]
+            mask = None if mask is None else mask[tokens]
+            lengths = np.where(keep, lengths, 0)
+        if mask is None:
+            mask = np.ones(len(ids), dtype=np.int8)
+        return self._table(lengths, ids, mask, drop, bad, indices)
 
     def _encode(self, rows: list[dict], indices: list[int]) -> list[Sample | BadRow]:
         strategy = self.strategy
@@ -157,3 +230,83 @@ class Encoder:
                 raise DataError(f"source row {idx + self.row_offset} (0-based): strategy "
                                 f"'{strategy.name}' failed with {type(exc).__name__}: {exc}") from None
         return results
+
+
+#: Source bytes per batch on the in-process path: big enough that per-batch
+#: costs vanish and the tokenizer's threads stay busy, small enough for memory.
+BATCH_BYTES = 8 << 20
+MIN_BATCH_ROWS = 256
+
+
+def encode_in_process(name: str, ds, fn: Encoder, cfg: Mapping[str, Any], work, rechunk=None):
+    """Encode ``ds`` with ``fn`` in this process, batch by batch, without ``datasets.map``.
+
+    Kept samples go straight to the rechunker when ``rechunk`` is
+    ``(size, separator ids)``, else to an Arrow file. Returns ``(Dataset or
+    RechunkResult, table of _drop/_bad/_row for every source row)``; no
+    intermediate file of unchunked samples is written.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import datasets
+    import pyarrow.compute as pc
+    from datasets.arrow_writer import ArrowWriter
+    from datasets.utils.tqdm import tqdm  # honours datasets.disable_progress_bars()
+
+    from rwkv_plug.data.rechunk import Rechunker
+
+    n = len(ds)
+    per_row = max(1, ds.data.nbytes // max(1, len(ds.data)))
+    step = max(1, min(n, max(MIN_BATCH_ROWS, BATCH_BYTES // per_row)))
+    if rechunk is not None:
+        sink = Rechunker(rechunk[0], rechunk[1], int(cfg.get("data_prefix_skip_mask") or 0),
+                         str(work / f"rechunk-{name}.arrow"))
+        writer = None
+    else:
+        sink, path = None, str(work / f"encoded-{name}.arrow")
+        writer = ArrowWriter(features=sample_features(), path=path)
+    status: list[pa.Table] = []
+    starts = range(0, n, step)
+    # The flat path tokenises without the GIL: encode the next batch in a
+    # helper thread while this one feeds the previous batch to the writer.
+    pool = ThreadPoolExecutor(1) if fn.flat and len(starts) > 1 else None
+
+    def encode(start: int) -> Any:
+        stop = min(n, start + step)
+        args = (ds[start:stop], list(range(start, stop)))
+        return pool.submit(fn, *args) if pool is not None else fn(*args)
+
+    try:
+        pending = encode(0) if n else None
+        for k in tqdm(range(len(starts)), unit="batch", desc=f"tokenising {name}"):
+            table = pending.result() if pool is not None else pending
+            pending = encode(starts[k + 1]) if k + 1 < len(starts) else None
+            status.append(table.select(["_drop", "_bad", "_row"]))
+            keep = pc.equal(table.column("_drop"), "")
+            if sink is not None:
+                ids = table.column("input_ids").combine_chunks()
+                mask = table.column("loss_mask").combine_chunks()
+                lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False).astype(np.int64)
+                sink.feed(lengths[keep.to_numpy(zero_copy_only=False)],
+                          pc.list_flatten(ids).to_numpy(zero_copy_only=False),
+                          pc.list_flatten(mask).to_numpy(zero_copy_only=False))
+            else:
+                writer.write_table(table.filter(keep).select(["input_ids", "loss_mask"]))
+        if sink is not None:
+            result = sink.finish()
+        else:
+            writer.finalize()
+            writer.close()
+            result = datasets.Dataset.from_file(path)
+    except BaseException:
+        (sink.abort() if sink is not None else writer.close())
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return result, pa.concat_tables(status) if status else _empty_status()
+
+
+def _empty_status() -> pa.Table:
+    return pa.table({"_drop": pa.array([], pa.string()), "_bad": pa.array([], pa.bool_()),
+                     "_row": pa.array([], pa.int64())})

@@ -21,7 +21,7 @@ from rwkv_plug.data import split as splitting
 from rwkv_plug.data import store
 from rwkv_plug.data.options import DATA_OPTIONS, resolve_data_config
 from rwkv_plug.data.sources import Source, load_source, resolve_source
-from rwkv_plug.data.summary import Summary, split_stats
+from rwkv_plug.data.summary import SplitStats, Summary
 
 Log = Callable[[str], None]
 #: Below this much source data (Arrow bytes) one process is faster than a pool.
@@ -124,23 +124,26 @@ def _build(cfg: dict, src: Source, tokenizer, work: Path, log: Log):
     summary.strategy = strategy_cls.name
     log(f"strategy '{strategy_cls.name}' for columns {', '.join(dd['train'].column_names)}")
 
+    size = cfg["text_rechunk_size"]
+    rechunking = size > 0 and (cfg["text_rechunk_force"] or (cfg["text_rechunk_auto"] and src.is_text))
+    sep: list[int] = []
+    if rechunking:
+        sep_text = cfg["text_rechunk_separator"]
+        sep = tokenizer.encode(sep_text) if sep_text else []
+        summary.rechunk_size = size
     encoded = {}
     for name, ds in dd.items():
         summary.rows_in[name] = len(ds)
         encoded[name] = _encode_split(name, ds, strategy_cls, cfg, tokenizer,
-                                      row_offset if name == "train" else 0, nproc, work, summary)
-        summary.documents_kept[name] = len(encoded[name])
+                                      row_offset if name == "train" else 0, nproc, work, summary,
+                                      (size, sep) if rechunking else None)
+    if rechunking:
+        from rwkv_plug.data.rechunk import RechunkResult, rechunk
 
-    size = cfg["text_rechunk_size"]
-    if size > 0 and (cfg["text_rechunk_force"] or (cfg["text_rechunk_auto"] and src.is_text)):
-        from rwkv_plug.data.rechunk import rechunk
-
-        sep_text = cfg["text_rechunk_separator"]
-        sep = tokenizer.encode(sep_text) if sep_text else []
-        summary.rechunk_size = size
         for name in list(encoded):
-            res = rechunk(encoded[name], size, sep, cfg["data_prefix_skip_mask"],
-                          str(work / f"rechunk-{name}.arrow"))
+            res = encoded[name]
+            if not isinstance(res, RechunkResult):  # encoded by a pool: rechunk it now
+                res = rechunk(res, size, sep, cfg["data_prefix_skip_mask"], str(work / f"rechunk-{name}.arrow"))
             summary.rechunk_remainder[name] = res.remainder
             if res.chunks == 0:
                 raise DataError(f"the {name} split has fewer than text_rechunk_size={size} tokens "
@@ -159,26 +162,39 @@ def _build(cfg: dict, src: Source, tokenizer, work: Path, log: Log):
         train = splitting.reverse(train)
     out = datasets.DatasetDict({"train": train, "test": test})
     for name, ds in out.items():
-        stats, _ = split_stats(ds)
-        summary.splits[name] = stats
+        summary.splits[name] = _split_stats(ds)
     _check_ids(out, tokenizer.vocab_size)
     return out, summary
 
 
 def _encode_split(name: str, ds, strategy_cls, cfg: dict, tokenizer, row_offset: int,
-                  nproc: int, work: Path, summary: Summary):
+                  nproc: int, work: Path, summary: Summary, rechunk: tuple[int, list[int]] | None):
+    """The split's kept samples: a Dataset, or a RechunkResult when encoding fed
+    the rechunk directly (the in-process path with ``rechunk`` set)."""
     from rwkv_plug.data.encode import Encoder, encoded_features
 
-    procs = 1 if ds.data.nbytes < SMALL_BYTES else max(1, min(nproc, len(ds)))
-    batch = max(1, min(MAP_BATCH_ROWS, -(-len(ds) // procs)))
     fn = Encoder(strategy_cls, cfg, tokenizer, row_offset)
+    if in_process(fn, tokenizer) or ds.data.nbytes < SMALL_BYTES or min(nproc, len(ds)) <= 1:
+        from rwkv_plug.data.encode import encode_in_process
+
+        result, table = encode_in_process(name, ds, fn, cfg, work, rechunk)
+        _account(name, table, cfg, summary)
+        return result
+    procs = max(1, min(nproc, len(ds)))
+    batch = max(1, min(MAP_BATCH_ROWS, -(-len(ds) // procs)))
     enc = ds.map(fn, batched=True, batch_size=batch, with_indices=True,
                  remove_columns=ds.column_names, features=encoded_features(),
-                 num_proc=procs if procs > 1 else None,
-                 cache_file_name=str(work / f"encoded-{name}.arrow"), load_from_cache_file=False,
+                 num_proc=procs, cache_file_name=str(work / f"encoded-{name}.arrow"),
+                 load_from_cache_file=False,
                  new_fingerprint=store.digest([name, repr(work), strategy_cls.name]),
                  desc=f"tokenising {name}")
     table = enc.select_columns(["_drop", "_row", "_bad"]).with_format("arrow")[:]
+    keep = _account(name, table, cfg, summary)
+    return enc.select(keep).remove_columns(["_drop", "_bad", "_row"])
+
+
+def _account(name: str, table, cfg: dict, summary: Summary) -> np.ndarray:
+    """Count the dropped rows per reason (raising under ``strict``); the kept row numbers."""
     drop = table.column("_drop").to_numpy(zero_copy_only=False)
     rows = table.column("_row").to_numpy(zero_copy_only=False)
     bad = table.column("_bad").to_numpy(zero_copy_only=False)
@@ -195,7 +211,33 @@ def _encode_split(name: str, ds, strategy_cls, cfg: dict, tokenizer, row_offset:
         reasons = "; ".join(f"{k}: {v.count}" for k, v in summary.skipped.items())
         raise DataError(f"no rows of the {name} split are left after tokenising and filtering "
                         f"({reasons})")
-    return enc.select(keep).remove_columns(["_drop", "_bad", "_row"])
+    summary.documents_kept[name] = len(keep)
+    return keep
+
+
+def in_process(encoder, tokenizer) -> bool:
+    """Whether tokenising runs in this process whatever ``num_proc`` says.
+
+    A strategy with the flat fast path and a tokenizer that returns flat
+    arrays from its own threads (the built-in world tokenizer) already keep
+    every core busy with next to no Python work per token; worker processes
+    would only add start-up, pickling and shard-merge costs.
+    """
+    return bool(encoder.flat and callable(getattr(tokenizer, "encode_flat", None))
+                and getattr(tokenizer, "threads", 1) > 1)
+
+
+def _split_stats(ds, batch_rows: int = 10_000) -> SplitStats:
+    """``summary.split_stats`` without the per-token int64 copy of the mask
+    (Arrow's sum of int8 already adds up in int64): the same numbers."""
+    import pyarrow.compute as pc
+
+    stats = SplitStats()
+    for t in ds.with_format("arrow").iter(batch_size=batch_rows):
+        stats.samples += t.num_rows
+        stats.tokens += int(pc.sum(pc.list_value_length(t.column("input_ids"))).as_py() or 0)
+        stats.trained_tokens += int(pc.sum(pc.list_flatten(t.column("loss_mask"))).as_py() or 0)
+    return stats
 
 
 def _check_ids(dd, vocab_size: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -33,21 +34,98 @@ def join_documents(lengths: np.ndarray, ids: np.ndarray, mask: np.ndarray,
     return out_ids.astype(np.int32, copy=False), out_mask.astype(np.int8, copy=False)
 
 
+class Rechunker:
+    """Streaming rechunk: :meth:`feed` documents batch by batch, then :meth:`finish`.
+
+    The cut is global, so how the documents are batched does not change the chunks.
+    """
+
+    #: Chunks are kept in memory up to this many bytes (the final save then
+    #: writes them once); beyond it they go to ``path``.
+    MEMORY_BYTES = 256 << 20
+
+    def __init__(self, size: int, sep: Sequence[int], prefix_skip: int, path: str) -> None:
+        self.size, self.sep, self.prefix_skip, self.path = size, sep, prefix_skip, path
+        self.carry_ids = np.empty(0, dtype=np.int32)
+        self.carry_mask = np.empty(0, dtype=np.int8)
+        self.chunks = 0
+        self.held: list[Any] = []  # pa.Table batches not written yet
+        self.held_bytes = 0
+        self.writer: Any = None
+
+    def _write(self, table: Any) -> None:
+        if self.writer is None and self.held_bytes + table.nbytes <= self.MEMORY_BYTES:
+            self.held.append(table)
+            self.held_bytes += table.nbytes
+            return
+        if self.writer is None:
+            from datasets.arrow_writer import ArrowWriter
+
+            from rwkv_plug.data.encode import sample_features
+
+            self.writer = ArrowWriter(features=sample_features(), path=self.path)
+            for held in self.held:
+                self.writer.write_table(held)
+            self.held = []
+        self.writer.write_table(table)
+
+    def feed(self, lengths: np.ndarray, ids: np.ndarray, mask: np.ndarray) -> None:
+        """Documents back to back: ``lengths`` per document, ``ids``/``mask`` flat."""
+        import pyarrow as pa
+
+        size = self.size
+        j_ids, j_mask = join_documents(lengths, ids, mask, self.sep)
+        s_ids = np.concatenate([self.carry_ids, j_ids])
+        s_mask = np.concatenate([self.carry_mask, j_mask])
+        n = len(s_ids) // size
+        cut = n * size
+        self.carry_ids, self.carry_mask = s_ids[cut:].copy(), s_mask[cut:].copy()
+        if n == 0:
+            return
+        c_mask = s_mask[:cut].reshape(n, size).copy()
+        if self.prefix_skip > 0:
+            c_mask[:, :self.prefix_skip] = 0
+        offsets = pa.array(np.arange(0, cut + 1, size, dtype=np.int32))
+        self._write(pa.table({
+            "input_ids": pa.ListArray.from_arrays(offsets, pa.array(s_ids[:cut])),
+            "loss_mask": pa.ListArray.from_arrays(offsets, pa.array(c_mask.reshape(-1))),
+        }))
+        self.chunks += n
+
+    def finish(self) -> RechunkResult:
+        import uuid
+
+        import datasets
+        import pyarrow as pa
+
+        from rwkv_plug.data.encode import sample_features
+
+        if self.writer is None:
+            features = sample_features()
+            table = pa.concat_tables(self.held) if self.held else features.arrow_schema.empty_table()
+            # a fingerprint given up front: datasets would otherwise hash every token
+            ds = datasets.Dataset(datasets.table.InMemoryTable(table), fingerprint=uuid.uuid4().hex,
+                                  info=datasets.DatasetInfo(features=features))
+        else:
+            try:
+                self.writer.finalize()
+            finally:
+                self.writer.close()
+            ds = datasets.Dataset.from_file(self.path)
+        return RechunkResult(ds, self.chunks, int(len(self.carry_ids)))
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 def rechunk(ds, size: int, sep: Sequence[int], prefix_skip: int, path: str,
             batch_rows: int = 4096) -> RechunkResult:
     """Rechunk ``ds`` (columns input_ids, loss_mask) into ``path``; returns the new dataset."""
-    import datasets
-    import pyarrow as pa
     import pyarrow.compute as pc
-    from datasets.arrow_writer import ArrowWriter
     from datasets.utils.tqdm import tqdm  # honours datasets.disable_progress_bars()
 
-    from rwkv_plug.data.encode import sample_features
-
-    carry_ids = np.empty(0, dtype=np.int32)
-    carry_mask = np.empty(0, dtype=np.int8)
-    chunks = 0
-    writer = ArrowWriter(features=sample_features(), path=path)
+    out = Rechunker(size, sep, prefix_skip, path)
     try:
         batches = ds.with_format("arrow").iter(batch_size=batch_rows)
         total = -(-len(ds) // batch_rows)
@@ -57,25 +135,8 @@ def rechunk(ds, size: int, sep: Sequence[int], prefix_skip: int, path: str,
             lengths = pc.list_value_length(col_ids).to_numpy(zero_copy_only=False).astype(np.int64)
             ids = pc.list_flatten(col_ids).to_numpy(zero_copy_only=False).astype(np.int32)
             mask = pc.list_flatten(col_mask).to_numpy(zero_copy_only=False).astype(np.int8)
-            j_ids, j_mask = join_documents(lengths, ids, mask, sep)
-            s_ids = np.concatenate([carry_ids, j_ids])
-            s_mask = np.concatenate([carry_mask, j_mask])
-            n = len(s_ids) // size
-            cut = n * size
-            carry_ids, carry_mask = s_ids[cut:].copy(), s_mask[cut:].copy()
-            if n == 0:
-                continue
-            c_mask = s_mask[:cut].reshape(n, size).copy()
-            if prefix_skip > 0:
-                c_mask[:, :prefix_skip] = 0
-            offsets = pa.array(np.arange(0, cut + 1, size, dtype=np.int32))
-            writer.write_table(pa.table({
-                "input_ids": pa.ListArray.from_arrays(offsets, pa.array(s_ids[:cut])),
-                "loss_mask": pa.ListArray.from_arrays(offsets, pa.array(c_mask.reshape(-1))),
-            }))
-            chunks += n
-        writer.finalize()
-    finally:
-        writer.close()
-    out = datasets.Dataset.from_file(path)
-    return RechunkResult(out, chunks, int(len(carry_ids)))
+            out.feed(lengths, ids, mask)
+    except BaseException:
+        out.abort()
+        raise
+    return out.finish()

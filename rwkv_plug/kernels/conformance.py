@@ -69,7 +69,9 @@ class ConformanceReport:
         for c in self.checks:
             mark = "ok  " if c.passed else "FAIL"
             extra = f"  {c.detail}" if c.detail else ""
-            lines.append(f"  {mark} {c.name:<16} max_abs={c.max_abs:.2e} max_rel={c.max_rel:.2e}{extra}")
+            lines.append(
+                f"  {mark} {c.name:<16} max_abs={c.max_abs:.2e} max_rel={c.max_rel:.2e}{extra}"
+            )
         return "\n".join(lines)
 
 

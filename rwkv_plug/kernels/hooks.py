@@ -34,19 +34,16 @@ def _device_for(cls) -> str | None:
               type=click.Choice(["float32", "float64", "bfloat16", "float16"]),
               help="Input dtype for r, k, v.")
 @click.option("-v", "--verbose", is_flag=True, help="Print every check, not only failures.")
-@click.pass_context
-def check_kernels(ctx: click.Context, names: tuple[str, ...], dtype: str, verbose: bool) -> None:
+def check_kernels(names: tuple[str, ...], dtype: str, verbose: bool) -> None:
     """Run the wkv5 conformance suite on every kernel available on this machine."""
     import torch
 
     from rwkv_plug.core import plugins
-    from rwkv_plug.core.cli import _plugins
     from rwkv_plug.core.errors import KernelError
     from rwkv_plug.kernels.conformance import check_kernel
     from rwkv_plug.kernels.select import availability
 
-    _plugins(ctx)
-    registry = plugins.kernels()
+    registry = plugins.kernels()  # the group loaded the plugin set before dispatching
     entries = [registry.entry(n) for n in names] if names else list(registry)
     failed = []
     for entry in entries:

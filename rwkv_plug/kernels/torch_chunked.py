@@ -71,9 +71,9 @@ def _chunks(r: Tensor, k: Tensor, v: Tensor, w: Tensor, s0: Tensor, L: int):
     wL = P[L].view(1, H, N, 1)
     starts = []
     S = s0
-    for n in range(nc):
+    for dS_n in dS.unbind(2):  # unbind, not dS[:, :, n]: its backward is one stack
         starts.append(S)
-        S = wL * S + dS[:, :, n]
+        S = wL * S + dS_n
     y = y + (r * Pt) @ torch.stack(starts, dim=2)
     return y.reshape(B, H, T, N), S
 

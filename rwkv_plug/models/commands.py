@@ -42,8 +42,10 @@ def parse_vocab(value: str) -> int:
 @click.option("--emb-scale", "--emb_scale", "emb_scale", type=float, default=1e-4, show_default=True,
               help="Embeddings start uniform in [-F, F].")
 @click.option("--seed", type=int, default=None, help="Random seed, for a reproducible file.")
+@click.option("--safe-init/--no-safe-init", default=True, hidden=True,
+              help="Accepted for compatibility; writes are always atomic.")
 @click.argument("out", type=click.Path(dir_okay=False))
-def init_model_cmd(n_layer, n_embd, vocab_size, skip_if_exists, emb_scale, seed, out) -> None:
+def init_model_cmd(n_layer, n_embd, vocab_size, skip_if_exists, emb_scale, seed, safe_init, out) -> None:
     """Write a freshly initialised RWKV-v5 model file (bf16, official x052 keys)."""
     from rwkv_plug.models.arch import check_sizes
     from rwkv_plug.models.init import count_params, init_state_dict

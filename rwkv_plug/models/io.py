@@ -67,7 +67,7 @@ def read_torch_file(path: str | os.PathLike, safe_types: Iterable[Any] = ()) -> 
             f"refused to load '{p}': it is not a plain tensor file and loading it would run "
             f"pickled code ({_unpickle_reason(str(exc))}); rwkv-plug only reads weights"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # corrupt or foreign files fail in many ways inside torch.load
         raise ModelError(
             f"cannot read '{p}' as a PyTorch file ({type(exc).__name__}: {str(exc)[:160]}); "
             "is it a .pth written by torch.save?"

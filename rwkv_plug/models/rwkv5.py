@@ -179,8 +179,7 @@ class RWKV5(nn.Module):
 
     def __getstate__(self):
         # resolved kernels may hold compiled extensions; re-resolve after unpickling
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        return {**state, "_kernels": {}}
+        return {**self.__dict__, "_kernels": {}}
 
     # -- state ------------------------------------------------------------
     def zero_state(self, batch_size: int, device=None) -> tuple[Tensor, ...]:
@@ -204,6 +203,8 @@ class RWKV5(nn.Module):
             raise ValueError("RWKV5.forward needs at least one token per row")
         if state is None:
             state = self.zero_state(B, idx.device)
+        elif len(state) != 3 * self.n_layer:
+            raise ValueError(f"state must hold 3 tensors per layer ({3 * self.n_layer}), got {len(state)}")
         x = self.drop0(self.emb(idx))  # (B, T, C)
         act_dtype = torch.get_autocast_dtype(idx.device.type) if torch.is_autocast_enabled(
             idx.device.type

@@ -37,9 +37,10 @@ class L2Wrap(torch.autograd.Function):
         logits, mask = ctx.saved_tensors
         maxx, ids = torch.max(logits, dim=-1, keepdim=True)  # (B, T, 1)
         gy = torch.zeros_like(logits)
-        scale = (maxx * ctx.factor) * mask.unsqueeze(-1).to(logits.dtype)
+        # scale the (B, T, 1) values before scattering: no pass over the (B, T, V) tensor
+        scale = (maxx * ctx.factor) * mask.unsqueeze(-1).to(logits.dtype) * grad_loss.to(logits.dtype)
         gy.scatter_(-1, ids, scale)
-        return grad_loss, gy * grad_loss.to(gy.dtype), None, None
+        return grad_loss, gy, None, None
 
 
 def chunk_loss(

@@ -31,7 +31,9 @@ typedef std::conditional<std::is_same<in_t, double>::value, double, float>::type
 
 __device__ __forceinline__ acc_t to_acc(float x) { return static_cast<acc_t>(x); }
 __device__ __forceinline__ acc_t to_acc(double x) { return static_cast<acc_t>(x); }
-__device__ __forceinline__ acc_t to_acc(__nv_bfloat16 x) { return static_cast<acc_t>(__bfloat162float(x)); }
+__device__ __forceinline__ acc_t to_acc(__nv_bfloat16 x) {
+  return static_cast<acc_t>(__bfloat162float(x));
+}
 __device__ __forceinline__ acc_t to_acc(__half x) { return static_cast<acc_t>(__half2float(x)); }
 
 
@@ -51,6 +53,7 @@ __global__ void fwd_kernel(int T, int H, const in_t* __restrict__ r, const in_t*
   __shared__ acc_t rs[WKV_N], ks[WKV_N], ws[WKV_N];
   const int64_t so = static_cast<int64_t>(blockIdx.x) * WKV_N * WKV_N;
   acc_t S[WKV_N];
+  #pragma unroll
   for (int j = 0; j < WKV_N; j++) S[j] = s0[so + j * WKV_N + i];
   ws[i] = exp(lw[h * WKV_N + i]);
   for (int t = 0; t < T; t++) {
@@ -68,6 +71,7 @@ __global__ void fwd_kernel(int T, int H, const in_t* __restrict__ r, const in_t*
     }
     y[o + i] = yi;
   }
+  #pragma unroll
   for (int j = 0; j < WKV_N; j++) sT[so + j * WKV_N + i] = S[j];
 }
 
@@ -79,6 +83,7 @@ __global__ void bwd_dr_kernel(int T, int H, const in_t* __restrict__ k, const in
   __shared__ acc_t vs[WKV_N], gs[WKV_N];
   const int64_t so = static_cast<int64_t>(blockIdx.x) * WKV_N * WKV_N;
   acc_t S[WKV_N];
+  #pragma unroll
   for (int j = 0; j < WKV_N; j++) S[j] = s0[so + i * WKV_N + j];
   const acc_t wi = exp(lw[h * WKV_N + i]);
   for (int t = 0; t < T; t++) {
@@ -107,6 +112,7 @@ __global__ void bwd_dk_kernel(int T, int H, const in_t* __restrict__ r, const in
   __shared__ acc_t vs[WKV_N], gs[WKV_N];
   const int64_t so = static_cast<int64_t>(blockIdx.x) * WKV_N * WKV_N;
   acc_t G[WKV_N];
+  #pragma unroll
   for (int j = 0; j < WKV_N; j++) G[j] = dsT[so + i * WKV_N + j];
   const acc_t wi = exp(lw[h * WKV_N + i]);
   for (int t = T - 1; t >= 0; t--) {
@@ -124,6 +130,7 @@ __global__ void bwd_dk_kernel(int T, int H, const in_t* __restrict__ r, const in
     }
     dk[o + i] = acc;
   }
+  #pragma unroll
   for (int j = 0; j < WKV_N; j++) ds0[so + i * WKV_N + j] = G[j];
 }
 
@@ -135,6 +142,7 @@ __global__ void bwd_dv_kernel(int T, int H, const in_t* __restrict__ r, const in
   __shared__ acc_t rs[WKV_N], ks[WKV_N], ws[WKV_N];
   const int64_t so = static_cast<int64_t>(blockIdx.x) * WKV_N * WKV_N;
   acc_t G[WKV_N];
+  #pragma unroll
   for (int j = 0; j < WKV_N; j++) G[j] = dsT[so + j * WKV_N + i];
   ws[i] = exp(lw[h * WKV_N + i]);
   for (int t = T - 1; t >= 0; t--) {

@@ -12,6 +12,7 @@ import random
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from rwkv_plug.builtin_strategies.pieces import flat_encode
@@ -150,3 +151,26 @@ def test_whole_build_matches_the_process_pool_per_row_path(tmp_path, monkeypatch
     for split in ("train", "test"):
         assert fast[split].num_rows > 0
         assert fast[split].equals(slow[split]), f"{split} differs"
+
+
+def test_rechunk_with_prefix_skip_against_a_computed_stream(tmp_path):
+    tok = world()
+    rows = [{"text": t} for t in texts(5, 400, 80)]
+    got = _build(tmp_path, "out", rows, text_rechunk_force=True, text_rechunk_size=256,
+                 data_prefix_skip_mask=2, test_split=3)
+    sep = tok.encode("\n")
+    ids: list[int] = []
+    mask: list[int] = []
+    for r in rows:
+        doc = tok.encode(r["text"])
+        if len(doc) <= 2:  # empty, 1 token, or nothing learned after the 2 skipped
+            continue
+        ids += doc + sep
+        mask += [0, 0] + [1] * (len(doc) - 2) + [1] * len(sep)
+    n = len(ids) // 256
+    for k in range(n):
+        mask[k * 256:k * 256 + 2] = [0, 0]  # each chunk's first tokens are skipped too
+    table = pa.concat_tables([got["train"], got["test"]])
+    assert table.num_rows == n and got["test"].num_rows == 3
+    assert pc.list_flatten(table.column("input_ids")).to_pylist() == ids[:n * 256]
+    assert pc.list_flatten(table.column("loss_mask")).to_pylist() == mask[:n * 256]

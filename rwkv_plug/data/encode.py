@@ -234,7 +234,7 @@ class Encoder:
 
 #: Source bytes per batch on the in-process path: big enough that per-batch
 #: costs vanish and the tokenizer's threads stay busy, small enough for memory.
-BATCH_BYTES = 8 << 20
+BATCH_BYTES = 4 << 20
 MIN_BATCH_ROWS = 256
 
 

@@ -82,13 +82,13 @@ class Rechunker:
         self.carry_ids, self.carry_mask = s_ids[cut:].copy(), s_mask[cut:].copy()
         if n == 0:
             return
-        c_mask = s_mask[:cut].reshape(n, size).copy()
+        c_mask = s_mask[:cut]  # s_mask is a fresh array (concatenate), safe to edit
         if self.prefix_skip > 0:
-            c_mask[:, :self.prefix_skip] = 0
+            c_mask.reshape(n, size)[:, :self.prefix_skip] = 0
         offsets = pa.array(np.arange(0, cut + 1, size, dtype=np.int32))
         self._write(pa.table({
             "input_ids": pa.ListArray.from_arrays(offsets, pa.array(s_ids[:cut])),
-            "loss_mask": pa.ListArray.from_arrays(offsets, pa.array(c_mask.reshape(-1))),
+            "loss_mask": pa.ListArray.from_arrays(offsets, pa.array(c_mask)),
         }))
         self.chunks += n
 

@@ -169,7 +169,10 @@ class _ChunkedPrefix(torch.autograd.Function):
                 got = [None] * len(inputs)
             for j in range(len(params)):
                 if got[j] is not None:
-                    grads[j] = got[j] if grads[j] is None else grads[j] + got[j]
+                    if grads[j] is None:
+                        grads[j] = got[j]
+                    else:
+                        grads[j].add_(got[j])  # in place: no third copy of the gradients
             g_state = got[len(params):] if pass_state else None
             del obj, got
         ctx.starts = ctx.rngs = None  # free the boundary states

@@ -47,8 +47,8 @@ DATA_OPTIONS: tuple[Option, ...] = (
     Option("dataset_length", -1, "Keep this many source train rows (a fraction if in (0,1)); "
            "applied once, to the source rows before tokenising."),
     Option("reverse_train_dataset_before_save", False, "Reverse the order of the train split."),
-    Option("num_proc", None, "Worker processes for tokenising (default: CPU count; "
-           "tiny datasets use 1)."),
+    Option("num_proc", None, "Workers for tokenising (default: CPU count; the world "
+           "tokenizer with the text strategy uses threads in one process; tiny datasets use 1)."),
     Option("dataloader_shuffle_training", False, "Shuffle the train split every epoch "
            "(ignored with sort_by_length); read by fit, not by the build."),
     Option("strict", False, "Fail the build on the first bad row instead of skipping it."),

@@ -8,11 +8,16 @@ file. For each tokenizer we time:
 * preload: ``prepare_dataset(force=True)`` with ``num_proc`` 1 and 2: load
   the jsonl, tokenise, filter, rechunk to 4096, split and save to disk.
 
-Each measurement is repeated ``--repeat`` times, bare and preload runs
-interleaved, and the fastest of each is kept: on a shared machine the
-fastest run is the one least disturbed by other jobs.
+Each measurement is repeated ``--repeat`` times after one warm-up round,
+bare and preload runs interleaved. The ratio is given for the fastest run of each (the one least
+disturbed by other jobs) and for the median runs: on a shared machine a
+short run (bare) finds a quiet moment more often than a longer one, so the
+fastest-run ratio leans low and the median ratio is the steadier of the two.
 
-Usage: python bench/bench_preload.py [--mb 25] [--tokenizers neox,world] [--repeat 3]
+``--also-load-dataset`` adds preload runs with the direct reader turned off
+(the source read through ``datasets.load_dataset``, as before), in the same run.
+
+Usage: python bench/bench_preload.py [--mb 25] [--tokenizers neox,world] [--repeat 5]
 (the neox tokenizer file comes from RWKV_PLUG_NEOX_TOKENIZER).
 """
 
@@ -20,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -46,44 +53,64 @@ def main() -> None:
     ap.add_argument("--mb", type=int, default=25)
     ap.add_argument("--tokenizers", default="neox,world")
     ap.add_argument("--procs", default="1,2")
-    ap.add_argument("--repeat", type=int, default=3, help="runs of each; the fastest counts")
+    ap.add_argument("--repeat", type=int, default=5, help="runs of each; the fastest counts")
+    ap.add_argument("--also-load-dataset", action="store_true",
+                    help="also time preload with the source read by datasets.load_dataset")
     args = ap.parse_args()
 
     import datasets
 
     from corpus import get_corpus
+    from rwkv_plug.data import direct
     from rwkv_plug.data.pipeline import prepare_dataset
     from rwkv_plug.data.tokenizer import load_tokenizer
 
     datasets.disable_progress_bars()
+    limit = direct.DIRECT_LIMIT
     text = get_corpus(args.mb)
     docs = split_documents(text)
-    print(f"corpus: {len(text.encode()) / 1e6:.1f} MB, {len(docs)} documents; machine: see docs")
+    print(f"corpus: {len(text.encode()) / 1e6:.1f} MB, {len(docs)} documents; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "corpus.jsonl"
         src.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
         for name in args.tokenizers.split(","):
             tok = load_tokenizer(name, {})
-            procs_list = [int(p) for p in args.procs.split(",")]
-            bare_s, pre_s, tokens = float("inf"), dict.fromkeys(procs_list, float("inf")), 0
-            for _ in range(args.repeat):
+            runs = [(int(p), True) for p in args.procs.split(",")]
+            if args.also_load_dataset:
+                runs += [(int(p), False) for p in args.procs.split(",")]
+            bare_s: list[float] = []
+            pre_s: dict[tuple[int, bool], list[float]] = {run: [] for run in runs}
+            tokens = 0
+            for i in range(args.repeat + 1):  # round 0 warms up (imports, caches) and is not counted
                 t0 = time.perf_counter()
                 ids = tok.encode_batch(docs)
-                bare_s = min(bare_s, time.perf_counter() - t0)
+                if i:
+                    bare_s.append(time.perf_counter() - t0)
                 tokens = sum(len(x) for x in ids)
                 del ids
-                for procs in procs_list:
+                for procs, use_direct in runs:
                     cfg = {"data_path": str(Path(tmp) / f"out-{name}-{procs}"), "source": str(src),
                            "tokenizer": name, "text_rechunk_force": True, "num_proc": procs}
+                    direct.DIRECT_LIMIT = limit if use_direct else -1  # -1: every source falls back
                     t0 = time.perf_counter()
-                    prepare_dataset(cfg, force=True, log=lambda _msg: None)
-                    pre_s[procs] = min(pre_s[procs], time.perf_counter() - t0)
-            bare = tokens / bare_s
-            print(f"{name}: {tokens} tokens; bare encode_batch {bare / 1e3:,.0f}k tok/s ({bare_s:.2f} s)")
-            for procs, s in pre_s.items():
-                rate = tokens / s
-                print(f"{name}: preload num_proc={procs}: {rate / 1e3:,.0f}k tok/s ({s:.2f} s), "
-                      f"{rate / bare:.2f}x bare")
+                    try:
+                        prepare_dataset(cfg, force=True, log=lambda _msg: None)
+                    finally:
+                        direct.DIRECT_LIMIT = limit
+                    if i:
+                        pre_s[procs, use_direct].append(time.perf_counter() - t0)
+            fast, med = min(bare_s), statistics.median(bare_s)
+            print(f"{name}: {tokens} tokens; bare encode_batch {tokens / fast / 1e3:,.0f}k tok/s "
+                  f"(fastest {fast:.3f} s, median {med:.3f} s)")
+            for (procs, use_direct), times in pre_s.items():
+                how = "" if use_direct else " (source via load_dataset)"
+                p_fast, p_med = min(times), statistics.median(times)
+                print(f"{name}: preload num_proc={procs}{how}: {tokens / p_fast / 1e3:,.0f}k tok/s "
+                      f"(fastest {p_fast:.3f} s, median {p_med:.3f} s), {fast / p_fast:.2f}x bare "
+                      f"(fastest runs), {med / p_med:.2f}x (medians)")
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+
 
 if __name__ == "__main__":
     main()

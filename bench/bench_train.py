@@ -2,7 +2,8 @@
 
     python bench/bench_train.py throughput [--layers 6 --embd 512 --vocab 65536 --ctx 512 --steps 4]
     python bench/bench_train.py long --tokens 2048 16384 65536 [--ctx 512]
-    python bench/bench_train.py exact [--tokens 1024 --ctx 256]
+    python bench/bench_train.py exact [--tokens 2048 --ctx 512]
+    python bench/bench_train.py linearity --layers 2 --embd 256 --vocab 4096 --ctx 256 --tokens 4 32 128
 
 Every ratio is against a baseline measured in the same run: MFU divides
 the model FLOPs by the fp32 matmul FLOP/s this script measures; long-sample
@@ -120,6 +121,30 @@ def long(a) -> list[dict]:
     return rows
 
 
+def linearity(a) -> list[dict]:
+    """Per-chunk forward and backward time against the number of chunks (best of 2 each)."""
+    from rwkv_plug.training.bptt import BpttSettings, sequence_loss
+
+    model = build_model(a.layers, a.embd, a.vocab, a.kernel)
+    rows = []
+    for n in a.tokens:  # here: chunk counts
+        best = None
+        for _ in range(2):
+            ids = torch.randint(0, a.vocab, (1, a.ctx * n + 1))
+            t = time.perf_counter()
+            out = sequence_loss(model, ids, torch.ones_like(ids), BpttSettings(ctx_len=a.ctx), train=True)
+            t1 = time.perf_counter()
+            out.loss.backward()
+            t2 = time.perf_counter()
+            model.zero_grad(set_to_none=True)
+            cur = ((t1 - t) / n, (t2 - t1) / n)
+            best = cur if best is None or sum(cur) < sum(best) else best
+        rows.append({"chunks": n, "fwd_ms_per_chunk": round(best[0] * 1e3, 1),
+                     "bwd_ms_per_chunk": round(best[1] * 1e3, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def exact(a) -> dict:
     """fp32: chunked exact BPTT against one full-sequence backward."""
     from rwkv_plug.training.bptt import BpttSettings, sequence_loss
@@ -140,7 +165,7 @@ def exact(a) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["throughput", "long", "long-one", "exact"])
+    p.add_argument("what", choices=["throughput", "long", "long-one", "exact", "linearity"])
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--embd", type=int, default=512)
     p.add_argument("--vocab", type=int, default=65536)
@@ -151,8 +176,9 @@ def main() -> None:
     p.add_argument("--truncated", action="store_true")
     a = p.parse_args()
     print(f"# machine: {os.cpu_count()}-core CPU, torch {torch.__version__}, load {os.getloadavg()}", flush=True)
-    result = {"throughput": throughput, "long": long, "long-one": long_one, "exact": exact}[a.what](a)
-    if a.what != "long":
+    modes = {"throughput": throughput, "long": long, "long-one": long_one, "exact": exact, "linearity": linearity}
+    result = modes[a.what](a)
+    if a.what not in ("long", "linearity"):
         print(json.dumps(result), flush=True)
 
 

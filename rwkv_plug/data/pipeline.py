@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from rwkv_plug.data import split as splitting
 from rwkv_plug.data import store
 from rwkv_plug.data.options import DATA_OPTIONS, resolve_data_config
 from rwkv_plug.data.sources import Source, load_source, resolve_source
-from rwkv_plug.data.summary import SplitStats, Summary
+from rwkv_plug.data.summary import SplitStats, Summary, split_stats
 
 Log = Callable[[str], None]
 #: Below this much source data (Arrow bytes) one process is faster than a pool.
@@ -84,6 +85,7 @@ def prepare_dataset(data_cfg: dict, *, force: bool = False, log: Log = print):
     store.check_replaceable(data_path)
     staged = store.build_dir(data_path)
     work = store.build_dir(data_path, kind="work")  # intermediate files, removed below
+    old = None
     try:
         dd, summary = _build(cfg, src, tokenizer, work, log)
         dd.save_to_disk(str(staged))
@@ -92,13 +94,22 @@ def prepare_dataset(data_cfg: dict, *, force: bool = False, log: Log = print):
                                   "fingerprint": store.digest(parts), "strategy": entry,
                                   "summary": summary.to_json()})
         del dd  # release the work files before publishing
-        store.publish(staged, data_path)
+        old = store.publish(staged, data_path, remove_old=False)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(staged, ignore_errors=True)
-    for line in summary.lines():
-        log(line)
-    return datasets.load_from_disk(str(data_path)), "built"
+    # the replaced dataset is deleted while the new one is opened; both finish before returning
+    remover = None
+    if old is not None:
+        remover = threading.Thread(target=shutil.rmtree, args=(old, True), name="rwkv-plug-remove-old")
+        remover.start()
+    try:
+        for line in summary.lines():
+            log(line)
+        return datasets.load_from_disk(str(data_path)), "built"
+    finally:
+        if remover is not None:
+            remover.join()
 
 
 def _build(cfg: dict, src: Source, tokenizer, work: Path, log: Log):
@@ -227,17 +238,8 @@ def in_process(encoder, tokenizer) -> bool:
                 and getattr(tokenizer, "threads", 1) > 1)
 
 
-def _split_stats(ds, batch_rows: int = 10_000) -> SplitStats:
-    """``summary.split_stats`` without the per-token int64 copy of the mask
-    (Arrow's sum of int8 already adds up in int64): the same numbers."""
-    import pyarrow.compute as pc
-
-    stats = SplitStats()
-    for t in ds.with_format("arrow").iter(batch_size=batch_rows):
-        stats.samples += t.num_rows
-        stats.tokens += int(pc.sum(pc.list_value_length(t.column("input_ids"))).as_py() or 0)
-        stats.trained_tokens += int(pc.sum(pc.list_flatten(t.column("loss_mask"))).as_py() or 0)
-    return stats
+def _split_stats(ds) -> SplitStats:
+    return split_stats(ds)[0]
 
 
 def _check_ids(dd, vocab_size: int) -> None:

@@ -5,6 +5,11 @@ A source is one of: a builder name (``text``/``json``/``csv``/``pandas``/
 paths resolve against the current directory); or an HF hub dataset name.
 ``.txt`` files are read one row per file (``sample_by="document"``) so blank
 lines and paragraph breaks survive, unlike the reference's line rows.
+
+Plain local files are parsed straight into memory by ``direct.read_direct``
+(the same parse as ``datasets``, without its Arrow cache write); anything
+else goes through ``datasets.load_dataset``. A source's identity (the cache
+fingerprint) holds each file's size, mtime and a fast content hash.
 """
 
 from __future__ import annotations
@@ -25,8 +30,12 @@ _BY_SUFFIX = {
     ".parquet": "parquet",
     ".pkl": "pandas", ".pickle": "pandas",
 }
-#: Files up to this size get a content hash in the cache fingerprint.
-HASH_LIMIT = 64 << 20
+#: Files up to this size get a hash of their whole content in the cache
+#: fingerprint; bigger ones a hash of HASH_SAMPLES blocks spread over the file
+#: (with size and mtime, which every file gets).
+HASH_LIMIT = 1 << 30
+HASH_BLOCK = 1 << 20
+HASH_SAMPLES = 64
 
 
 @dataclass
@@ -63,13 +72,41 @@ def _jsonable(value: Any) -> Any:
 def _file_identity(path: Path, hash_limit: int) -> dict[str, Any]:
     st = path.stat()
     ident: dict[str, Any] = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    if st.st_size <= hash_limit:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        ident["sha256"] = h.hexdigest()
+    algo, new_hash = _hasher()
+    if st.st_size <= max(hash_limit, HASH_BLOCK * HASH_SAMPLES):  # samples would cover it all
+        ident[algo] = _content_hash(path, new_hash())
+    else:  # too big to read on every run: evenly spaced samples of the content
+        ident[f"{algo}_sampled"] = _sampled_hash(path, st.st_size, new_hash())
     return ident
+
+
+def _hasher() -> tuple[str, Any]:
+    """A fast non-cryptographic hash (about 10x sha256 here; it only has to
+    notice edits, and size and mtime are recorded too). xxhash comes with datasets."""
+    try:
+        import xxhash
+
+        return "xxh3_128", xxhash.xxh3_128
+    except ImportError:  # pragma: no cover - datasets depends on xxhash
+        return "sha256", hashlib.sha256
+
+
+def _content_hash(path: Path, h: Any) -> str:
+    buf = memoryview(bytearray(HASH_BLOCK))  # reused: no allocation per block
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(buf[:n])
+    return h.hexdigest()
+
+
+def _sampled_hash(path: Path, size: int, h: Any) -> str:
+    """Hash of ``HASH_SAMPLES`` blocks spread over the file, first and last included."""
+    step = (size - HASH_BLOCK) / (HASH_SAMPLES - 1)
+    with open(path, "rb", buffering=0) as f:
+        for i in range(HASH_SAMPLES):
+            f.seek(int(i * step))
+            h.update(f.read(HASH_BLOCK))
+    return h.hexdigest()
 
 
 def _hub_sha(name: str) -> str | None:
@@ -164,9 +201,15 @@ def load_source(src: Source, cfg: dict, cache_dir: str | None, num_proc: int | N
     """Load rows as a DatasetDict holding ``train`` and, if the source has one, ``test``."""
     import datasets
 
+    from rwkv_plug.data.direct import read_direct
+
     for f in src.files:
         if f.stat().st_size == 0:
             raise DataError(f"source file '{f}' is empty")
+    # plain local files: parsed straight into memory, as load_dataset would parse them
+    direct = read_direct(src)
+    if direct is not None:
+        return _pick_splits(datasets.DatasetDict(direct), src, cfg)
     kwargs = dict(src.params)
     try:
         if src.kind == "hub":
@@ -179,6 +222,12 @@ def load_source(src: Source, cfg: dict, cache_dir: str | None, num_proc: int | N
         raise DataError(_load_error(src, exc)) from exc
     if not isinstance(dd, datasets.DatasetDict):
         dd = datasets.DatasetDict({"train": dd})
+    return _pick_splits(dd, src, cfg)
+
+
+def _pick_splits(dd, src: Source, cfg: dict):
+    import datasets
+
     want = cfg.get("source_dataset_split") or "train"
     if want not in dd:
         raise DataError(f"data.source_dataset_split '{want}' is not a split of '{src.location}'; "

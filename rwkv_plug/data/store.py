@@ -92,6 +92,9 @@ def _source_change(old: dict[str, Any], new: dict[str, Any]) -> str:
         if path not in new_files:
             return f"source file removed ({path})"
         if old_files[path] != new_files[path]:
+            o, n = old_files[path], new_files[path]
+            if set(o) != set(n) and (o.get("size"), o.get("mtime_ns")) == (n.get("size"), n.get("mtime_ns")):
+                return f"the fingerprint format of source files changed ({path} has the same size and time)"
             return f"source file changed ({path})"
     if old.get("revision") != new.get("revision"):
         return "source dataset revision changed"
@@ -120,8 +123,12 @@ def build_dir(data_path: Path, kind: str = "build") -> Path:
     return path
 
 
-def publish(staged: Path, data_path: Path) -> None:
-    """Move the finished ``staged`` folder to ``data_path``, replacing any old one."""
+def publish(staged: Path, data_path: Path, *, remove_old: bool = True) -> Path | None:
+    """Move the finished ``staged`` folder to ``data_path``, replacing any old one.
+
+    The old dataset is moved aside first and deleted, or, with
+    ``remove_old=False``, its temp path is returned for the caller to delete.
+    """
     old = None
     if data_path.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{data_path.name}.old-", dir=data_path.parent))
@@ -133,8 +140,10 @@ def publish(staged: Path, data_path: Path) -> None:
         if old is not None:
             os.replace(old, data_path)  # put the previous dataset back
         raise
-    if old is not None:
+    if old is not None and remove_old:
         shutil.rmtree(old, ignore_errors=True)
+        return None
+    return old
 
 
 def write_meta(folder: Path, meta: dict[str, Any]) -> None:

@@ -1,0 +1,208 @@
+"""Local source files read straight into memory, without ``datasets.load_dataset``.
+
+``load_dataset`` parses the files and then writes them to an Arrow cache
+before the build can start; for a fast tokenizer that write (and the
+builder's bookkeeping) costs as much as tokenising. :func:`read_direct`
+parses the same files the same way as ``datasets``' packaged builders
+(same parser, same batches, same options) into an in-memory table.
+
+It gives exactly what ``load_dataset`` gives or it gives nothing: whenever
+``datasets`` would do something beyond a plain parse (user reader options,
+a JSON array or BOM, nested objects, mixed types that it JSON-encodes,
+batches whose inferred types differ, a parse error, an empty table), it
+returns None and the caller uses ``load_dataset``, with its behaviour and
+error messages. ``tests/test_data_direct.py`` compares the two.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+from pathlib import Path
+from typing import Any
+
+#: Sources above this many bytes go through load_dataset, whose memory-mapped
+#: cache keeps memory bounded; below it the in-memory table is the faster path
+#: (the same bound as the rechunker's in-memory chunks).
+DIRECT_LIMIT = 256 << 20
+#: datasets' defaults for the json and text builders (bytes per parsed batch).
+JSON_CHUNK = 10 << 20
+#: the only params resolve_source sets itself; any other is a reader option
+_OWN_PARAMS = {"data_files", "sample_by", "data_dir"}
+
+
+class _Fallback(Exception):
+    """This source needs load_dataset's full behaviour."""
+
+
+def read_direct(src: Any, limit: int | None = None) -> dict[str, Any] | None:
+    """``{split: Dataset}`` (in ``data_files`` order) for a plain local source, else None.
+
+    ``limit`` (default :data:`DIRECT_LIMIT`, read at call time) caps the source's bytes.
+    """
+    limit = DIRECT_LIMIT if limit is None else limit
+    params = src.params
+    data_files = params.get("data_files")
+    if src.kind not in ("file", "folder") or not isinstance(data_files, dict) \
+            or set(params) - _OWN_PARAMS or src.builder not in _READERS \
+            or (src.builder == "text" and params.get("sample_by") != "document"):
+        return None
+    try:
+        split_files = {s: [Path(f) for f in _as_list(files)] for s, files in data_files.items()}
+        if sum(f.stat().st_size for files in split_files.values() for f in files) > limit:
+            return None
+        return _read(src.builder, split_files)
+    except _Fallback:
+        return None
+    except Exception:  # noqa: BLE001 - load_dataset re-reads and reports it its own way
+        return None
+
+
+def _as_list(files: Any) -> list[str]:
+    return [files] if isinstance(files, (str, Path)) else list(files)
+
+
+def _read(builder: str, split_files: dict[str, list[Path]]) -> dict[str, Any]:
+    import datasets
+    from datasets.table import InMemoryTable, table_cast
+
+    from rwkv_plug.data.store import digest
+
+    tables = {split: [t for f in files for t in _READERS[builder](f)]
+              for split, files in split_files.items()}
+    first = next(iter(tables.values()))
+    if not first:
+        raise _Fallback
+    if builder == "parquet":
+        import pyarrow.parquet as pq
+
+        # datasets takes the features from the first file's stored schema
+        features = datasets.Features.from_arrow_schema(pq.read_schema(split_files[next(iter(split_files))][0]))
+    else:
+        # the first batch's types hold for the whole source in datasets (later
+        # batches are cast to them); ask for equal types instead of casting
+        schema = first[0].schema
+        if any(not t.schema.equals(schema, check_metadata=False) for ts in tables.values() for t in ts):
+            raise _Fallback
+        features = datasets.Features.from_arrow_schema(schema)
+    if builder == "json":
+        _check_json_features(features)
+    out = {}
+    for split, parts in tables.items():
+        table = table_cast(_concat(parts), features.arrow_schema)
+        if table.num_rows == 0 or table.num_columns == 0:
+            raise _Fallback
+        files = split_files[split]
+        # a fingerprint from the files' identity: hashing the table would cost a full pass
+        fingerprint = digest(["direct", builder, split,
+                              [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]])
+        out[split] = datasets.Dataset(InMemoryTable(table), info=datasets.DatasetInfo(features=features),
+                                      split=datasets.NamedSplit(split), fingerprint=fingerprint)
+    return out
+
+
+def _concat(parts: list) -> Any:
+    import pyarrow as pa
+
+    return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+
+
+# -- one reader per builder, each yielding tables as datasets' builder would ----
+def _json_tables(path: Path) -> list:
+    """The json builder's batches: 10 MB cut at a line end, each parsed by pyarrow
+    as one block (as datasets does); batches are parsed on parallel threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rwkv_plug.data.pipeline import cpu_count
+
+    workers = max(1, min(4, cpu_count()))
+    out, pending = [], []
+    with open(path, "rb") as f, ThreadPoolExecutor(workers) as pool:
+        first = True
+        while True:
+            batch = f.read(JSON_CHUNK)
+            if not batch:
+                break
+            if batch.startswith(b"[") or (first and batch.startswith(codecs.BOM_UTF8)):
+                raise _Fallback  # datasets converts a JSON array / strips the BOM first
+            first = False
+            batch += f.readline()
+            pending.append(pool.submit(_parse_json_batch, batch))
+            if len(pending) > workers:  # bound the bytes held in memory
+                out.append(pending.pop(0).result())
+        out.extend(p.result() for p in pending)
+    return out
+
+
+def _parse_json_batch(batch: bytes) -> Any:
+    import pyarrow as pa
+    import pyarrow.json as paj
+
+    base_block = max(JSON_CHUNK // 32, 16 << 10)
+    block = len(batch) if len(batch) // 8 > base_block else base_block
+    while True:
+        try:
+            table = paj.read_json(io.BytesIO(batch), read_options=paj.ReadOptions(block_size=block))
+            table.validate()
+            return table
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            msg = str(exc)
+            if ("straddling" in msg or "JSON conversion to" in msg) and block < len(batch):
+                block *= 2  # what datasets does too
+                continue
+            raise _Fallback from None  # mixed types, bad JSON: datasets' own handling
+
+
+def _flat_type(t: Any) -> bool:
+    import pyarrow as pa
+
+    while pa.types.is_list(t) or pa.types.is_large_list(t):
+        t = t.value_type
+    return not (pa.types.is_struct(t) or pa.types.is_map(t) or pa.types.is_union(t)
+                or pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t))
+
+
+def _check_json_features(features: Any) -> None:
+    """Objects inside cells may make datasets JSON-encode a field (mixed keys) or
+    read the file as agent traces; only columns of values and lists of values
+    are read here, for which neither can happen."""
+    import pyarrow as pa
+
+    schema = features.arrow_schema
+    if not all(_flat_type(field.type) for field in schema) or any(pa.types.is_null(f.type) for f in schema):
+        raise _Fallback
+    try:
+        from datasets.packaged_modules.json.json import has_agent_traces_markers
+    except ImportError:
+        return
+    if has_agent_traces_markers(features):
+        raise _Fallback
+
+
+def _csv_tables(path: Path) -> list:
+    """The csv builder's batches: pandas ``read_csv`` in chunks, with datasets' options."""
+    import pandas as pd
+    import pyarrow as pa
+    from datasets.packaged_modules.csv.csv import CsvConfig
+
+    reader = pd.read_csv(path, iterator=True, dtype=None, **CsvConfig().pd_read_csv_kwargs)
+    with reader:
+        return [pa.Table.from_pandas(df) for df in reader]
+
+
+def _parquet_tables(path: Path) -> list:
+    import pyarrow.parquet as pq
+
+    return [pq.ParquetFile(path).read()]
+
+
+def _text_tables(path: Path) -> list:
+    """One row per file (``sample_by="document"``), read in text mode as datasets does."""
+    import pyarrow as pa
+
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    return [pa.Table.from_arrays([pa.array([text], type=pa.string())], names=["text"])]
+
+
+_READERS = {"json": _json_tables, "csv": _csv_tables, "parquet": _parquet_tables, "text": _text_tables}

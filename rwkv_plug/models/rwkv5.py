@@ -69,8 +69,10 @@ class TimeMix(nn.Module):
         v = self.value(xv).view(B, T, H, N)
         g = F.silu(self.gate(xg))  # (B, T, A)
 
-        w = torch.exp(-torch.exp(self.time_decay.float()))  # (H, N) in (0, 1)
-        u = self.time_faaaa.float()  # (H, N)
+        # decays in at least fp32 (bf16 weights), fp64 when the model is fp64
+        wdt = torch.promote_types(self.time_decay.dtype, torch.float32)
+        w = torch.exp(-torch.exp(self.time_decay.to(wdt)))  # (H, N) in (0, 1)
+        u = self.time_faaaa.to(wdt)  # (H, N)
         # y_t = r_t (S + diag(u) k_t^T v_t);  S <- diag(w) S + k_t^T v_t
         y, wkv = kernel.wkv5(r, k, v, w, u, wkv)  # (B, T, H, N), (B, H, N, N)
 

@@ -396,7 +396,7 @@ def test_third_party_strategies_detect_and_can_be_forced():
 
 
 def test_builtins_are_registered_with_docstrings_and_documented():
-    doc = (REPO / "docs" / "config" / "strategies.md").read_text()
+    doc = (REPO / "docs" / "config.md").read_text()
     for cls in BUILTINS:
         assert plugins.strategies().get(cls.name) is cls
         assert cls.__doc__

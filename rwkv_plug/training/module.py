@@ -21,7 +21,7 @@ from rwkv_plug.training.optim import LrSchedule, build_optimizer, schedule_steps
 
 @dataclass
 class TrainSettings:
-    """What the module needs from the config (see ``docs/config/training.md``)."""
+    """What the module needs from the config (see ``docs/config.md``)."""
 
     model: dict[str, Any]
     microbatch_size: int = 1

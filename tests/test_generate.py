@@ -11,14 +11,6 @@ from rwkv_plug.models.io import save_state_dict
 from rwkv_plug.models.sampling import StreamDecoder, feed, generate, sample_logits
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread than waiting on a second, busy core."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def small_model(vocab=300, seed=0):
     sd = init_state_dict(2, 64, vocab, seed=seed, dtype=torch.float32)

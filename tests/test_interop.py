@@ -10,14 +10,6 @@ from rwkv_plug.models.export import export_checkpoint
 from rwkv_plug.models.init import init_state_dict
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread than waiting on a second, busy core."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_exported_model_matches_rwkv_pip_package(tmp_path, monkeypatch):
     # a trained-looking model: our init, then every tensor perturbed

@@ -16,14 +16,6 @@ from rwkv_plug.models.io import save_state_dict
 from rwkv_plug.models.rwkv5 import RWKV5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread than waiting on a second, busy core."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 class RecurrentKernel:
     """The executable spec as a kernel object (also checks objects are accepted)."""

@@ -16,14 +16,6 @@ from rwkv_plug.models.io import load_state_dict, save_state_dict
 from conftest import run_cli
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread than waiting on a second, busy core."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def invoke(capsys, *args: str) -> tuple[int, str, str]:
     """Run the CLI entry point in-process: (exit code, stdout, stderr)."""

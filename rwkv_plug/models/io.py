@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping
 from contextlib import nullcontext
@@ -20,6 +19,7 @@ from typing import Any
 
 import torch
 
+from rwkv_plug.core.atomic import atomic_write
 from rwkv_plug.core.errors import ModelError
 
 _DTYPES = {
@@ -106,30 +106,7 @@ def _owned(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
     """Write ``state_dict`` atomically to ``path`` (parent folders are created)."""
-    p = Path(path)
-    parent = p.parent if str(p.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
     data = {k: _owned(v) for k, v in state_dict.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        with os.fdopen(fd, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return p
+    return atomic_write(path, lambda f: torch.save(data, f))

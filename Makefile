@@ -30,8 +30,15 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(NEOX_ENV) HF_HUB_OFFLINE=1 bash examples/demo.sh $(BIN)
 
+# CPU benchmarks; each prints its ratio against a baseline measured in the same run.
+# Results go in docs/benchmarks.md with the machine they ran on.
 bench: $(STAMP)
-	$(NEOX_ENV) $(BIN)/python bench/run_all.py
+	$(NEOX_ENV) $(BIN)/python bench/bench_tokenizer.py
+	$(NEOX_ENV) $(BIN)/python bench/bench_preload.py
+	$(BIN)/python bench/kernels/bench_wkv_cpu.py
+	$(BIN)/python bench/bench_train.py throughput --steps 6
+	$(BIN)/python bench/bench_train.py exact --tokens 2048 --ctx 512
+	$(BIN)/python bench/bench_train.py long --tokens 2048 16384 65536
 
 clean:
 	rm -rf $(VENV) out/demo

@@ -68,15 +68,19 @@ class TextStrategy(PieceStrategy):
             raise BadRow(f"column '{self.column}' is empty")
         return [(text, True)]
 
+    def _own_encoding(self) -> bool:
+        """Whether rows are read and encoded as this class does (not changed by a subclass)."""
+        cls = type(self)
+        return (cls.pieces is TextStrategy.pieces and cls.encode_batch is PieceStrategy.encode_batch
+                and cls.encode is PieceStrategy.encode)
+
     def encode_flat(self, rows: Sequence[Mapping[str, Any]]) -> FlatSamples | None:
         """``encode_batch`` as flat arrays (the pipeline's fast path), or None to decline.
 
         Declines for subclasses that change how a row is read or encoded, so
         they keep their own behaviour through the generic path.
         """
-        cls = type(self)
-        if (cls.pieces is not TextStrategy.pieces or cls.encode_batch is not PieceStrategy.encode_batch
-                or cls.encode is not PieceStrategy.encode):
+        if not self._own_encoding():
             return None
         import numpy as np
 
@@ -95,3 +99,44 @@ class TextStrategy(PieceStrategy):
             offsets = np.zeros(len(rows) + 1, dtype=np.int64)
             np.cumsum(lengths, out=offsets[1:])
         return FlatSamples(ids, offsets, None, bad)
+
+    def encode_arrow(self, table: Any) -> FlatSamples | None:
+        """``encode_flat`` of a pyarrow table's rows, or None to decline.
+
+        Hands the string column's UTF-8 bytes to a tokenizer with
+        ``encode_spans`` (the built-in world one), so no ``str`` is made per
+        row; declines (the caller converts the rows and uses ``encode_flat``)
+        for other tokenizers, subclasses and columns that are not strings.
+        """
+        spans = getattr(self.tokenizer, "encode_spans", None)
+        if spans is None or not self._own_encoding() or self.column not in table.column_names:
+            return None
+        import numpy as np
+        import pyarrow as pa
+
+        col = table.column(self.column)
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            return None
+        arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+        n = len(arr)
+        kind = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+        raw = arr.buffers()[1]
+        ends = (np.frombuffer(raw, dtype=kind)[arr.offset: arr.offset + n + 1] if raw is not None
+                else np.zeros(n + 1, kind)).astype(np.int64)
+        lens = np.diff(ends)
+        # the same reasons, in the same order, as pieces(): None, then empty
+        null = arr.is_null().to_numpy(zero_copy_only=False) if arr.null_count else np.zeros(n, bool)
+        bad = {int(i): BadRow(f"column '{self.column}' is None") for i in np.flatnonzero(null)}
+        bad.update((int(i), BadRow(f"column '{self.column}' is empty"))
+                   for i in np.flatnonzero(~null & (lens == 0)))
+        bad = dict(sorted(bad.items()))
+        good = np.flatnonzero(~null & (lens > 0))
+        data = arr.buffers()[2]
+        ids, offsets = spans(b"" if data is None else data, ends[:-1][good], lens[good])
+        offsets = np.asarray(offsets, dtype=np.int64)
+        if bad:  # give the bad rows zero tokens
+            sizes = np.zeros(n, dtype=np.int64)
+            sizes[good] = np.diff(offsets)
+            offsets = np.zeros(n + 1, dtype=np.int64)
+            np.cumsum(sizes, out=offsets[1:])
+        return FlatSamples(np.asarray(ids, dtype=np.int32), offsets, None, bad)

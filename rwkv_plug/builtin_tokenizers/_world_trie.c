@@ -308,32 +308,20 @@ static void *batch_worker(void *arg) {
     return NULL;
 }
 
-/* Shared by encode_batch and encode_flat: tokenise every text of the tuple
- * seq on `threads` threads. On success *out holds each text's ids at
- * offsets[i] (its byte offset), counts[i] of them; returns 0, or -1 with an
- * exception set. The caller frees *out and *lens (offsets, counts inside). */
-static int run_batch(TrieObject *self, PyObject *seq, int threads, int32_t **out_p, Py_ssize_t **lens_p) {
-    Py_ssize_t n = PyTuple_GET_SIZE(seq), total = 0;
-    const char **ptrs = malloc((size_t)(n ? n : 1) * sizeof(char *));
-    Py_ssize_t *lens = malloc((size_t)(n ? n : 1) * sizeof(Py_ssize_t) * 3);
-    int32_t *out = NULL;
-    *out_p = NULL;
-    *lens_p = lens;
-    if (!ptrs || !lens) {
-        free(ptrs);
-        PyErr_NoMemory();
-        return -1;
-    }
-    Py_ssize_t *offsets = lens + n, *counts = lens + 2 * n;
+/* Tokenise the n byte strings ptrs[i] (lens[i] bytes) on `threads` threads;
+ * lens holds 3n slots (lens, offsets, counts). On success *out holds each
+ * text's ids at offsets[i] (its byte offset), counts[i] of them; returns 0,
+ * or -1 with an exception set. Frees ptrs; the caller frees *out and lens.
+ * Called with the GIL held; the byte strings must stay alive. */
+static int run_core(TrieObject *self, const char **ptrs, Py_ssize_t *lens, Py_ssize_t n, int threads,
+                    int32_t **out_p) {
+    Py_ssize_t *offsets = lens + n, *counts = lens + 2 * n, total = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (as_bytes(PyTuple_GET_ITEM(seq, i), &ptrs[i], &lens[i]) < 0) {
-            free(ptrs);
-            return -1;
-        }
         offsets[i] = total;
         total += lens[i];
     }
-    out = malloc((size_t)(total ? total : 1) * sizeof(int32_t));
+    int32_t *out = malloc((size_t)(total ? total : 1) * sizeof(int32_t));
+    *out_p = out;
     if (!out) {
         free(ptrs);
         PyErr_NoMemory();
@@ -352,7 +340,6 @@ static int run_batch(TrieObject *self, PyObject *seq, int threads, int32_t **out
     for (int k = 0; k < started; k++) pthread_join(tids[k], NULL);
     Py_END_ALLOW_THREADS
     free(ptrs);
-    *out_p = out;
     for (Py_ssize_t i = 0; i < n; i++) {
         if (counts[i] < 0) {
             PyErr_SetString(PyExc_ValueError, "byte not in vocab");
@@ -362,47 +349,117 @@ static int run_batch(TrieObject *self, PyObject *seq, int threads, int32_t **out
     return 0;
 }
 
+/* run_core over the str/bytes items of the tuple seq. */
+static int run_batch(TrieObject *self, PyObject *seq, int threads, int32_t **out_p, Py_ssize_t **lens_p) {
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
+    const char **ptrs = malloc((size_t)(n ? n : 1) * sizeof(char *));
+    Py_ssize_t *lens = malloc((size_t)(n ? n : 1) * sizeof(Py_ssize_t) * 3);
+    *out_p = NULL;
+    *lens_p = lens;
+    if (!ptrs || !lens) {
+        free(ptrs);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (as_bytes(PyTuple_GET_ITEM(seq, i), &ptrs[i], &lens[i]) < 0) {
+            free(ptrs);
+            return -1;
+        }
+    }
+    return run_core(self, ptrs, lens, n, threads, out_p);
+}
+
+/* (bytes of int32 ids back to back, bytes of n+1 int64 offsets) from run_core's
+ * result; frees out and lens. */
+static PyObject *pack_flat(int32_t *out, Py_ssize_t *lens, Py_ssize_t n) {
+    Py_ssize_t *offsets = lens + n, *counts = lens + 2 * n, total = 0;
+    PyObject *ids, *offs, *res = NULL;
+    for (Py_ssize_t i = 0; i < n; i++) total += counts[i];
+    ids = PyBytes_FromStringAndSize(NULL, total * (Py_ssize_t)sizeof(int32_t));
+    offs = PyBytes_FromStringAndSize(NULL, (n + 1) * (Py_ssize_t)sizeof(int64_t));
+    if (ids && offs) {
+        int32_t *dst = (int32_t *)PyBytes_AS_STRING(ids);
+        int64_t *pos = (int64_t *)PyBytes_AS_STRING(offs);
+        int64_t at = 0;
+        for (Py_ssize_t i = 0; i < n; i++) { /* compact: each text's ids sat at its byte offset */
+            pos[i] = at;
+            memcpy(dst + at, out + offsets[i], (size_t)counts[i] * sizeof(int32_t));
+            at += counts[i];
+        }
+        pos[n] = at;
+        res = PyTuple_Pack(2, ids, offs);
+    }
+    Py_XDECREF(ids);
+    Py_XDECREF(offs);
+    free(out);
+    free(lens);
+    return res;
+}
+
 /* encode_flat(texts, threads=1) -> (ids, offsets): ids is the bytes of every
  * text's int32 ids back to back, offsets the bytes of n+1 int64 positions
  * (text i is ids[offsets[i]:offsets[i+1]]). No Python int is made per token. */
 static PyObject *Trie_encode_flat(TrieObject *self, PyObject *args) {
-    PyObject *texts, *seq, *ids = NULL, *offs = NULL;
+    PyObject *texts, *seq, *res = NULL;
     int threads = 1;
     int32_t *out = NULL;
     Py_ssize_t *lens = NULL;
     if (!PyArg_ParseTuple(args, "O|i", &texts, &threads)) return NULL;
     seq = PySequence_Tuple(texts); /* private: see encode_batch */
     if (!seq) return NULL;
-    Py_ssize_t n = PyTuple_GET_SIZE(seq), total = 0;
-    if (run_batch(self, seq, threads, &out, &lens) < 0) goto done;
-    Py_ssize_t *offsets = lens + n, *counts = lens + 2 * n;
-    for (Py_ssize_t i = 0; i < n; i++) total += counts[i];
-    ids = PyBytes_FromStringAndSize(NULL, total * (Py_ssize_t)sizeof(int32_t));
-    offs = PyBytes_FromStringAndSize(NULL, (n + 1) * (Py_ssize_t)sizeof(int64_t));
-    if (!ids || !offs) goto done;
-    int32_t *dst = (int32_t *)PyBytes_AS_STRING(ids);
-    int64_t *pos = (int64_t *)PyBytes_AS_STRING(offs);
-    int64_t at = 0;
-    for (Py_ssize_t i = 0; i < n; i++) { /* compact: each text's ids sat at its byte offset */
-        pos[i] = at;
-        memcpy(dst + at, out + offsets[i], (size_t)counts[i] * sizeof(int32_t));
-        at += counts[i];
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
+    if (run_batch(self, seq, threads, &out, &lens) < 0) {
+        free(out);
+        free(lens);
+    } else {
+        res = pack_flat(out, lens, n);
     }
-    pos[n] = at;
-    free(out);
-    free(lens);
     Py_DECREF(seq);
-    PyObject *res = PyTuple_Pack(2, ids, offs);
-    Py_DECREF(ids);
-    Py_DECREF(offs);
     return res;
+}
+
+/* encode_spans(data, starts, lens, threads=1) -> like encode_flat, for the n
+ * texts data[starts[i]:starts[i]+lens[i]] of one buffer (starts and lens are
+ * buffers of n int64), e.g. an Arrow string column's bytes: no str per text. */
+static PyObject *Trie_encode_spans(TrieObject *self, PyObject *args) {
+    Py_buffer data, starts, sizes;
+    int threads = 1;
+    PyObject *res = NULL;
+    int32_t *out = NULL;
+    if (!PyArg_ParseTuple(args, "y*y*y*|i", &data, &starts, &sizes, &threads)) return NULL;
+    Py_ssize_t n = starts.len / (Py_ssize_t)sizeof(int64_t);
+    const int64_t *st = starts.buf, *sz = sizes.buf;
+    const char **ptrs = malloc((size_t)(n ? n : 1) * sizeof(char *));
+    Py_ssize_t *lens = malloc((size_t)(n ? n : 1) * sizeof(Py_ssize_t) * 3);
+    if (!ptrs || !lens || sizes.len != starts.len) {
+        free(ptrs);
+        free(lens);
+        if (sizes.len != starts.len) PyErr_SetString(PyExc_ValueError, "starts and lens differ in size");
+        else PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (st[i] < 0 || sz[i] < 0 || st[i] + sz[i] > data.len) {
+            free(ptrs);
+            free(lens);
+            PyErr_SetString(PyExc_ValueError, "span outside the data buffer");
+            goto done;
+        }
+        ptrs[i] = (const char *)data.buf + st[i];
+        lens[i] = (Py_ssize_t)sz[i];
+    }
+    if (run_core(self, ptrs, lens, n, threads, &out) < 0) {
+        free(out);
+        free(lens);
+    } else {
+        res = pack_flat(out, lens, n);
+    }
 done:
-    Py_XDECREF(ids);
-    Py_XDECREF(offs);
-    free(out);
-    free(lens);
-    Py_DECREF(seq);
-    return NULL;
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&starts);
+    PyBuffer_Release(&sizes);
+    return res;
 }
 
 static PyObject *Trie_encode_batch(TrieObject *self, PyObject *args) {
@@ -444,6 +501,8 @@ static PyMethodDef Trie_methods[] = {
      "encode_batch(texts: list[str | bytes], threads: int = 1) -> list[list[int]]"},
     {"encode_flat", (PyCFunction)Trie_encode_flat, METH_VARARGS,
      "encode_flat(texts: list[str | bytes], threads: int = 1) -> (bytes of int32 ids, bytes of int64 offsets)"},
+    {"encode_spans", (PyCFunction)Trie_encode_spans, METH_VARARGS,
+     "encode_spans(data, starts, lens, threads: int = 1) -> encode_flat's result for data[starts[i]:starts[i]+lens[i]]"},
     {"node_count", (PyCFunction)Trie_node_count, METH_NOARGS, "number of trie nodes"},
     {NULL, NULL, 0, NULL},
 };

@@ -117,6 +117,10 @@ class _PyTrie:
         ids = np.fromiter((i for x in lists for i in x), dtype=np.int32, count=int(offsets[-1]))
         return ids.tobytes(), offsets.tobytes()
 
+    def encode_spans(self, data: Any, starts: Any, lens: Any, threads: int = 1) -> tuple[bytes, bytes]:
+        view = memoryview(data).cast("B")
+        return self.encode_flat([bytes(view[s : s + n]) for s, n in zip(starts.tolist(), lens.tolist())])
+
 
 _warned = False
 
@@ -206,6 +210,19 @@ class WorldTokenizer(Tokenizer):
         import numpy as np
 
         raw_ids, raw_offsets = self._trie.encode_flat(texts, threads or self.threads)
+        return np.frombuffer(raw_ids, dtype=np.int32), np.frombuffer(raw_offsets, dtype=np.int64)
+
+    def encode_spans(self, data: Any, starts: Any, lens: Any, threads: int | None = None) -> tuple[Any, Any]:
+        """``encode_flat`` of the UTF-8 texts ``data[starts[i]:starts[i] + lens[i]]``
+        of one buffer (an Arrow string column's bytes), without a ``str`` per text.
+
+        ``starts`` and ``lens`` are int64 numpy arrays; the buffer must hold valid UTF-8.
+        """
+        import numpy as np
+
+        starts = np.ascontiguousarray(starts, dtype=np.int64)
+        lens = np.ascontiguousarray(lens, dtype=np.int64)
+        raw_ids, raw_offsets = self._trie.encode_spans(data, starts, lens, threads or self.threads)
         return np.frombuffer(raw_ids, dtype=np.int32), np.frombuffer(raw_offsets, dtype=np.int64)
 
     def decode_bytes(self, ids: Sequence[int]) -> bytes:

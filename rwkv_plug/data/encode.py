@@ -150,6 +150,24 @@ class Encoder:
         flat_mask = np.concatenate(mask_out) if mask_out else np.zeros(0, np.int8)
         return self._table(np.asarray(lengths, dtype=np.int64), flat_ids, flat_mask, drop, bad, indices)
 
+    def call_arrow(self, table: pa.Table, indices: list[int]) -> pa.Table:
+        """``self(batch, indices)`` for the rows of an Arrow table: the same result.
+
+        Strategies with ``encode_arrow`` (``text``) read the table's buffers
+        directly; any other case converts the rows and takes ``__call__``.
+        """
+        fast = getattr(self.strategy, "encode_arrow", None) if self.flat else None
+        if fast is not None:
+            try:
+                flat = fast(table)
+            except (BadRow, DataError):
+                raise
+            except Exception:
+                flat = None  # __call__ below finds and names the failing row
+            if flat is not None:
+                return self._table_from_flat(flat, indices)
+        return self(table.to_pydict(), indices)
+
     def _table(self, lengths: np.ndarray, ids: np.ndarray, mask: np.ndarray, drop: list[str],
                bad: list[bool], indices: list[int]) -> pa.Table:
         offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
@@ -267,14 +285,15 @@ def encode_in_process(name: str, ds, fn: Encoder, cfg: Mapping[str, Any], work, 
         writer = ArrowWriter(features=sample_features(), path=path)
     status: list[pa.Table] = []
     starts = range(0, n, step)
+    rows = ds.with_format("arrow")  # slices are Arrow tables: no Python object per cell
     # The flat path tokenises without the GIL: encode the next batch in a
     # helper thread while this one feeds the previous batch to the writer.
     pool = ThreadPoolExecutor(1) if fn.flat and len(starts) > 1 else None
 
     def encode(start: int) -> Any:
         stop = min(n, start + step)
-        args = (ds[start:stop], list(range(start, stop)))
-        return pool.submit(fn, *args) if pool is not None else fn(*args)
+        args = (rows[start:stop], list(range(start, stop)))
+        return pool.submit(fn.call_arrow, *args) if pool is not None else fn.call_arrow(*args)
 
     try:
         pending = encode(0) if n else None

@@ -50,9 +50,10 @@ def _loggers(spec: Any, root: Path) -> Any:
 def build_trainer(cfg: FitConfig, extra_callbacks: list | None = None, log: Callable[[str], None] = print):
     """A ``lightning.Trainer`` from the validated config (also used by tests)."""
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 
     from rwkv_plug.training.checkpoint import atomic_checkpoint_io
+    from rwkv_plug.training.progress import step_progress_bar
 
     kwargs = dict(cfg.trainer)
     kwargs["logger"] = _loggers(kwargs.get("logger"), cfg.root_dir)
@@ -61,6 +62,8 @@ def build_trainer(cfg: FitConfig, extra_callbacks: list | None = None, log: Call
         if kwargs.get("enable_checkpointing", True):
             callbacks.append(ModelCheckpoint(**cfg.checkpoint))
     callbacks.extend(extra_callbacks or [])
+    if kwargs.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(step_progress_bar())
     plugins = kwargs.pop("plugins", None) or []
     plugins = list(plugins) if isinstance(plugins, list) else [plugins]
     plugins.append(atomic_checkpoint_io())

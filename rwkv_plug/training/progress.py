@@ -1,0 +1,73 @@
+"""A progress bar counted in optimizer steps over the whole run.
+
+Lightning's default bars count microbatches per epoch, which reads oddly for
+RWKV training: with gradient accumulation and ``max_steps`` they show e.g.
+"80/40" and "Epoch 0/-2". This bar shows steps done out of the run's total,
+with the loss, learning rate and tokens/s from the progress-bar metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def run_total_steps(max_steps: int, max_epochs: int | None, batches_per_epoch: float, accumulate: int) -> int | None:
+    """Optimizer steps the run will take, or ``None`` when unbounded or unknown."""
+    if max_steps is not None and max_steps > 0:
+        return max_steps
+    if max_epochs is not None and max_epochs > 0 and math.isfinite(batches_per_epoch):
+        return max_epochs * max(1, int(batches_per_epoch) // max(1, accumulate))
+    return None
+
+
+def step_progress_bar():
+    """Build the callback lazily, so importing this module stays cheap."""
+    from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
+    from tqdm.auto import tqdm
+
+    class StepProgressBar(ProgressBar):
+        def __init__(self) -> None:
+            super().__init__()
+            self._enabled = True
+            self._bar: Any = None
+
+        def disable(self) -> None:
+            self._enabled = False
+
+        def enable(self) -> None:
+            self._enabled = True
+
+        @property
+        def is_enabled(self) -> bool:
+            return self._enabled and self.trainer.is_global_zero
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            if not self.is_enabled:
+                return
+            total = run_total_steps(
+                trainer.max_steps, trainer.max_epochs, trainer.num_training_batches,
+                trainer.accumulate_grad_batches,
+            )
+            self._bar = tqdm(total=total, initial=trainer.global_step, desc="training",
+                             unit="step", dynamic_ncols=True)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if self._bar is None:
+                return
+            metrics = self.get_metrics(trainer, pl_module)
+            shown = {k.removeprefix("train/"): v for k, v in metrics.items() if k != "v_num"}
+            self._bar.set_postfix(shown, refresh=False)
+            self._bar.update(trainer.global_step - self._bar.n)
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            if self._bar is not None and "validation/loss" in trainer.progress_bar_metrics:
+                self._bar.write(f"step {trainer.global_step}: validation/loss "
+                                f"{float(trainer.progress_bar_metrics['validation/loss']):.4f}")
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+
+    return StepProgressBar()

@@ -146,3 +146,18 @@ def test_count_devices():
     assert count_devices({"devices": "4"}) == 4
     with pytest.raises(ConfigError):
         count_devices({"devices": "many"})
+
+
+def test_declared_model_sizes_must_match_the_checkpoint(tmp_path):
+    from rwkv_plug.core.errors import ConfigError
+    from rwkv_plug.models.init import init_state_dict
+    from rwkv_plug.models.io import save_state_dict
+    from rwkv_plug.training.fit import load_training_model
+    from rwkv_plug.training.options import MODEL_OPTIONS
+
+    path = save_state_dict(init_state_dict(2, 64, 100), tmp_path / "m.pth")
+    m = {o.name: o.default for o in MODEL_OPTIONS} | {"load_model": str(path), "lr_init": 1e-3}
+    model = load_training_model(m | {"n_layer": 2, "n_embd": -1})
+    assert (model.n_layer, model.n_embd, model.vocab_size) == (2, 64, 100)
+    with pytest.raises(ConfigError, match=r"model.n_embd: 128 given but .*m.pth has 64"):
+        load_training_model(m | {"n_embd": 128})

@@ -14,7 +14,7 @@ object is made per token. It must give the same table as the per-row path
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -150,11 +150,12 @@ class Encoder:
         flat_mask = np.concatenate(mask_out) if mask_out else np.zeros(0, np.int8)
         return self._table(np.asarray(lengths, dtype=np.int64), flat_ids, flat_mask, drop, bad, indices)
 
-    def call_arrow(self, table: pa.Table, indices: list[int]) -> pa.Table:
-        """``self(batch, indices)`` for the rows of an Arrow table: the same result.
+    def call_arrow(self, table: pa.Table, indices: list[int], batch: Callable[[], dict]) -> pa.Table:
+        """``self(batch(), indices)``, where ``table`` holds the same rows in Arrow form.
 
         Strategies with ``encode_arrow`` (``text``) read the table's buffers
-        directly; any other case converts the rows and takes ``__call__``.
+        directly; when they decline, ``batch()`` gives the rows as ``datasets``
+        formats them and ``__call__`` runs.
         """
         fast = getattr(self.strategy, "encode_arrow", None) if self.flat else None
         if fast is not None:
@@ -166,7 +167,7 @@ class Encoder:
                 flat = None  # __call__ below finds and names the failing row
             if flat is not None:
                 return self._table_from_flat(flat, indices)
-        return self(table.to_pydict(), indices)
+        return self(batch(), indices)
 
     def _table(self, lengths: np.ndarray, ids: np.ndarray, mask: np.ndarray, drop: list[str],
                bad: list[bool], indices: list[int]) -> pa.Table:
@@ -285,15 +286,20 @@ def encode_in_process(name: str, ds, fn: Encoder, cfg: Mapping[str, Any], work, 
         writer = ArrowWriter(features=sample_features(), path=path)
     status: list[pa.Table] = []
     starts = range(0, n, step)
-    rows = ds.with_format("arrow")  # slices are Arrow tables: no Python object per cell
+    # a strategy that reads Arrow slices gets them: no Python object per cell
+    arrow = ds.with_format("arrow") if callable(getattr(fn.strategy, "encode_arrow", None)) else None
     # The flat path tokenises without the GIL: encode the next batch in a
     # helper thread while this one feeds the previous batch to the writer.
     pool = ThreadPoolExecutor(1) if fn.flat and len(starts) > 1 else None
 
     def encode(start: int) -> Any:
         stop = min(n, start + step)
-        args = (rows[start:stop], list(range(start, stop)))
-        return pool.submit(fn.call_arrow, *args) if pool is not None else fn.call_arrow(*args)
+        indices = list(range(start, stop))
+        if arrow is None:
+            args: tuple = (fn, ds[start:stop], indices)
+        else:
+            args = (fn.call_arrow, arrow[start:stop], indices, lambda: ds[start:stop])
+        return pool.submit(*args) if pool is not None else args[0](*args[1:])
 
     try:
         pending = encode(0) if n else None

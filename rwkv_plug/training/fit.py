@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rwkv_plug.core.errors import ConfigError, ModelError, TrainingError
+from rwkv_plug.core.errors import ConfigError, TrainingError
 from rwkv_plug.training.config import FitConfig, load_fit_config
 
 _LOGGERS = {
@@ -71,36 +71,24 @@ def build_trainer(cfg: FitConfig, extra_callbacks: list | None = None, log: Call
     return L.Trainer(callbacks=callbacks, plugins=plugins, **kwargs)
 
 
-def _check_dims(state_dict, m: dict[str, Any]) -> None:
-    """Given n_layer/n_embd/... must match the checkpoint (-1 means read it)."""
-    found = {
-        "vocab_size": state_dict["head.weight"].shape[0],
-        "n_embd": state_dict["head.weight"].shape[1],
-        "n_layer": 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("blocks.")),
-    }
-    if "blocks.0.att.key.weight" in state_dict:
-        found["dim_att"] = state_dict["blocks.0.att.key.weight"].shape[0]
-    if "blocks.0.ffn.key.weight" in state_dict:
-        found["dim_ffn"] = state_dict["blocks.0.ffn.key.weight"].shape[0]
-    for key, value in found.items():
-        want = m.get(key, -1)
-        if want not in (-1, None) and want != value:
-            raise ConfigError(f"model.{key}: {want} given but {m['load_model']} has {value}; set -1 to use the file's")
+_SIZE_KEYS = ("n_layer", "n_embd", "vocab_size", "dim_att", "dim_ffn")
 
 
 def load_training_model(m: dict[str, Any]):
-    """Load ``model.load_model`` through the model area, checking declared dims."""
-    try:
-        from rwkv_plug.models import load_model
-        from rwkv_plug.models.io import load_state_dict
-    except ImportError as exc:
-        raise ModelError(f"the RWKV model plugin is not available: {exc}") from None
-    sd = load_state_dict(m["load_model"])
-    if "head.weight" not in sd:
-        raise ModelError(f"{m['load_model']} has no head.weight: not an RWKV state dict")
-    _check_dims(sd, m)
-    dims = {k: (m[k] if m.get(k, -1) > 0 else None) for k in ("dim_att", "dim_ffn")}
-    return load_model(sd, kernel=m["kernel"], dropout=m["dropout"], grad_cp=m["grad_cp"], **dims)
+    """Load ``model.load_model`` through the model registry; given sizes must match the file.
+
+    ``n_layer``, ``n_embd`` ... are read from the checkpoint (-1 means "use the
+    file's"); a different explicit value is an error rather than a silent resize.
+    """
+    from rwkv_plug.models import load_model
+
+    model = load_model(m["load_model"], kernel=m["kernel"], dropout=m["dropout"], grad_cp=m["grad_cp"])
+    for key in _SIZE_KEYS:
+        want, found = m.get(key, -1), getattr(model, key, None)
+        if want not in (-1, None) and found is not None and want != found:
+            raise ConfigError(f"model.{key}: {want} given but {m['load_model']} has {found}; "
+                              "set -1 to use the file's")
+    return model
 
 
 def run_fit(config: str | Path, resume: str | None = None, log: Callable[[str], None] = print) -> FitConfig:
@@ -117,6 +105,12 @@ def run_fit(config: str | Path, resume: str | None = None, log: Callable[[str], 
         f"{cfg.trainer.get('num_nodes', 1)} x accumulate {cfg.accumulate_grad_batches} = "
         f"{cfg.microbatch_size * cfg.world_size * cfg.accumulate_grad_batches} samples per optimizer step"
     )
+    strategy = str(cfg.trainer.get("strategy", "auto")).lower()
+    if any(name in strategy for name in ("fsdp", "deepspeed")):
+        # Passed through to Lightning, but the chunked-BPTT engine differentiates the
+        # raw parameters, which sharded strategies replace: say so once, loudly.
+        log(f"WARNING: trainer.strategy '{strategy}' is passed to Lightning untested with rwkv-plug's "
+            "chunked BPTT; ddp is the tested multi-device strategy")
     from rwkv_plug.data.pipeline import prepare_dataset
 
     dataset, status = prepare_dataset(cfg.data, log=log)

@@ -161,3 +161,19 @@ def test_declared_model_sizes_must_match_the_checkpoint(tmp_path):
     assert (model.n_layer, model.n_embd, model.vocab_size) == (2, 64, 100)
     with pytest.raises(ConfigError, match=r"model.n_embd: 128 given but .*m.pth has 64"):
         load_training_model(m | {"n_embd": 128})
+
+
+@pytest.mark.parametrize("name", ["csv", "tensorboard", "wandb"])
+def test_named_loggers_build_or_say_what_to_install(name, tmp_path):
+    import importlib.util
+
+    from rwkv_plug.core.errors import ConfigError
+    from rwkv_plug.training.fit import _loggers
+
+    needs = {"csv": None, "tensorboard": "tensorboard", "wandb": "wandb"}[name]
+    if needs is None or importlib.util.find_spec(needs) is not None:
+        (logger,) = _loggers(name, tmp_path)
+        assert type(logger).__name__.lower().startswith(name[:5])
+    else:
+        with pytest.raises(ConfigError, match=r"trainer.logger: .*install"):
+            _loggers(name, tmp_path)

@@ -111,6 +111,7 @@ def run_fit(config: str | Path, resume: str | None = None, log: Callable[[str], 
         # raw parameters, which sharded strategies replace: say so once, loudly.
         log(f"WARNING: trainer.strategy '{strategy}' is passed to Lightning untested with rwkv-plug's "
             "chunked BPTT; ddp is the tested multi-device strategy")
+    model = load_training_model(m)  # first: a bad model file fails before any data work
     from rwkv_plug.data.pipeline import prepare_dataset
 
     dataset, status = prepare_dataset(cfg.data, log=log)
@@ -123,7 +124,6 @@ def run_fit(config: str | Path, resume: str | None = None, log: Callable[[str], 
         import lightning as L
 
         L.seed_everything(cfg.seed, verbose=False)
-    model = load_training_model(m)
     settings = TrainSettings(
         model=m,
         microbatch_size=cfg.microbatch_size,

@@ -166,6 +166,18 @@ class Kernel(ABC):
 
     name: ClassVar[str]
     caps: ClassVar[KernelCaps] = KernelCaps()
+    #: Tokens a kernel processes as one block; the conformance suite also
+    #: checks a T that is not a multiple of it.
+    chunk_size: ClassVar[int] = 16
+
+    @classmethod
+    def runs_on(cls, device_type: str) -> bool:
+        """Whether the kernel can run on ``device_type`` when named explicitly.
+
+        Defaults to ``caps.devices``; a kernel may widen it (Triton runs on the
+        CPU under its interpreter). ``kernel: auto`` only considers ``caps``.
+        """
+        return device_type in cls.caps.devices
 
     @classmethod
     def availability(cls) -> tuple[bool, str]:

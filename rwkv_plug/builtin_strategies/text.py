@@ -109,7 +109,8 @@ class TextStrategy(PieceStrategy):
         for other tokenizers, subclasses and columns that are not strings.
         """
         spans = getattr(self.tokenizer, "encode_spans", None)
-        if spans is None or not self._own_encoding() or self.column not in table.column_names:
+        if (spans is None or not self._own_encoding() or type(self).encode_flat is not TextStrategy.encode_flat
+                or self.column not in table.column_names):
             return None
         import numpy as np
         import pyarrow as pa

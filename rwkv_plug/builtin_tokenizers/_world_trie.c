@@ -502,7 +502,7 @@ static PyMethodDef Trie_methods[] = {
     {"encode_flat", (PyCFunction)Trie_encode_flat, METH_VARARGS,
      "encode_flat(texts: list[str | bytes], threads: int = 1) -> (bytes of int32 ids, bytes of int64 offsets)"},
     {"encode_spans", (PyCFunction)Trie_encode_spans, METH_VARARGS,
-     "encode_spans(data, starts, lens, threads: int = 1) -> encode_flat's result for data[starts[i]:starts[i]+lens[i]]"},
+     "encode_spans(data, starts, lens, threads: int = 1) -> encode_flat of data[starts[i]:starts[i]+lens[i]]"},
     {"node_count", (PyCFunction)Trie_node_count, METH_NOARGS, "number of trie nodes"},
     {NULL, NULL, 0, NULL},
 };

@@ -253,7 +253,7 @@ class Encoder:
 
 #: Source bytes per batch on the in-process path: big enough that per-batch
 #: costs vanish and the tokenizer's threads stay busy, small enough for memory.
-BATCH_BYTES = 4 << 20
+BATCH_BYTES = 8 << 20
 MIN_BATCH_ROWS = 256
 
 
@@ -265,6 +265,7 @@ def encode_in_process(name: str, ds, fn: Encoder, cfg: Mapping[str, Any], work, 
     RechunkResult, table of _drop/_bad/_row for every source row)``; no
     intermediate file of unchunked samples is written.
     """
+    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     import datasets
@@ -288,7 +289,7 @@ def encode_in_process(name: str, ds, fn: Encoder, cfg: Mapping[str, Any], work, 
     starts = range(0, n, step)
     # a strategy that reads Arrow slices gets them: no Python object per cell
     arrow = ds.with_format("arrow") if callable(getattr(fn.strategy, "encode_arrow", None)) else None
-    # The flat path tokenises without the GIL: encode the next batch in a
+    # The flat path tokenises without the GIL: encode the next batches in a
     # helper thread while this one feeds the previous batch to the writer.
     pool = ThreadPoolExecutor(1) if fn.flat and len(starts) > 1 else None
 
@@ -301,11 +302,23 @@ def encode_in_process(name: str, ds, fn: Encoder, cfg: Mapping[str, Any], work, 
             args = (fn.call_arrow, arrow[start:stop], indices, lambda: ds[start:stop])
         return pool.submit(*args) if pool is not None else args[0](*args[1:])
 
+    # Two batches queued in the helper: it starts the next one the moment the
+    # last one is done, instead of waiting for this thread to hand it over.
+    queue: deque = deque()
+    queued = 0
+
+    def fill() -> None:
+        nonlocal queued
+        while queued < len(starts) and len(queue) < (2 if pool is not None else 1):
+            queue.append(encode(starts[queued]))
+            queued += 1
+
     try:
-        pending = encode(0) if n else None
-        for k in tqdm(range(len(starts)), unit="batch", desc=f"tokenising {name}"):
-            table = pending.result() if pool is not None else pending
-            pending = encode(starts[k + 1]) if k + 1 < len(starts) else None
+        fill()
+        for _ in tqdm(range(len(starts)), unit="batch", desc=f"tokenising {name}"):
+            table = queue.popleft()
+            table = table.result() if pool is not None else table
+            fill()
             status.append(table.select(["_drop", "_bad", "_row"]))
             keep = pc.equal(table.column("_drop"), "")
             if sink is not None:

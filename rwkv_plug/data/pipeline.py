@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,11 @@ def prepare_dataset(data_cfg: dict, *, force: bool = False, log: Log = print):
     old = None
     try:
         dd, summary = _build(cfg, src, tokenizer, work, log)
-        dd.save_to_disk(str(staged))
+        # the statistics and the id check read the splits while the save writes them
+        with ThreadPoolExecutor(1) as pool:
+            checked = pool.submit(_finish_summary, dd, summary, tokenizer.vocab_size)
+            dd.save_to_disk(str(staged))
+            checked.result()  # a bad id raises here, before anything is published
         entry = store.plugin_version(plugins.strategies(), summary.strategy)
         store.write_meta(staged, {"meta_version": store.META_VERSION, "parts": parts,
                                   "fingerprint": store.digest(parts), "strategy": entry,
@@ -171,11 +176,14 @@ def _build(cfg: dict, src: Source, tokenizer, work: Path, log: Log):
         train = splitting.sort_by_length(train, cfg["sort_asc"])
     if cfg["reverse_train_dataset_before_save"]:
         train = splitting.reverse(train)
-    out = datasets.DatasetDict({"train": train, "test": test})
-    for name, ds in out.items():
+    return datasets.DatasetDict({"train": train, "test": test}), summary
+
+
+def _finish_summary(dd, summary: Summary, vocab_size: int) -> None:
+    """Per-split statistics into ``summary``; raises if an id is outside the vocab."""
+    for name, ds in dd.items():
         summary.splits[name] = _split_stats(ds)
-    _check_ids(out, tokenizer.vocab_size)
-    return out, summary
+    _check_ids(dd, vocab_size)
 
 
 def _encode_split(name: str, ds, strategy_cls, cfg: dict, tokenizer, row_offset: int,

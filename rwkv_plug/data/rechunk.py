@@ -74,15 +74,13 @@ class Rechunker:
         import pyarrow as pa
 
         size = self.size
-        j_ids, j_mask = join_documents(lengths, ids, mask, self.sep)
-        s_ids = np.concatenate([self.carry_ids, j_ids])
-        s_mask = np.concatenate([self.carry_mask, j_mask])
+        s_ids, s_mask = self._stream(lengths, ids, mask)
         n = len(s_ids) // size
         cut = n * size
         self.carry_ids, self.carry_mask = s_ids[cut:].copy(), s_mask[cut:].copy()
         if n == 0:
             return
-        c_mask = s_mask[:cut]  # s_mask is a fresh array (concatenate), safe to edit
+        c_mask = s_mask[:cut]  # s_mask is a fresh array, safe to edit
         if self.prefix_skip > 0:
             c_mask.reshape(n, size)[:, :self.prefix_skip] = 0
         offsets = pa.array(np.arange(0, cut + 1, size, dtype=np.int32))
@@ -91,6 +89,35 @@ class Rechunker:
             "loss_mask": pa.ListArray.from_arrays(offsets, pa.array(c_mask)),
         }))
         self.chunks += n
+
+    #: Up to this many documents per batch are copied one by one into the
+    #: stream; more take the vectorised join_documents (whose index arrays cost
+    #: more than a short loop).
+    LOOP_DOCS = 4096
+
+    def _stream(self, lengths: np.ndarray, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The carried tail followed by the batch's documents, each with the
+        separator: fresh arrays (the caller edits the mask)."""
+        sep, carry = self.sep, len(self.carry_ids)
+        if len(sep) and len(lengths) > self.LOOP_DOCS:
+            j_ids, j_mask = join_documents(lengths, ids, mask, sep)
+            return np.concatenate([self.carry_ids, j_ids]), np.concatenate([self.carry_mask, j_mask])
+        k = len(sep)
+        total = carry + len(ids) + k * len(lengths)
+        s_ids = np.empty(total, dtype=np.int32)
+        s_mask = np.ones(total, dtype=np.int8)  # separators are learned
+        s_ids[:carry], s_mask[:carry] = self.carry_ids, self.carry_mask
+        if k == 0:
+            s_ids[carry:], s_mask[carry:] = ids, mask
+            return s_ids, s_mask
+        sep_ids = np.asarray(sep, dtype=np.int32)
+        src, dst = 0, carry
+        for n in lengths.tolist():
+            s_ids[dst:dst + n] = ids[src:src + n]
+            s_mask[dst:dst + n] = mask[src:src + n]
+            s_ids[dst + n:dst + n + k] = sep_ids
+            src, dst = src + n, dst + n + k
+        return s_ids, s_mask
 
     def finish(self) -> RechunkResult:
         import uuid

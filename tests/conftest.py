@@ -40,3 +40,33 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture
+def offline_data(monkeypatch, tmp_path):
+    """The HF hub offline, a neox tokenizer file found, and ``tmp_path`` as the cwd.
+
+    ``make test`` sets RWKV_PLUG_NEOX_TOKENIZER; a bare ``pytest`` run falls back
+    to the team's shared copy beside the checkout.
+    """
+    import datasets
+    import huggingface_hub.constants as hc
+
+    shared = REPO.parent / "shared" / "tokenizers" / "20B_tokenizer.json"
+    monkeypatch.setenv("RWKV_PLUG_NEOX_TOKENIZER", os.environ.get("RWKV_PLUG_NEOX_TOKENIZER", str(shared)))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+
+
+#: Pieces that stress a byte-level trie: multi-byte UTF-8, emoji, the EOT text, blank lines.
+TEXT_PIECES = ["river", " stone", "ÿ", "中文", "✓", "\n\n", "<|endoftext|>", "  ", "é", "🙂", "a"]
+
+
+def random_texts(seed: int, n: int, max_pieces: int = 40) -> list[str]:
+    """``n`` seeded documents of 0..max_pieces pieces (empty ones included)."""
+    import random
+
+    rnd = random.Random(seed)
+    return ["".join(rnd.choice(TEXT_PIECES) for _ in range(rnd.randint(0, max_pieces))) for _ in range(n)]

@@ -7,7 +7,6 @@ output as the paths they replace (``encode_flat`` on Python strings,
 from __future__ import annotations
 
 import json
-import random
 
 import numpy as np
 import pyarrow as pa
@@ -18,23 +17,12 @@ from rwkv_plug.data.encode import Encoder
 from rwkv_plug.data.rechunk import Rechunker, join_documents
 from rwkv_plug.data.tokenizer import load_tokenizer
 
-PIECES = ["river", " stone", "ÿ", "中文", "✓", "\n\n", "<|endoftext|>", "  ", "é", "🙂", "a"]
+from conftest import random_texts as texts
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    import datasets
-    import huggingface_hub.constants as hc
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("offline_data")
 
-
-def texts(seed: int, n: int, max_pieces: int = 40) -> list[str]:
-    rnd = random.Random(seed)
-    return ["".join(rnd.choice(PIECES) for _ in range(rnd.randint(0, max_pieces))) for _ in range(n)]
 
 
 def world():

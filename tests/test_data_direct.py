@@ -18,14 +18,15 @@ from rwkv_plug.data import direct
 from rwkv_plug.data.sources import load_source, resolve_source
 
 
+pytestmark = pytest.mark.usefixtures("offline_data")
+
+
 @pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
+def quiet_datasets():
     import datasets
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.chdir(tmp_path)
     datasets.disable_progress_bars()
+
 
 
 def reference(src, tmp_path: Path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import textwrap
 from pathlib import Path
 
@@ -14,19 +13,10 @@ from rwkv_plug.core.config import Problems
 from rwkv_plug.core.errors import ConfigError
 from rwkv_plug.data.options import resolve_data_config
 
-NEOX_FILE = "/work/shared/tokenizers/20B_tokenizer.json"
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    import datasets
-    import huggingface_hub.constants as hc
+pytestmark = pytest.mark.usefixtures("offline_data")
 
-    monkeypatch.setenv("RWKV_PLUG_NEOX_TOKENIZER", os.environ.get("RWKV_PLUG_NEOX_TOKENIZER", NEOX_FILE))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.chdir(tmp_path)
 
 
 def resolve(raw: dict) -> dict:

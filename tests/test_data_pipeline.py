@@ -17,22 +17,12 @@ import pytest
 from rwkv_plug.core.cli import main
 from rwkv_plug.data.tokenizer import load_tokenizer
 
-NEOX_FILE = "/work/shared/tokenizers/20B_tokenizer.json"
 WORDS = ("river stone light summer paper garden window music silver forest winter "
          "morning ocean story bridge candle").split()
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    """Offline hub, the neox file from the env var, and tmp_path as the cwd."""
-    import datasets
-    import huggingface_hub.constants as hc
+pytestmark = pytest.mark.usefixtures("offline_data")
 
-    monkeypatch.setenv("RWKV_PLUG_NEOX_TOKENIZER", os.environ.get("RWKV_PLUG_NEOX_TOKENIZER", NEOX_FILE))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.chdir(tmp_path)
 
 
 def neox():

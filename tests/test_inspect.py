@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -13,18 +12,10 @@ from rwkv_plug.core.cli import cli
 from rwkv_plug.data.tokenizer import load_tokenizer
 from rwkv_plug.data.view import histogram, render_sample
 
-NEOX_FILE = "/work/shared/tokenizers/20B_tokenizer.json"
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    import datasets
-    import huggingface_hub.constants as hc
+pytestmark = pytest.mark.usefixtures("offline_data")
 
-    monkeypatch.setenv("RWKV_PLUG_NEOX_TOKENIZER", os.environ.get("RWKV_PLUG_NEOX_TOKENIZER", NEOX_FILE))
-    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.chdir(tmp_path)
 
 
 def _config(tmp_path, ctx_len: int = 4):

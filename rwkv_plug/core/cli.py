@@ -17,7 +17,7 @@ import click
 from rwkv_plug import __version__
 from rwkv_plug.core import plugins as plugin_api
 from rwkv_plug.core.errors import RwkvPlugError
-from rwkv_plug.core.interfaces import describe
+from rwkv_plug.core.interfaces import describe, kernel_availability
 
 _state = {"debug": False}
 
@@ -115,10 +115,7 @@ def list_models(ctx: click.Context) -> None:
 
 
 def _availability(cls) -> str:
-    try:
-        ok, reason = cls.availability()
-    except Exception as exc:  # availability must never take the listing down
-        ok, reason = False, f"availability check failed: {exc}"
+    ok, reason = kernel_availability(cls)
     return "available" if ok else f"unavailable ({reason})"
 
 

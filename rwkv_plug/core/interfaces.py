@@ -189,6 +189,19 @@ class Kernel(ABC):
         """Return ``(y, sT)``; see the op contract."""
 
 
+def kernel_availability(cls: type) -> tuple[bool, str]:
+    """``cls.availability()``, with a check that raises turned into its reason.
+
+    Listing and selection call this, so one broken kernel plugin cannot take
+    them down.
+    """
+    try:
+        ok, reason = cls.availability()
+        return bool(ok), str(reason or "")
+    except Exception as exc:
+        return False, f"availability check failed: {type(exc).__name__}: {exc}"
+
+
 class ModelArch(ABC):
     """An RWKV architecture: builds, initialises and detects models."""
 

@@ -41,13 +41,13 @@ def check_kernels(names: tuple[str, ...], dtype: str, verbose: bool) -> None:
     from rwkv_plug.core import plugins
     from rwkv_plug.core.errors import KernelError
     from rwkv_plug.kernels.conformance import check_kernel
-    from rwkv_plug.kernels.select import availability
+    from rwkv_plug.core.interfaces import kernel_availability
 
     registry = plugins.kernels()  # the group loaded the plugin set before dispatching
     entries = [registry.entry(n) for n in names] if names else list(registry)
     failed = []
     for entry in entries:
-        ok, reason = availability(entry.cls)
+        ok, reason = kernel_availability(entry.cls)
         device = _device_for(entry.cls) if ok else None
         if not ok or device is None:
             why = reason if not ok else "runs on no device present here"

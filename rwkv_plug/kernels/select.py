@@ -11,21 +11,12 @@ import torch
 
 from rwkv_plug.core import plugins
 from rwkv_plug.core.errors import KernelError
-from rwkv_plug.core.interfaces import Kernel
+from rwkv_plug.core.interfaces import Kernel, kernel_availability
 
 
 def dtype_name(dtype: torch.dtype) -> str:
     """``torch.bfloat16`` -> ``"bfloat16"``, the spelling used in ``KernelCaps.dtypes``."""
     return str(dtype).replace("torch.", "")
-
-
-def availability(cls: type) -> tuple[bool, str]:
-    """``cls.availability()``, with a raising check turned into a reason."""
-    try:
-        ok, reason = cls.availability()
-        return bool(ok), str(reason or "")
-    except Exception as exc:  # availability must never take selection down
-        return False, f"availability check failed: {type(exc).__name__}: {exc}"
 
 
 def runs_on(cls: type, device_type: str) -> bool:
@@ -55,7 +46,7 @@ def resolve_kernel(name: str, device: torch.device | str, dtype: torch.dtype) ->
     registry = plugins.kernels()
     if str(name).strip().lower() != "auto":
         cls = registry.get(name)
-        ok, reason = availability(cls)
+        ok, reason = kernel_availability(cls)
         if not ok:
             raise KernelError(
                 f"model.kernel '{name}' is not available here: {reason}. "
@@ -79,7 +70,7 @@ def resolve_kernel(name: str, device: torch.device | str, dtype: torch.dtype) ->
         cls = entry.cls
         if device_type not in cls.caps.devices or dt not in cls.caps.dtypes:
             continue
-        ok, reason = availability(cls)
+        ok, reason = kernel_availability(cls)
         if not ok:
             skipped.append(f"{entry.name}: {reason}")
             continue

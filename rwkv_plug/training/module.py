@@ -120,6 +120,13 @@ class RwkvTrainingModule(L.LightningModule):
         batches = -(-per_rank // self.settings.microbatch_size)
         return max(1, -(-batches // self.settings.accumulate_grad_batches))
 
+    def teardown(self, stage: str) -> None:
+        # Lightning's last hook (after the strategy's teardown). Lightning destroys only
+        # NCCL process groups at exit; a gloo group left alive can abort a spawned
+        # worker as it exits ("terminate called without an active exception").
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
     def configure_optimizers(self):
         m = self.settings.model
         total = schedule_steps(

@@ -16,7 +16,10 @@ NEOX_ENV = RWKV_PLUG_NEOX_TOKENIZER="$${RWKV_PLUG_NEOX_TOKENIZER:-$$(test -f $(S
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py Makefile rwkv_plug/builtin_tokenizers/_world_trie.c
+# The native world-tokenizer trie: editing any of these reinstalls (rebuilds it).
+WORLD_TRIE := $(addprefix rwkv_plug/builtin_tokenizers/,_world_trie.h _world_trie.c _world_trie_core.c _world_trie_batch.c)
+
+$(STAMP): pyproject.toml setup.py Makefile $(WORLD_TRIE)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# Pin torch first so nothing else can pull a multi-GB CUDA build.

@@ -9,12 +9,15 @@ import os
 from setuptools import Extension, setup
 
 posix = os.name == "posix"
+trie = "rwkv_plug/builtin_tokenizers/_world_trie"
 
 setup(
     ext_modules=[
         Extension(
             "rwkv_plug.builtin_tokenizers._world_trie",
-            ["rwkv_plug/builtin_tokenizers/_world_trie.c"],
+            [f"{trie}.c", f"{trie}_core.c", f"{trie}_batch.c"],
+            # depends: rebuild when the header changes, and ship it in the sdist.
+            depends=[f"{trie}.h"],
             extra_compile_args=["-O3", "-pthread"] if posix else [],
             extra_link_args=["-pthread"] if posix else [],
             optional=True,

@@ -47,3 +47,35 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch():
     for k in single:
         assert not torch.equal(single[k], before[k]) or k.endswith("bias"), k  # it trained
         assert torch.allclose(single[k], double[k], rtol=0, atol=1e-5), k
+
+
+def validate(devices: int, val_rows: list) -> float:
+    settings = TrainSettings(model=MODEL, microbatch_size=1)
+    module = RwkvTrainingModule(ToyRWKV(), settings, rows(), val_rows)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto", logger=False,
+        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+    )
+    trainer.validate(module)
+    return float(trainer.callback_metrics["validation/loss"])
+
+
+def test_validation_covers_every_row_once_when_rows_do_not_split_evenly_over_ranks():
+    from rwkv_plug.training.bptt import BpttSettings, sequence_loss
+
+    warnings.filterwarnings("ignore")
+    val = rows()[:3]
+    val[2]["loss_mask"][:4] = [0] * 4  # rows weigh by their masked tokens
+    model, ce, tokens = ToyRWKV(), 0.0, 0
+    for r in val:  # the loss over every target token of the split, one row at a time
+        ids, mask = torch.tensor([r["input_ids"]]), torch.tensor([r["loss_mask"]])
+        out = sequence_loss(model, ids, mask, BpttSettings(ctx_len=4), train=False)
+        n = int(mask[:, 1:].sum())
+        ce, tokens = ce + float(out.loss) * n, tokens + n
+    expected = ce / tokens
+    assert abs(validate(1, val) - expected) < 1e-5
+    # 3 rows on 2 ranks: rank 1 validates row 1 and a filler; 1 row: rank 1 has only a filler
+    assert abs(validate(2, val) - expected) < 1e-5
+    one = sequence_loss(model, torch.tensor([val[0]["input_ids"]]), torch.tensor([val[0]["loss_mask"]]),
+                        BpttSettings(ctx_len=4), train=False)
+    assert abs(validate(2, val[:1]) - float(one.loss)) < 1e-5

@@ -94,3 +94,77 @@ def test_checkpoints_are_written_atomically_and_auto_picks_newest(tmp_path):
     assert "starting fresh" in msgs[0]
     ck = torch.load(tmp_path / "ckpt" / "step=3.ckpt", weights_only=True)
     assert all(k.startswith("model.") for k in ck["state_dict"])
+
+
+def _draws():
+    import random
+
+    import numpy as np
+
+    return torch.rand(3).tolist(), random.random(), float(np.random.rand())
+
+
+def test_per_rank_random_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    from rwkv_plug.training import rng
+
+    states, expected = [], []
+    for rank in range(2):  # two "ranks" with different streams
+        L.seed_everything(100 + rank, verbose=False)
+        states.append(rng.capture(torch.device("cpu")))
+        expected.append(_draws())
+    assert expected[0] != expected[1]
+    torch.save({"rwkv_plug": {"rng": states}}, tmp_path / "c.ckpt")
+    loaded = rng.from_checkpoint(torch.load(tmp_path / "c.ckpt", weights_only=True)["rwkv_plug"])
+    for rank in (1, 0):
+        own, note = rng.pick(loaded, rank, 2)
+        assert note is None
+        L.seed_everything(0, verbose=False)
+        rng.restore(own, torch.device("cpu"))
+        assert _draws() == expected[rank], rank  # torch, python and numpy streams all continue
+
+
+def test_a_different_world_size_restores_what_it_can_and_says_so():
+    from rwkv_plug.training import rng
+
+    states = [{"torch": torch.get_rng_state()}, {"torch": torch.get_rng_state()}]
+    own, note = rng.pick(states, 0, 1)
+    assert own is states[0] and "2 rank(s) but this run has 1" in note and "the saved state of rank 1 is unused" in note
+    own, note = rng.pick(states[:1], 1, 2)
+    assert own is None and "rank 1: no saved state, kept the seeded one" in note
+    assert "ranks 1-3: no saved state" in rng.pick(states[:1], 0, 4)[1]
+    assert rng.pick([], 0, 2) == (None, None)
+    # checkpoints from before per-rank states: rank 0's CPU state only
+    legacy = rng.from_checkpoint({"rng_cpu": states[0]["torch"], "rng_cuda": []})
+    assert len(legacy) == 1 and torch.equal(legacy[0]["torch"], states[0]["torch"])
+
+
+class SeedPerRank(L.Callback):
+    """Gives each rank its own random stream before training (a resume then restores over it)."""
+
+    def on_fit_start(self, trainer, pl_module):
+        torch.manual_seed(100 + trainer.global_rank)
+
+
+def test_two_rank_resume_continues_each_ranks_dropout_stream(tmp_path):
+    warnings.filterwarnings("ignore")
+
+    def run(root, max_steps, ckpt=None):
+        L.seed_everything(0, verbose=False)
+        settings = TrainSettings(model=MODEL, microbatch_size=1, accumulate_grad_batches=1)
+        module = RwkvTrainingModule(ToyRWKV(dropout=0.2), settings, toy_rows(8), None)
+        trainer = L.Trainer(
+            accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=max_steps, default_root_dir=root,
+            logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+            limit_val_batches=0, use_distributed_sampler=False, plugins=[atomic_checkpoint_io()],
+            callbacks=[SeedPerRank(), ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=1,
+                                                      save_top_k=-1, filename="{step}")],
+        )
+        trainer.fit(module, ckpt_path=ckpt, weights_only=True)
+        return params(module)
+
+    full = run(tmp_path / "a", 5)
+    ckpt = tmp_path / "a" / "ckpt" / "step=2.ckpt"
+    assert len(torch.load(ckpt, weights_only=True)["rwkv_plug"]["rng"]) == 2
+    resumed = run(tmp_path / "b", 5, str(ckpt))
+    for k in full:
+        assert torch.allclose(full[k], resumed[k], rtol=0, atol=1e-6), k

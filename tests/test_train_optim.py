@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rwkv_plug.training.data import ResumableSampler, collate, padded_length
+from rwkv_plug.training.data import EvalRows, EvalSampler, ResumableSampler, collate, padded_length
 from rwkv_plug.training.optim import LrSchedule, build_optimizer, param_groups, schedule_steps
 
 
@@ -106,3 +106,15 @@ def test_sampler_interleaves_ranks_drops_tail_and_skips_on_resume():
     assert list(s) == order  # only the resumed epoch is shortened
     s.set_epoch(2)
     assert sorted(s) == list(range(10)) and list(s) != order
+
+
+@pytest.mark.parametrize("size,world", [(1, 2), (3, 2), (7, 3), (4, 2), (0, 2)])
+def test_eval_sampler_covers_every_row_once_with_equal_lengths_per_rank(size, world):
+    rows = [{"input_ids": [i + 1, i + 2], "loss_mask": [1, 1]} for i in range(size)]
+    data = EvalRows(rows)
+    samplers = [EvalSampler(size, world, r) for r in range(world)]
+    assert len({len(s) for s in samplers}) == 1 and len(samplers[0]) == -(-size // world)
+    picked = [i for s in samplers for i in s]
+    assert sorted(i for i in picked if i < size) == list(range(size))
+    for i in picked:  # past the end: a filler that adds no loss tokens
+        assert data[i] is rows[i] if i < size else sum(data[i]["loss_mask"]) == 0

@@ -5,23 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
 from rwkv_plug.core.atomic import atomic_write
 from rwkv_plug.core.errors import TrainingError
 
 
-def atomic_checkpoint_io():
+class AtomicCheckpointIO(TorchCheckpointIO):
     """A Lightning CheckpointIO that writes to a temp file in the same dir, then renames.
 
     Lightning's own writer goes through an fsspec transaction; the rename
     here makes the guarantee explicit and independent of fsspec versions.
+    A module-level class, so ``ddp_spawn`` can pickle it to its workers.
     """
-    import torch
-    from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-    class AtomicCheckpointIO(TorchCheckpointIO):
-        def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-            atomic_write(path, lambda f: torch.save(checkpoint, f))
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        atomic_write(path, lambda f: torch.save(checkpoint, f))
 
+
+def atomic_checkpoint_io() -> AtomicCheckpointIO:
+    """The CheckpointIO plugin every rwkv-plug Trainer gets."""
     return AtomicCheckpointIO()
 
 

@@ -180,6 +180,39 @@ def _check_plugin_spec(problems: Problems, key: str, spec: Any, simple: tuple[st
             problems.add(f"trainer.{key}: init_args must be a mapping")
 
 
+#: Strategy names and classes that shard or wrap the parameters (checked case-insensitively).
+_SHARDED_NAMES = ("fsdp", "deepspeed", "modelparallel", "model_parallel")
+
+
+def sharded_strategy_problem(strategy: Any) -> str | None:
+    """Why ``trainer.strategy`` is refused, or ``None`` if it may run.
+
+    The chunked BPTT engine (``training/bptt.py``) recomputes chunks in its
+    backward pass and differentiates ``model.parameters()`` itself, so every
+    rank needs the full, unwrapped parameters. Sharded strategies do not give
+    that: under Lightning's FSDP they are flat-parameter views and the
+    backward fails; DeepSpeed is neither a dependency nor tested. A name, a
+    ``class_path`` mapping and a Strategy object are all checked.
+    """
+    if isinstance(strategy, dict):
+        name = str(strategy.get("class_path", ""))
+    elif isinstance(strategy, str):
+        name = strategy
+    else:
+        from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+        if not isinstance(strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)):
+            return None
+        name = type(strategy).__name__
+    if not any(part in name.lower() for part in _SHARDED_NAMES):
+        return None
+    return (
+        f"trainer.strategy '{name}' is not supported: rwkv-plug's chunked BPTT engine needs the full "
+        "parameters on every rank, which sharded strategies (FSDP, DeepSpeed) do not keep; "
+        "use 'ddp', 'ddp_spawn' or 'auto' (see docs/training.md, Multiple devices)"
+    )
+
+
 def _trainer_section(raw: Any, problems: Problems, config_path: Path) -> dict[str, Any]:
     raw = dict(raw or {})
     for key, reason in O.TRAINER_FIXED.items():
@@ -196,6 +229,9 @@ def _trainer_section(raw: Any, problems: Problems, config_path: Path) -> dict[st
         _check_plugin_spec(problems, "logger", t["logger"], ("csv", "tensorboard", "wandb"))
     if "callbacks" in t:
         _check_plugin_spec(problems, "callbacks", t["callbacks"], ())
+    refused = sharded_strategy_problem(t.get("strategy"))
+    if refused:
+        problems.add(refused)
     t.setdefault("default_root_dir", str(Path("runs") / config_path.stem))
     return t
 

@@ -66,3 +66,34 @@ class ResumableSampler(Sampler[int]):
     def __len__(self) -> int:
         # the full epoch: Lightning's restored batch counter finishes it
         return self.per_rank()
+
+
+class EvalSampler(Sampler[int]):
+    """Validation order: every row exactly once over all ranks (rank ``r``: rows
+    ``r, r+W, ...``). Ranks that run out get indices past the end, which
+    :class:`EvalRows` turns into filler rows, so every rank runs the same
+    number of batches (no rank skips a collective) and no row is dropped."""
+
+    def __init__(self, size: int, num_replicas: int = 1, rank: int = 0):
+        self.size, self.num_replicas, self.rank = size, num_replicas, rank
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, len(self) * self.num_replicas, self.num_replicas))
+
+    def __len__(self) -> int:
+        return -(-self.size // self.num_replicas)
+
+
+class EvalRows:
+    """``rows``, and past their end a filler row with loss mask 0 (adds no loss, no tokens)."""
+
+    FILLER = {"input_ids": [0, 0], "loss_mask": [0, 0]}
+
+    def __init__(self, rows: Sequence[Mapping[str, Any]]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Mapping[str, Any]:
+        return self.rows[i] if i < len(self.rows) else self.FILLER

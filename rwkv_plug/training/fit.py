@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rwkv_plug.core.errors import ConfigError, TrainingError
-from rwkv_plug.training.config import FitConfig, load_fit_config
+from rwkv_plug.training.config import FitConfig, load_fit_config, sharded_strategy_problem
 
 _LOGGERS = {
     "csv": "lightning.pytorch.loggers.CSVLogger",
@@ -56,6 +56,9 @@ def build_trainer(cfg: FitConfig, extra_callbacks: list | None = None, log: Call
     from rwkv_plug.training.progress import step_progress_bar
 
     kwargs = dict(cfg.trainer)
+    refused = sharded_strategy_problem(kwargs.get("strategy"))  # a Strategy object set in Python
+    if refused:
+        raise ConfigError(refused)
     kwargs["logger"] = _loggers(kwargs.get("logger"), cfg.root_dir)
     callbacks = [_instantiate(c, "callbacks") for c in (kwargs.pop("callbacks", None) or [])]
     if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
@@ -105,12 +108,6 @@ def run_fit(config: str | Path, resume: str | None = None, log: Callable[[str], 
         f"{cfg.trainer.get('num_nodes', 1)} x accumulate {cfg.accumulate_grad_batches} = "
         f"{cfg.microbatch_size * cfg.world_size * cfg.accumulate_grad_batches} samples per optimizer step"
     )
-    strategy = str(cfg.trainer.get("strategy", "auto")).lower()
-    if any(name in strategy for name in ("fsdp", "deepspeed")):
-        # Passed through to Lightning, but the chunked-BPTT engine differentiates the
-        # raw parameters, which sharded strategies replace: say so once, loudly.
-        log(f"WARNING: trainer.strategy '{strategy}' is passed to Lightning untested with rwkv-plug's "
-            "chunked BPTT; ddp is the tested multi-device strategy")
     model = load_training_model(m)  # first: a bad model file fails before any data work
     from rwkv_plug.data.pipeline import prepare_dataset
 

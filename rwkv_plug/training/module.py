@@ -12,10 +12,12 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
+from rwkv_plug.training import rng
 from rwkv_plug.training.bptt import BpttSettings, sequence_loss
-from rwkv_plug.training.data import ResumableSampler, collate
+from rwkv_plug.training.data import EvalRows, EvalSampler, ResumableSampler, collate
 from rwkv_plug.training.optim import LrSchedule, build_optimizer, schedule_steps
 
 
@@ -65,6 +67,8 @@ class RwkvTrainingModule(L.LightningModule):
         self._tokens = 0
         self._trained = 0
         self._last_time: float | None = None
+        self._rng_states: list[dict[str, Any]] | None = None  # from a checkpoint, until training starts
+        self._val_sums: torch.Tensor | None = None
 
     # -- multi-device sync --------------------------------------------------
     def _sync_chunks(self, chunks: int) -> int:
@@ -109,9 +113,21 @@ class RwkvTrainingModule(L.LightningModule):
         if m.get("substep_logging"):
             print()
 
+    # -- validation: masked CE over every target token of the test split, all ranks together
+    def on_validation_epoch_start(self) -> None:
+        dt = torch.float32 if self.device.type == "mps" else torch.float64
+        self._val_sums = torch.zeros(2, dtype=dt, device=self.device)  # (CE sum, target tokens)
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = sequence_loss(self.model, batch["input_ids"], batch["loss_mask"], self.bptt, train=False)
-        self.log("validation/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].shape[0])
+        tokens = batch["loss_mask"][:, 1:].sum()  # out.loss = CE sum / max(tokens, 1)
+        self._val_sums[0] += out.loss.to(self._val_sums.dtype) * tokens
+        self._val_sums[1] += tokens
+
+    def on_validation_epoch_end(self) -> None:
+        total, tokens = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum").tolist()
+        # the value is already global; sync_dist only keeps Lightning from warning per rank
+        self.log("validation/loss", total / max(tokens, 1.0), prog_bar=True, sync_dist=True)
 
     # -- optimizer -------------------------------------------------------------
     def steps_per_epoch(self) -> int:
@@ -155,8 +171,8 @@ class RwkvTrainingModule(L.LightningModule):
 
     def val_dataloader(self) -> DataLoader:
         t = self.trainer
-        data = self.val_data if self.val_data is not None else []
-        sampler = ResumableSampler(len(data), t.world_size, t.global_rank)
+        data = EvalRows(self.val_data if self.val_data is not None else [])
+        sampler = EvalSampler(len(data), t.world_size, t.global_rank)
         return DataLoader(
             data, batch_size=self.settings.microbatch_size, sampler=sampler, collate_fn=_Collate(self.bptt.ctx_len)
         )
@@ -175,9 +191,9 @@ class RwkvTrainingModule(L.LightningModule):
             "epoch_batches": int(self._epoch_batches),
             "tokens": int(self._tokens),
             "trained_tokens": int(self._trained),
+            # every rank's random state (Lightning calls this hook on all ranks; rank 0 writes):
             # dropout after a resume draws the same masks as an uninterrupted run
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rng": rng.gather(rng.capture(self.device)),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -185,14 +201,13 @@ class RwkvTrainingModule(L.LightningModule):
         if pos:
             self._resume = (pos["epoch"], pos["epoch_batches"])
             self._tokens, self._trained = pos["tokens"], pos["trained_tokens"]
-            self._rng = (pos.get("rng_cpu"), pos.get("rng_cuda"))
+            self._rng_states = rng.from_checkpoint(pos)
 
     def on_train_start(self) -> None:
-        rng = getattr(self, "_rng", None)
-        if rng is not None:
-            cpu, cuda = rng
-            if cpu is not None:
-                torch.set_rng_state(cpu)
-            if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(cuda)
-            self._rng = None
+        states, self._rng_states = self._rng_states, None
+        if states:
+            own, note = rng.pick(states, self.global_rank, self.trainer.world_size)
+            if own is not None:
+                rng.restore(own, self.device)
+            if note:
+                rank_zero_warn(note)

@@ -104,3 +104,26 @@ def test_fit_cli_config_error_is_one_line_with_did_you_mean(tmp_path):
     lines = [l for l in res.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:")
     assert "unknown key trainer.max_step. Did you mean 'max_steps'?" in lines[0]
+
+
+def test_fit_cli_with_ddp_spawn_trains_validates_and_prints_the_log_folder_it_wrote(tmp_path):
+    """The CLI path spawns workers: everything it hands them must pickle, and the log
+    folder it prints afterwards must be the one the workers wrote to."""
+    from rwkv_plug.models.init import init_state_dict
+    from rwkv_plug.models.io import save_state_dict
+
+    vocab = _tokenizer(tmp_path / "tok")
+    save_state_dict(init_state_dict(2, 64, 64, seed=0), tmp_path / "model.pth")
+    cfg = _setup(tmp_path, max_steps=2)
+    cfg.write_text(cfg.read_text().replace(
+        "  enable_progress_bar: false\n",
+        "  enable_progress_bar: false\n  accelerator: cpu\n  devices: 2\n  strategy: ddp_spawn\n  val_check_interval: 2\n"))
+    assert vocab <= 64
+    res = run_cli("fit", str(cfg), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    logs = [line.split("logs: ", 1)[1] for line in res.stderr.splitlines() if line.startswith("logs: ")]
+    assert len(logs) == 1, res.stderr[-2000:]
+    with (tmp_path / logs[0] / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert sum(1 for r in rows if r.get("train/loss")) == 2
+    assert any(r.get("validation/loss") for r in rows)

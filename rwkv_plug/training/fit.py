@@ -131,6 +131,10 @@ def run_fit(config: str | Path, resume: str | None = None, log: Callable[[str], 
     module = RwkvTrainingModule(model, settings, dataset["train"], dataset.get("test"))
     ckpt = find_resume(resume, cfg.checkpoint_dir, log)
     trainer = build_trainer(cfg, log=log)
+    for lg in trainer.loggers:
+        # Fix each logger's version folder now: ddp_spawn workers get a copy with it resolved, so
+        # the folder printed below is the one they wrote (resolved later it would be the next one).
+        getattr(lg, "version", None)
     with warnings.catch_warnings():
         # our sampler skips the consumed microbatches itself
         warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")

@@ -63,6 +63,25 @@ def test_import_is_cheap_and_silent():
     assert out.stdout.strip() == "HEAVY=" and out.stderr == ""
 
 
+
+def test_importing_the_core_reads_no_environment_variable():
+    code = (
+        "import os, pkgutil, importlib\n"
+        "class Watch(dict):\n"
+        "    read = []\n"
+        "    def __getitem__(self, k): Watch.read.append(k); return super().__getitem__(k)\n"
+        "    def get(self, k, d=None): Watch.read.append(k); return super().get(k, d)\n"
+        "    def __contains__(self, k): Watch.read.append(k); return super().__contains__(k)\n"
+        "os.environ = Watch(os.environ)\n"
+        "import rwkv_plug.core\n"
+        "for m in pkgutil.iter_modules(rwkv_plug.core.__path__): importlib.import_module('rwkv_plug.core.' + m.name)\n"
+        "print('READ=' + ','.join(Watch.read))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    read = set(out.stdout.strip().removeprefix("READ=").split(",")) - {""}
+    # click's option decorators look up gettext's locale variables; those are not ours
+    assert read - {"LANGUAGE", "LANG", "LC_ALL", "LC_MESSAGES"} == set(), out.stdout
+
 def test_debug_flag_shows_the_traceback(tmp_path):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("data:\n  data_pth: x\n")

@@ -217,6 +217,17 @@ def test_selected_plugins_only(broken_site):
     assert "reverse" in only.stdout and "brokenplug" not in only.stderr
 
 
+
+def test_asking_for_a_plugin_that_is_not_installed_says_so(broken_site):
+    typo = run_cli("--plugins", "goodplgu", "list-strategies", env=broken_site)
+    assert typo.returncode == 0 and "reverse" not in typo.stdout
+    warning = [line for line in typo.stderr.splitlines() if "goodplgu" in line]
+    assert len(warning) == 1, typo.stderr
+    assert "is not installed" in warning[0] and "Did you mean 'goodplug'?" in warning[0]
+    assert "brokenplug" in warning[0]  # the installed names are listed
+    strict = run_cli("--strict-plugins", "list-strategies", env={**broken_site, "RWKV_PLUG_PLUGINS": "nosuch"})
+    assert strict.returncode != 0 and "'nosuch'" in strict.stderr and "Traceback" not in strict.stderr
+
 def test_tokenizer_kernel_and_model_hooks_fill_their_registries():
     from rwkv_plug.core.interfaces import Kernel, ModelArch, Tokenizer
 

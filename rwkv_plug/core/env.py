@@ -18,7 +18,7 @@ Nothing reads ``os.environ`` at import time; call :func:`settings`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -27,9 +27,13 @@ class Settings:
     plugins: str = "all"
     strict_plugins: bool = False
     neox_tokenizer: str | None = None
-    cache_dir: Path = Path.home() / ".cache" / "rwkv_plug"
+    cache_dir: Path = field(default_factory=lambda: _default_cache())
     #: TRITON_INTERPRET=1: the triton kernel may run on CPU tensors (slowly).
     triton_interpret: bool = False
+
+
+def _default_cache() -> Path:
+    return Path.home() / ".cache" / "rwkv_plug"  # reads HOME: only when asked, never at import
 
 
 def _truthy(value: str | None) -> bool:
@@ -44,6 +48,6 @@ def settings(environ: dict[str, str] | None = None) -> Settings:
         plugins=env.get("RWKV_PLUG_PLUGINS", "all").strip() or "all",
         strict_plugins=_truthy(env.get("RWKV_PLUG_STRICT_PLUGINS")),
         neox_tokenizer=env.get("RWKV_PLUG_NEOX_TOKENIZER") or None,
-        cache_dir=Path(cache) if cache else Path.home() / ".cache" / "rwkv_plug",
+        cache_dir=Path(cache) if cache else _default_cache(),
         triton_interpret=_truthy(env.get("TRITON_INTERPRET")),
     )

@@ -18,7 +18,7 @@ from typing import Any
 import pluggy
 
 from rwkv_plug.core import hookspecs
-from rwkv_plug.core.errors import PluginError
+from rwkv_plug.core.errors import PluginError, did_you_mean
 from rwkv_plug.core.registry import Registry
 
 GROUP = "rwkv_plug"
@@ -80,7 +80,10 @@ class Plugins:
         wanted = None if only.strip().lower() == "all" else {
             n.strip() for n in only.split(",") if n.strip()
         }
-        for ep in entry_points(group=GROUP):
+        installed = list(entry_points(group=GROUP))
+        if wanted is not None:
+            self._check_wanted(wanted, sorted({ep.name for ep in installed}))
+        for ep in installed:
             if wanted is not None and ep.name not in wanted:
                 continue
             dist = getattr(ep, "dist", None)
@@ -96,6 +99,15 @@ class Plugins:
             except Exception as exc:  # a broken plugin must not break the rest
                 self._broken(info, f"failed to load: {type(exc).__name__}: {exc}")
         self._registries = None
+
+    def _check_wanted(self, wanted: set[str], installed: list[str]) -> None:
+        """A name asked for (``--plugins`` / RWKV_PLUG_PLUGINS) that no installed plugin has."""
+        for name in sorted(wanted - set(installed)):
+            message = (f"plugin '{name}' (asked for by --plugins or RWKV_PLUG_PLUGINS) is not installed; "
+                       f"installed plugins: {', '.join(installed) or 'none'}.{did_you_mean(name, installed)}")
+            if self.strict:
+                raise PluginError(message + " [strict plugin mode]")
+            _warn(message)
 
     def register(self, plugin: Any, name: str) -> None:
         """Register an in-process plugin object (used by tests and embedders)."""

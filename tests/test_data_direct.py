@@ -266,3 +266,19 @@ def test_the_size_limit_is_read_at_call_time(tmp_path, monkeypatch):
     src = resolve_source({"source": "a.jsonl"})
     monkeypatch.setattr(direct, "DIRECT_LIMIT", -1)  # how bench --also-load-dataset turns it off
     assert direct.read_direct(src) is None
+
+
+def test_text_and_numbers_across_the_files_of_a_split_are_refused(tmp_path):
+    """load_dataset would turn the numbers into text ('12345'); the direct reader says where."""
+    from rwkv_plug.core.errors import DataError
+
+    (tmp_path / "d").mkdir()
+    jsonl(tmp_path / "d" / "a.jsonl", [{"text": "one", "title": "t"}])
+    jsonl(tmp_path / "d" / "b.jsonl", [{"text": None}, {"text": 12345}])
+    src = resolve_source({"source": "d"})
+    with pytest.raises(DataError, match=r"b\.jsonl:2: column 'text' holds a number, but .*a\.jsonl:1 holds text"):
+        direct.read_direct(src)
+    jsonl(tmp_path / "d" / "b.jsonl", [{"text": None}, {"text": "two"}])  # only a column missing: fine
+    assert direct.read_direct(src) is None  # datasets fills the missing column
+    jsonl(tmp_path / "d" / "b.jsonl", [{"text": "two", "title": "u"}])
+    assert direct.read_direct(src)["train"]["text"] == ["one", "two"] and src.row_counts == {"train": [1, 1]}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_cli
 from rwkv_plug.core.cli import main
 from rwkv_plug.core.config import Problems
 from rwkv_plug.core.errors import ConfigError
@@ -68,7 +69,8 @@ def test_every_problem_reported_at_once():
     assert "unknown key data.min_tokn_size. Did you mean 'min_token_size'?" in msg
     assert "data.packing_enable is not supported yet: packing comes" in msg
     assert "data.conversation_format is not supported yet" in msg
-    assert "data.test_split must be" in msg and "data.num_proc must be" in msg
+    assert "data.test_split: expected a number, got 'lots'" in msg
+    assert "data.num_proc: expected an integer of 1 or more, got 0" in msg
     assert "unknown strategy 'txt'. Did you mean 'text'?" in msg
     assert "binidx is not supported yet" in msg
 
@@ -107,10 +109,11 @@ def test_none_and_int_cells_are_skipped_and_counted(tmp_path, capsys):
     code, out, err = run(tmp_path, "data_path: out\nsource: a.jsonl\ntest_split: 1\n", capsys)
     assert code == 0, err
     assert "rows in: 8 (train 8); rows kept: 2; rows skipped: 6" in out
-    assert "skipped 3: column 'text' is None (e.g. train row 1, 0-based)" in out  # missing = None in jsonl
-    assert "skipped 1: column 'text' holds int, not text (e.g. train row 2, 0-based)" in out
-    assert "skipped 1: column 'text' is empty (e.g. train row 6, 0-based)" in out
-    assert "skipped 1: 1 token or less (nothing to learn) (e.g. train row 7, 0-based)" in out
+    at = tmp_path / "a.jsonl"
+    assert f"skipped 3: column 'text' is None (e.g. train row 1, 0-based, {at}:2)" in out  # missing = None
+    assert f"skipped 1: column 'text' holds int, not text (e.g. train row 2, 0-based, {at}:3)" in out
+    assert f"skipped 1: column 'text' is empty (e.g. train row 6, 0-based, {at}:7)" in out
+    assert f"skipped 1: 1 token or less (nothing to learn) (e.g. train row 7, 0-based, {at}:8)" in out
 
 
 def test_strict_mode_fails_on_the_bad_row(tmp_path, capsys):
@@ -156,7 +159,129 @@ def test_too_few_tokens_to_rechunk(tmp_path, capsys):
     assert code == 1 and "fewer than text_rechunk_size=4096 tokens" in err
 
 
-def test_test_split_too_large(tmp_path, capsys):
+def test_test_split_too_large_says_how_far_to_lower_it(tmp_path, capsys):
     (tmp_path / "a.jsonl").write_text('{"text": "one two three"}\n{"text": "four five six"}\n')
     code, _, err = run(tmp_path, "data_path: out\nsource: a.jsonl\ntest_split: 2\n", capsys)
-    assert code == 1 and "nothing would be left to train on" in err
+    assert code == 1 and one_error(err)
+    assert "data.test_split=2 takes 2 test samples, but only 2 samples are left" in err
+    assert "set data.test_split to 1 or fewer rows" in err
+
+
+def test_one_sample_left_names_the_skipped_rows_not_test_split(tmp_path):
+    rows = [{"text": "one two three"}, {"text": None}, {"text": None}]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "c.yaml").write_text("data:\n  data_path: out\n  source: a.jsonl\n  test_split: 0\n")
+    result = run_cli("preload", "c.yaml")
+    assert result.returncode == 1 and one_error(result.stderr)
+    assert ("only 1 sample is left to split into train and test (2 of 3 source rows were skipped "
+            "(column 'text' is None: 2))") in result.stderr
+    assert "add data, or fix the rows that were skipped" in result.stderr
+    assert "test_split" not in result.stderr.split("error: ")[1]  # lowering it cannot help
+
+
+# -- values of every plugin's options -------------------------------------------
+def test_plugin_option_values_are_checked_all_at_once(tmp_path):
+    """Options of strategies and tokenizers that are not in use are checked too."""
+    (tmp_path / "a.jsonl").write_text('{"text": "one two three"}\n{"text": "four five six"}\n')
+    (tmp_path / "c.yaml").write_text(textwrap.dedent("""\
+        data:
+          data_path: out
+          source: a.jsonl
+          tokenizer: neox
+          world_add_endoftext_token: 3
+          disable_prompt_completion_mask: maybe
+          tokenizer_kwargs: 5
+          multi_column_train_mask: ['yes']
+          custom_text_key: [text]
+          test_split: 1e-1
+        """))
+    result = run_cli("preload", "c.yaml")
+    assert result.returncode == 2 and one_error(result.stderr), result.stderr
+    err = result.stderr
+    assert "c.yaml: 5 problems" in err
+    assert "data.world_add_endoftext_token: expected true/false, got 3" in err
+    assert "data.disable_prompt_completion_mask: expected true/false, got 'maybe'" in err
+    assert "data.tokenizer_kwargs: expected a mapping or null, got 5" in err
+    assert "data.multi_column_train_mask: expected a list of true/false values or null, got ['yes']" in err
+    assert "data.custom_text_key: expected a string or null, got ['text']" in err
+    assert "test_split" not in err  # YAML 1.1 reads 1e-1 as a string; it is the number 0.1
+    assert not (tmp_path / "out").exists()
+
+
+def test_noop_values_of_unsupported_keys_are_accepted():
+    cfg = resolve({"data_path": "x", "source": "a.jsonl", "packing_enable": False,
+                   "conversation_format": None, "skip_datapath_setup": False})
+    assert "packing_enable" not in cfg and "conversation_format" not in cfg
+    for key, value in (("packing_enable", True), ("packing_enable", 0), ("conversation_format", "iopairs")):
+        with pytest.raises(ConfigError, match=f"data.{key} is not supported yet"):
+            resolve({"data_path": "x", "source": "a.jsonl", key: value})
+
+
+# -- sources refused or unreadable ------------------------------------------------
+def test_malformed_json_line_is_named_by_file_and_line(tmp_path):
+    (tmp_path / "mal.jsonl").write_text('{"text": "one two"}\n\n{"text": "broken\n{"text": "three"}\n')
+    (tmp_path / "c.yaml").write_text("data:\n  data_path: out\n  source: mal.jsonl\n")
+    result = run_cli("preload", "c.yaml")
+    assert result.returncode == 1 and one_error(result.stderr), result.stderr
+    line = result.stderr.split("error: ")[1]
+    assert line.startswith(f"{tmp_path / 'mal.jsonl'}:3: not valid JSON at column 10 (unterminated string")
+    assert "Failed to load JSON" not in result.stderr  # datasets' own log line is silenced
+    assert "DatasetGenerationError" not in result.stderr
+
+
+def test_pickle_sources_and_the_pandas_builder_are_refused(tmp_path):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "x.pkl").write_bytes(b"not read")
+    (tmp_path / "empty").mkdir()
+    advice = ("pickle files can run code when loaded; convert it to parquet, e.g. "
+              "pandas.read_pickle(...).to_parquet(...)")
+    cases = {"x.pkl": (2, f"data.source 'x.pkl': {advice}"),
+             "pandas\n  source_data_dir: p": (2, "data.source 'pandas' reads pickle files, which can run code"),
+             "p": (1, f"holds x.pkl: {advice}"),
+             "empty": (1, "holds no data files; use files ending in .csv, .json, .jsonl, .parquet, .text, .txt")}
+    for source, (code, message) in cases.items():
+        (tmp_path / "c.yaml").write_text(f"data:\n  data_path: out\n  source: {source}\n")
+        result = run_cli("preload", "c.yaml")
+        assert result.returncode == code and one_error(result.stderr), (source, result.stderr)
+        assert message in result.stderr, (source, result.stderr)
+
+
+def test_forced_strategy_without_its_columns_fails_before_tokenising(tmp_path):
+    import pandas as pd
+
+    pd.DataFrame({"body": ["one two three", "four five six"]}).to_parquet(tmp_path / "b.parquet")
+    (tmp_path / "c.yaml").write_text("data:\n  data_path: out\n  source: b.parquet\n"
+                                     "  strategy: prompt_completion\n")
+    result = run_cli("preload", "c.yaml")
+    assert result.returncode == 1 and one_error(result.stderr), result.stderr
+    assert ("data.strategy is 'prompt_completion', which needs prompt and completion, but the "
+            "source's columns are body") in result.stderr
+    assert "tokenising" not in result.stderr
+
+
+# -- rows of a folder source are traced to their file ---------------------------------
+@pytest.mark.parametrize("extra", ["", ', "title": "t"'])  # the same columns in both files, or not
+def test_bad_row_of_a_folder_source_names_its_file_and_line(tmp_path, extra):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.jsonl").write_text("".join(f'{{"text": "row {i} of a"{extra}}}\n' for i in range(3)))
+    (tmp_path / "d" / "b.jsonl").write_text('{"text": "row 0 of b"}\n{"text": null}\n')
+    (tmp_path / "c.yaml").write_text("data:\n  data_path: out\n  source: d\n  test_split: 1\n")
+    result = run_cli("preload", "c.yaml")
+    assert result.returncode == 0, result.stderr
+    at = f"{tmp_path / 'd' / 'b.jsonl'}:2"
+    assert f"skipped 1: column 'text' is None (e.g. train row 4, 0-based, {at})" in result.stdout
+    (tmp_path / "c.yaml").write_text("data:\n  data_path: out\n  source: d\n  strict: true\n")
+    result = run_cli("preload", "c.yaml")
+    assert result.returncode == 1 and one_error(result.stderr)
+    assert f"error: {at}: train row 4 (0-based): column 'text' is None" in result.stderr
+
+
+def test_a_number_among_text_in_a_folder_source_is_refused_not_turned_into_text(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.jsonl").write_text('{"text": "row of a"}\n')
+    (tmp_path / "d" / "b.jsonl").write_text('{"text": "row of b"}\n{"text": null}\n{"text": 12345}\n')
+    (tmp_path / "c.yaml").write_text("data:\n  data_path: out\n  source: d\n  test_split: 1\n")
+    result = run_cli("preload", "c.yaml")
+    assert result.returncode == 1 and one_error(result.stderr), result.stdout + result.stderr
+    assert (f"{tmp_path / 'd' / 'b.jsonl'}:3: column 'text' holds a number, but "
+            f"{tmp_path / 'd' / 'a.jsonl'}:1 holds text") in result.stderr

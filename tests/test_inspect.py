@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import run_cli
 from rwkv_plug.core.cli import cli
 from rwkv_plug.data.tokenizer import load_tokenizer
 from rwkv_plug.data.view import histogram, render_sample
@@ -70,3 +71,12 @@ def test_histogram_counts_every_sample():
     assert sum(int(line.split()[1]) for line in lines) == len(lengths)
     assert lines[0].split()[0].startswith("3-") and lines[-1].split()[0].endswith("-50")
     assert len(lines) <= 5
+
+
+@pytest.mark.parametrize("option,value", [("--samples", "-1"), ("--ctx-len", "0"), ("--max-tokens", "0")])
+def test_inspect_refuses_counts_below_their_minimum(tmp_path, option, value):
+    cfg, _ = _config(tmp_path)
+    result = run_cli("inspect", str(cfg), option, value)
+    assert result.returncode == 2
+    assert f"Invalid value for '{option}': {value} is not in the range" in result.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything is built

@@ -28,10 +28,13 @@ class ChatStrategy(Strategy):
     name = "chat"
     detect_priority = 5  # a messages column is unambiguous: try it first
     options = (
+        # a string and a mapping/list: types derived from the defaults
         Option("chat_messages_key", "messages", "Column holding the list of messages."),
-        Option("chat_role_names", DEFAULT_ROLES, "Role -> label written before each turn."),
-        Option("chat_train_roles", ["assistant"], "Roles whose turns are learned."),
         Option("chat_turn_separator", "\n\n", "Text between turns.", escapes=True),
+        # the defaults cannot say what the entries are: declare it
+        Option("chat_role_names", DEFAULT_ROLES, "Role -> label written before each turn.",
+               type=dict[str, str]),
+        Option("chat_train_roles", ["assistant"], "Roles whose turns are learned.", type=list[str]),
     )
 
     def __init__(self, options: Mapping[str, Any], tokenizer) -> None:
@@ -49,7 +52,7 @@ class ChatStrategy(Strategy):
 
     @classmethod
     def expects(cls, options: Mapping[str, Any]) -> str:
-        return f"a '{options.get('chat_messages_key', 'messages')}' column of role/content messages"
+        return f"needs a '{options.get('chat_messages_key', 'messages')}' column of role/content messages"
 
     def encode(self, row: Mapping[str, Any]) -> Sample:
         key = self.opts["chat_messages_key"]

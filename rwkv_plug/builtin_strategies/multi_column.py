@@ -122,6 +122,7 @@ class MultiColumnStrategy(PieceStrategy):
             None,
             "Columns to join, in order (null means ['instruction', 'input', 'output'] with the "
             "defaults below; [] disables multi_column).",
+            type=list[str],
         ),
         Option(
             "multi_column_prefix",
@@ -129,18 +130,21 @@ class MultiColumnStrategy(PieceStrategy):
             "Text before each column, one entry per key, null entry for none (default with "
             "default keys: ['Instruction:\\n', 'Input:\\n', 'Output:\\n']).",
             escapes=True,
+            type=list[str | None],
         ),
         Option(
             "multi_column_suffix",
             None,
             "Text after each column, one entry per key, null entry for none (default: none).",
             escapes=True,
+            type=list[str | None],
         ),
         Option(
             "multi_column_train_mask",
             None,
             "Whether each column's tokens are learned, one true/false per key (default with "
             "default keys: [true, false, true]; with your own keys: all true).",
+            type=list[bool],
         ),
         Option(
             "multi_column_separator",
@@ -148,6 +152,7 @@ class MultiColumnStrategy(PieceStrategy):
             "Text between two emitted columns (default with default keys: '\\n\\n'; with your "
             "own keys: none).",
             escapes=True,
+            type=str,
         ),
     )
 

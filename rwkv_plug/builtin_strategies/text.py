@@ -29,6 +29,7 @@ class TextStrategy(PieceStrategy):
             None,
             "Column to train on as plain text (null means 'text'). Setting it picks the "
             "text strategy first, before multi_column and prompt_completion.",
+            type=str,
         ),
     )
 

@@ -60,12 +60,14 @@ class HFTokenizer(Tokenizer):
 
     name = "hf"
     options = (
-        Option("tokenizer_kwargs", None, "HF tokenizers: extra keyword arguments for AutoTokenizer.from_pretrained."),
+        Option("tokenizer_kwargs", None, "HF tokenizers: extra keyword arguments for AutoTokenizer.from_pretrained.",
+               type=dict),
         Option(
             "autoTokenizer",
             None,
             "HF tokenizers, reference-compatible form: {kwargs: {...}, props: {...}}; "
             "kwargs go to from_pretrained, props are set as attributes afterwards.",
+            type=dict,
         ),
         Option(
             "tokenizer_trust_remote_code",

@@ -14,6 +14,7 @@ from typing import Any
 
 from rwkv_plug.core.errors import ConfigError, did_you_mean
 from rwkv_plug.core.interfaces import Option
+from rwkv_plug.core.option_types import check_value
 
 _ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|x[0-9a-fA-F]{2}|[ntr0\\'\"])")
 _SIMPLE = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", "'": "'", '"': '"'}
@@ -86,12 +87,20 @@ def resolve_options(
     problems: Problems,
     unsupported: Mapping[str, str] | None = None,
     passthrough: Iterable[str] = (),
+    *,
+    noop: Mapping[str, Any] | None = None,
+    check_types: bool = False,
 ) -> dict[str, Any]:
     """Validate ``values`` against declared ``options`` and fill in defaults.
 
     Unknown keys are reported with a did-you-mean; keys in ``unsupported``
-    are reported with their "not supported yet" reason; keys in
-    ``passthrough`` are accepted as given. Aliases map to their option name.
+    are reported with their "not supported yet" reason, unless set to their
+    value in ``noop`` (where they do nothing), which is accepted and left
+    out of the result; keys in ``passthrough`` are accepted as given.
+    Aliases map to their option name. With ``check_types``, every value
+    given is checked against its option's type (see
+    :mod:`rwkv_plug.core.option_types`) and each mismatch reported as
+    ``section.key: expected ..., got ...``.
     """
     values = dict(values or {})
     by_name: dict[str, Option] = {}
@@ -104,7 +113,8 @@ def resolve_options(
     seen: dict[str, str] = {}
     for key, value in values.items():
         if unsupported and key in unsupported:
-            problems.add(f"{section}.{key} is not supported yet: {unsupported[key]}")
+            if not (noop and key in noop and is_noop(value, noop[key])):
+                problems.add(f"{section}.{key} is not supported yet: {unsupported[key]}")
             continue
         opt = by_name.get(key)
         if opt is None:
@@ -118,5 +128,16 @@ def resolve_options(
             problems.add(f"{section}.{key} and {section}.{seen[opt.name]} set the same option; keep one")
             continue
         seen[opt.name] = key
+        if check_types:
+            value, problem = check_value(opt, value)
+            if problem:
+                problems.add(f"{section}.{key}: {problem}")
         out[opt.name] = _unescape_value(value) if opt.escapes else value
     return out
+
+
+def is_noop(value: Any, noop_value: Any) -> bool:
+    """Whether ``value`` is ``noop_value``; true/false never equal 1/0 here."""
+    if isinstance(value, bool) or isinstance(noop_value, bool):
+        return value is noop_value
+    return value == noop_value

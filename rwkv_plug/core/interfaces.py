@@ -3,13 +3,13 @@
 A plugin class has a ``name``, a docstring whose first line ``rwkv-plug
 list-*`` shows, and (for strategies and tokenizers) the ``data:`` options
 it understands, declared as :class:`Option` so the config layer can
-validate them with did-you-mean suggestions.
+validate them with did-you-mean suggestions and check their values.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -26,6 +26,18 @@ class Option:
             escapes such as ``'\\n'`` turned into real characters, so that
             single-quoted YAML behaves as users expect.
         aliases: other accepted spellings of the key.
+        type: what a value must be: ``bool``, ``int``, ``float`` (ints
+            accepted), ``str``, ``list``, ``dict``, a parameterised form
+            such as ``list[str]`` or ``dict[str, str]``, or a union such as
+            ``str | None``. Left as None, it is derived from ``default``
+            (``True`` -> bool, ``3`` -> int, ``0.5`` -> float, ``"x"`` -> str,
+            a list -> list, a mapping -> dict); a default of None gives no
+            check unless ``type`` is set. null is accepted when the default
+            is None or ``type`` includes None.
+        choices: if not empty, the only values accepted (null aside).
+        check: an extra rule run on a non-null value of the right type;
+            returns None when the value is fine, else what is expected
+            (``"1 or more"``), which the error message shows.
     """
 
     name: str
@@ -33,6 +45,9 @@ class Option:
     help: str = ""
     escapes: bool = False
     aliases: tuple[str, ...] = ()
+    type: Any = None
+    choices: tuple[Any, ...] = ()
+    check: Callable[[Any], str | None] | None = None
 
 
 def describe(cls: type) -> str:
@@ -116,12 +131,19 @@ class Strategy(ABC):
 
     @classmethod
     def matches(cls, columns: Sequence[str], options: Mapping[str, Any]) -> bool:
-        """Whether this strategy can be auto-picked for a dataset with ``columns``."""
+        """Whether this strategy can be auto-picked for a dataset with ``columns``.
+
+        A strategy that overrides it and describes its columns in ``expects``
+        is also held to it when forced with ``data.strategy``; one that keeps
+        this default (or returns "" from ``expects``) is never auto-picked and
+        never checked.
+        """
         return False
 
     @classmethod
     def expects(cls, options: Mapping[str, Any]) -> str:
-        """Human description of the columns needed, for 'no strategy fits' errors."""
+        """The columns needed, as a verb phrase ("needs prompt and completion"), for errors
+        when no strategy fits the columns or a forced one does not."""
         return ""
 
     @classmethod

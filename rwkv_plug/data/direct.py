@@ -11,7 +11,10 @@ It gives exactly what ``load_dataset`` gives or it gives nothing: whenever
 a JSON array or BOM, nested objects, mixed types that it JSON-encodes,
 batches whose inferred types differ, a parse error, an empty table), it
 returns None and the caller uses ``load_dataset``, with its behaviour and
-error messages. ``tests/test_data_direct.py`` compares the two.
+error messages. ``tests/test_data_direct.py`` compares the two. One
+exception: a JSON column that holds text in one file of a split and other
+values in another is refused with the file and line, because
+``load_dataset`` would silently turn those values into text.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import codecs
 import io
 from pathlib import Path
 from typing import Any
+
+from rwkv_plug.core.errors import DataError
 
 #: Sources above this many bytes go through load_dataset, whose memory-mapped
 #: cache keeps memory bounded; below it the in-memory table is the faster path
@@ -35,10 +40,18 @@ class _Fallback(Exception):
     """This source needs load_dataset's full behaviour."""
 
 
+class _Mixed(_Fallback):
+    """A JSON column holds more than one kind of value (datasets JSON-encodes it)."""
+
+
 def read_direct(src: Any, limit: int | None = None) -> dict[str, Any] | None:
     """``{split: Dataset}`` (in ``data_files`` order) for a plain local source, else None.
 
     ``limit`` (default :data:`DIRECT_LIMIT`, read at call time) caps the source's bytes.
+    Each split's rows per file go to ``src.row_counts``, so a row can be traced
+    to its file. A JSON column that holds text in some rows and other values
+    in others, across the files of one split, is a ``DataError`` naming the
+    file and line: ``load_dataset`` would silently turn those values into text.
     """
     limit = DIRECT_LIMIT if limit is None else limit
     params = src.params
@@ -51,25 +64,32 @@ def read_direct(src: Any, limit: int | None = None) -> dict[str, Any] | None:
         split_files = {s: [Path(f) for f in _as_list(files)] for s, files in data_files.items()}
         if sum(f.stat().st_size for files in split_files.values() for f in files) > limit:
             return None
-        return _read(src.builder, split_files)
+        out, counts = _read(src.builder, split_files)
     except _Fallback:
         return None
+    except DataError:
+        raise
     except Exception:  # noqa: BLE001 - load_dataset re-reads and reports it its own way
         return None
+    src.row_counts = counts
+    return out
 
 
 def _as_list(files: Any) -> list[str]:
     return [files] if isinstance(files, (str, Path)) else list(files)
 
 
-def _read(builder: str, split_files: dict[str, list[Path]]) -> dict[str, Any]:
+def _read(builder: str, split_files: dict[str, list[Path]]) -> tuple[dict[str, Any], dict[str, list[int]]]:
     import datasets
     from datasets.table import InMemoryTable, table_cast
 
     from rwkv_plug.data.store import digest
 
-    tables = {split: [t for f in files for t in _READERS[builder](f)]
-              for split, files in split_files.items()}
+    per_file = {split: [_read_file(builder, f, files) for f in files] for split, files in split_files.items()}
+    counts = {split: [sum(t.num_rows for t in ts) for ts in parts] for split, parts in per_file.items()}
+    tables = {split: [t for ts in parts for t in ts] for split, parts in per_file.items()}
+    if builder == "json":
+        _check_text_clash(split_files, tables)
     first = next(iter(tables.values()))
     if not first:
         raise _Fallback
@@ -98,7 +118,42 @@ def _read(builder: str, split_files: dict[str, list[Path]]) -> dict[str, Any]:
                               [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]])
         out[split] = datasets.Dataset(InMemoryTable(table), info=datasets.DatasetInfo(features=features),
                                       split=datasets.NamedSplit(split), fingerprint=fingerprint)
-    return out
+    return out, counts
+
+
+def _text_and_other(tables: list) -> bool:
+    """Whether some column is text in one table and another (non-null) type in another."""
+    import pyarrow as pa
+
+    kinds: dict[str, set[bool]] = {}
+    for table in tables:
+        for f in table.schema:
+            if not pa.types.is_null(f.type):
+                kinds.setdefault(f.name, set()).add(pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
+    return any(len(k) > 1 for k in kinds.values())
+
+
+def _read_file(builder: str, path: Path, split_files: list[Path]) -> list:
+    try:
+        return _READERS[builder](path)
+    except _Mixed:
+        if len(split_files) > 1:
+            _check_text_clash({"": split_files}, None)
+        raise
+
+
+def _check_text_clash(split_files: dict[str, list[Path]], tables: dict[str, list] | None) -> None:
+    """Refuse a split whose files disagree on whether a column holds text (see read_direct)."""
+    from rwkv_plug.data.locate import json_text_clash
+
+    for split, files in split_files.items():
+        if len(files) < 2:
+            continue
+        if tables is not None and not _text_and_other(tables[split]):
+            continue
+        clash = json_text_clash(files)
+        if clash:
+            raise DataError(clash)
 
 
 def _concat(parts: list) -> Any:
@@ -150,7 +205,9 @@ def _parse_json_batch(batch: bytes) -> Any:
             if ("straddling" in msg or "JSON conversion to" in msg) and block < len(batch):
                 block *= 2  # what datasets does too
                 continue
-            raise _Fallback from None  # mixed types, bad JSON: datasets' own handling
+            if "changed from" in msg:
+                raise _Mixed from None
+            raise _Fallback from None  # bad JSON: datasets' own handling
 
 
 def _flat_type(t: Any) -> bool:

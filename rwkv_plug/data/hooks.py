@@ -44,13 +44,14 @@ def preload(config: str, force: bool) -> None:
 
 @click.command("inspect")
 @click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--samples", default=3, show_default=True, help="How many samples to render.")
+@click.option("--samples", default=3, show_default=True, type=click.IntRange(min=0),
+              help="How many samples to render (0: statistics only).")
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
 @click.option("--color/--no-color", default=None,
               help="Colour the samples (default: only on a terminal).")
-@click.option("--ctx-len", type=int, default=None,
+@click.option("--ctx-len", type=click.IntRange(min=1), default=None,
               help="Mark chunk boundaries every N tokens (default: model.ctx_len of the config).")
-@click.option("--max-tokens", default=512, show_default=True,
+@click.option("--max-tokens", default=512, show_default=True, type=click.IntRange(min=1),
               help="Render at most this many tokens of each sample.")
 def inspect_cmd(config: str, samples: int, split: str, color: bool | None, ctx_len: int | None,
                 max_tokens: int) -> None:

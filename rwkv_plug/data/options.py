@@ -7,25 +7,51 @@ section against all of them at once, so a typo anywhere gets a did-you-mean.
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Mapping
+from pathlib import PurePath
 from typing import Any
 
 from rwkv_plug.core.config import Problems, resolve_options
 from rwkv_plug.core.errors import RwkvPlugError
 from rwkv_plug.core.interfaces import Option
+from rwkv_plug.data.sources import BUILDERS, PICKLE_REFUSED, PICKLE_SUFFIXES
+
+
+def _at_least(n: int):
+    def check(value: Any) -> str | None:
+        return None if value >= n else f"an integer of {n} or more"
+    return check
+
+
+def _split_size(value: Any) -> str | None:
+    if value >= 1 and not float(value).is_integer():
+        return "a fraction in (0,1), a row count, or <=0 for one row"
+    return None
+
+
+def _row_range(value: Any) -> str | None:
+    if value >= 1 and not float(value).is_integer():
+        return "a fraction in (0,1), a row count, or -1 for off"
+    return None
+
+
+def _not_empty(value: Any) -> str | None:
+    return None if value else "a non-empty string"
+
 
 DATA_OPTIONS: tuple[Option, ...] = (
-    Option("data_path", None, "Folder where the built dataset is saved and reused (required)."),
-    Option("source", None, "HF hub dataset name, builder name (text/json/csv/pandas/parquet), "
-           "or a local file or folder (required)."),
-    Option("source_data_dir", None, "data_dir for a builder source such as `text` or `json`."),
+    Option("data_path", None, "Folder where the built dataset is saved and reused (required).", type=str),
+    Option("source", None, "HF hub dataset name, builder name (text/json/csv/parquet), "
+           "or a local file or folder (required).", type=str),
+    Option("source_data_dir", None, "data_dir for a builder source such as `text` or `json`.", type=str),
     Option("source_dataset_params", None, "Extra keyword arguments for HF load_dataset "
-           "(name, data_files, revision, ...)."),
-    Option("source_dataset_split", "train", "Split of the source used as the train split."),
-    Option("tokenizer", "neox", "neox, world, or an HF tokenizer name or local folder."),
-    Option("strategy", None, "Force a row strategy by name instead of picking one from the columns."),
+           "(name, data_files, revision, ...).", type=dict),
+    Option("source_dataset_split", "train", "Split of the source used as the train split.",
+           check=_not_empty),
+    Option("tokenizer", "neox", "neox, world, or an HF tokenizer name or local folder.", check=_not_empty),
+    Option("strategy", None, "Force a row strategy by name instead of picking one from the columns.",
+           type=str),
     Option("min_token_size", -1, "Drop documents shorter than this many tokens (>0 active)."),
     Option("max_token_size", -1, "Drop documents longer than this many tokens (>0 active); "
            "never truncated."),
@@ -35,20 +61,21 @@ DATA_OPTIONS: tuple[Option, ...] = (
     Option("text_rechunk_separator", "\n", "Text put after every document in the rechunked stream "
            "(escapes such as '\\n' are honoured); '' for none.", escapes=True),
     Option("test_split", 0.01, "Test split size: a fraction in (0,1), a row count, or <=0 for one row. "
-           "Ignored when the source has a test split."),
+           "Ignored when the source has a test split.", check=_split_size),
     Option("test_split_shuffle", False, "Shuffle (with a fixed seed) before taking the test split.",
            aliases=("test_shuffle",)),
     Option("data_prefix_skip_mask", 0, "Do not learn the first N tokens of every sample "
-           "(and of every rechunked chunk)."),
+           "(and of every rechunked chunk).", check=_at_least(0)),
     Option("sort_by_length", False, "Sort the train split by sample length."),
     Option("sort_asc", True, "Sort ascending (true) or descending (false)."),
     Option("dataset_offset", -1, "Skip this many source train rows (a fraction if in (0,1)); "
-           "applied once, to the source rows before tokenising."),
+           "applied once, to the source rows before tokenising.", type=float, check=_row_range),
     Option("dataset_length", -1, "Keep this many source train rows (a fraction if in (0,1)); "
-           "applied once, to the source rows before tokenising."),
+           "applied once, to the source rows before tokenising.", type=float, check=_row_range),
     Option("reverse_train_dataset_before_save", False, "Reverse the order of the train split."),
     Option("num_proc", None, "Workers for tokenising (default: CPU count; the world "
-           "tokenizer with the text strategy uses threads in one process; tiny datasets use 1)."),
+           "tokenizer with the text strategy uses threads in one process; tiny datasets use 1).",
+           type=int, check=_at_least(1)),
     Option("dataloader_shuffle_training", False, "Shuffle the train split every epoch "
            "(ignored with sort_by_length); read by fit, not by the build."),
     Option("strict", False, "Fail the build on the first bad row instead of skipping it."),
@@ -90,7 +117,11 @@ UNSUPPORTED: dict[str, str] = {
     "dataloader_swap_train_test_split": "not read by the data loader yet; delete the key",
 }
 
-_BUILDERS = ("text", "json", "csv", "pandas", "parquet")
+#: Flags of :data:`UNSUPPORTED` that do nothing when false; every other
+#: unsupported key does nothing when null. At that value a key is accepted.
+_NOOP_FALSE = ("packing_enable", "packing_in_sequence", "is_random_datapack", "skip_datapath_setup",
+               "dataloader_swap_train_test_split")
+DATA_NOOP: dict[str, Any] = {key: False if key in _NOOP_FALSE else None for key in UNSUPPORTED}
 
 
 def plugin_options() -> list[Option]:
@@ -117,7 +148,8 @@ def resolve_data_config(raw: Mapping | None, problems: Problems) -> dict:
     options = list(DATA_OPTIONS) + plugin_options()
     declared = {o.name for o in options} | {a for o in options for a in o.aliases}
     unsupported = {k: v for k, v in UNSUPPORTED.items() if k not in declared}
-    cfg = resolve_options("data", raw, options, problems, unsupported=unsupported)
+    cfg = resolve_options("data", raw, options, problems, unsupported=unsupported, noop=DATA_NOOP,
+                          check_types=True)
     _check_values(cfg, problems)
     return cfg
 
@@ -127,67 +159,34 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
-
-
 def _check_values(cfg: dict, problems: Problems) -> None:
-    def bad(key: str, want: str) -> None:
-        problems.add(f"data.{key} must be {want}, got {cfg[key]!r}")
-
+    """What the options' types cannot say: required keys and rules across keys."""
     for key in ("data_path", "source"):
         if cfg.get(key) in (None, ""):
             problems.add(f"data.{key} is required")
-        elif not isinstance(cfg[key], str):
-            bad(key, "a string")
-    for key in ("source_data_dir", "strategy"):
-        if cfg.get(key) is not None and not isinstance(cfg[key], str):
-            bad(key, "a string")
-    if not isinstance(cfg.get("tokenizer"), str) or not cfg["tokenizer"]:
-        bad("tokenizer", "a tokenizer name or path such as neox or world")
-    elif cfg["tokenizer"] == "binidx":
+    source = cfg.get("source")
+    if source == "pandas":
+        problems.add("data.source 'pandas' reads pickle files, which can run code when loaded; convert "
+                     "them to parquet, e.g. pandas.read_pickle(...).to_parquet(...), and use source: parquet")
+    elif isinstance(source, str) and PurePath(source).suffix.lower() in PICKLE_SUFFIXES:
+        problems.add(f"data.source '{source}': {PICKLE_REFUSED}")
+    if cfg.get("tokenizer") == "binidx":
         problems.add("data.tokenizer: binidx is not supported yet: convert the data to jsonl "
                      "with a text column, or use a tokenizer name")
-    if not isinstance(cfg.get("source_dataset_split"), str) or not cfg["source_dataset_split"]:
-        bad("source_dataset_split", "a split name such as train")
     params = cfg.get("source_dataset_params")
     if params is None:
         cfg["source_dataset_params"] = {}
-    elif not isinstance(params, Mapping):
-        bad("source_dataset_params", "a mapping of load_dataset keyword arguments")
-    elif "split" in params:
+    elif isinstance(params, Mapping) and "split" in params:
         problems.add("data.source_dataset_params.split is not allowed: use data.source_dataset_split")
-    if cfg.get("source") in _BUILDERS and not cfg.get("source_data_dir") and not (
+    if source in BUILDERS and not cfg.get("source_data_dir") and not (
         isinstance(params, Mapping) and params.get("data_files")
     ):
-        problems.add(f"data.source '{cfg['source']}' is a builder name: set data.source_data_dir "
+        problems.add(f"data.source '{source}' is a builder name: set data.source_data_dir "
                      "to the folder with the files (or point data.source at a file)")
-    for key in ("min_token_size", "max_token_size", "text_rechunk_size", "data_prefix_skip_mask"):
-        if not _is_int(cfg.get(key)):
-            bad(key, "an integer")
-    if _is_int(cfg.get("data_prefix_skip_mask")) and cfg["data_prefix_skip_mask"] < 0:
-        bad("data_prefix_skip_mask", "0 or more")
-    if (_is_int(cfg.get("min_token_size")) and _is_int(cfg.get("max_token_size"))
-            and 0 < cfg["max_token_size"] < cfg["min_token_size"]):
-        problems.add(f"data.max_token_size ({cfg['max_token_size']}) is below data.min_token_size "
-                     f"({cfg['min_token_size']}): every document would be dropped")
-    for key in ("text_rechunk_auto", "text_rechunk_force", "test_split_shuffle", "sort_by_length",
-                "sort_asc", "reverse_train_dataset_before_save", "strict",
-                "dataloader_shuffle_training"):
-        if not isinstance(cfg.get(key), bool):
-            bad(key, "true or false")
-    if not isinstance(cfg.get("text_rechunk_separator"), str):
-        bad("text_rechunk_separator", "a string ('' for none)")
-    ts = cfg.get("test_split")
-    if not _is_number(ts) or (isinstance(ts, float) and ts >= 1 and not float(ts).is_integer()):
-        bad("test_split", "a fraction in (0,1), a row count, or <=0 for one row")
-    for key in ("dataset_offset", "dataset_length"):
-        v = cfg.get(key)
-        if not _is_number(v) or (v >= 1 and not float(v).is_integer()) or math.isnan(v):
-            bad(key, "a fraction in (0,1), a row count, or -1 for off")
-    n = cfg.get("num_proc")
-    if n is not None and (not _is_int(n) or n < 1):
-        bad("num_proc", "an integer of 1 or more")
+    low, high = cfg.get("min_token_size"), cfg.get("max_token_size")
+    if _is_int(low) and _is_int(high) and 0 < high < low:
+        problems.add(f"data.max_token_size ({high}) is below data.min_token_size "
+                     f"({low}): every document would be dropped")
     if isinstance(cfg.get("strategy"), str):
         from rwkv_plug.core import plugins
 

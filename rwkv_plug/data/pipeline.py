@@ -21,6 +21,7 @@ from rwkv_plug.core.config import Problems
 from rwkv_plug.core.errors import DataError
 from rwkv_plug.data import split as splitting
 from rwkv_plug.data import store
+from rwkv_plug.data.locate import RowLocator, no_locator
 from rwkv_plug.data.options import DATA_OPTIONS, resolve_data_config
 from rwkv_plug.data.sources import Source, load_source, resolve_source
 from rwkv_plug.data.summary import SplitStats, Summary, split_stats
@@ -136,6 +137,7 @@ def _build(cfg: dict, src: Source, tokenizer, work: Path, log: Log):
         dd["train"] = dd["train"].select(range(start, stop))
         row_offset = start
         summary.notes.append(f"dataset_offset/length: source train rows {start}..{stop - 1} of {n}")
+    locate = _locator(src, cfg)
     strategy_cls = pick_strategy(dd["train"].column_names, cfg, cfg.get("strategy"))
     summary.strategy = strategy_cls.name
     log(f"strategy '{strategy_cls.name}' for columns {', '.join(dd['train'].column_names)}")
@@ -152,7 +154,7 @@ def _build(cfg: dict, src: Source, tokenizer, work: Path, log: Log):
         summary.rows_in[name] = len(ds)
         encoded[name] = _encode_split(name, ds, strategy_cls, cfg, tokenizer,
                                       row_offset if name == "train" else 0, nproc, work, summary,
-                                      (size, sep) if rechunking else None)
+                                      (size, sep) if rechunking else None, locate)
     if rechunking:
         from rwkv_plug.data.rechunk import RechunkResult, rechunk
 
@@ -171,7 +173,7 @@ def _build(cfg: dict, src: Source, tokenizer, work: Path, log: Log):
         train, test = encoded["train"], encoded["test"]
     else:
         train, test = splitting.split_train_test(encoded["train"], cfg["test_split"],
-                                                 cfg["test_split_shuffle"])
+                                                 cfg["test_split_shuffle"], _why_few(summary))
     if cfg["sort_by_length"]:
         train = splitting.sort_by_length(train, cfg["sort_asc"])
     if cfg["reverse_train_dataset_before_save"]:
@@ -187,7 +189,8 @@ def _finish_summary(dd, summary: Summary, vocab_size: int) -> None:
 
 
 def _encode_split(name: str, ds, strategy_cls, cfg: dict, tokenizer, row_offset: int,
-                  nproc: int, work: Path, summary: Summary, rechunk: tuple[int, list[int]] | None):
+                  nproc: int, work: Path, summary: Summary, rechunk: tuple[int, list[int]] | None,
+                  locate: Callable[[str, int], str] = no_locator):
     """The split's kept samples: a Dataset, or a RechunkResult when encoding fed
     the rechunk directly (the in-process path with ``rechunk`` set)."""
     from rwkv_plug.data.encode import Encoder, encoded_features
@@ -197,7 +200,7 @@ def _encode_split(name: str, ds, strategy_cls, cfg: dict, tokenizer, row_offset:
         from rwkv_plug.data.encode import encode_in_process
 
         result, table = encode_in_process(name, ds, fn, cfg, work, rechunk)
-        _account(name, table, cfg, summary)
+        _account(name, table, cfg, summary, locate)
         return result
     procs = max(1, min(nproc, len(ds)))
     batch = max(1, min(MAP_BATCH_ROWS, -(-len(ds) // procs)))
@@ -208,23 +211,30 @@ def _encode_split(name: str, ds, strategy_cls, cfg: dict, tokenizer, row_offset:
                  new_fingerprint=store.digest([name, repr(work), strategy_cls.name]),
                  desc=f"tokenising {name}")
     table = enc.select_columns(["_drop", "_row", "_bad"]).with_format("arrow")[:]
-    keep = _account(name, table, cfg, summary)
+    keep = _account(name, table, cfg, summary, locate)
     return enc.select(keep).remove_columns(["_drop", "_bad", "_row"])
 
 
-def _account(name: str, table, cfg: dict, summary: Summary) -> np.ndarray:
-    """Count the dropped rows per reason (raising under ``strict``); the kept row numbers."""
+def _account(name: str, table, cfg: dict, summary: Summary,
+             locate: Callable[[str, int], str] = no_locator) -> np.ndarray:
+    """Count the dropped rows per reason (raising under ``strict``); the kept row numbers.
+
+    ``locate(split, row)`` gives a row's ``file:line`` (or "") for the messages.
+    """
     drop = table.column("_drop").to_numpy(zero_copy_only=False)
     rows = table.column("_row").to_numpy(zero_copy_only=False)
     bad = table.column("_bad").to_numpy(zero_copy_only=False)
     if cfg["strict"] and bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{name} row {rows[i]} (0-based): {drop[i]} [data.strict is on; turn it "
+        where = locate(name, int(rows[i]))
+        at = f"{where}: " if where else ""
+        raise DataError(f"{at}{name} row {rows[i]} (0-based): {drop[i]} [data.strict is on; turn it "
                         "off to skip bad rows and count them instead]")
     dropped = drop != ""
     for reason in dict.fromkeys(drop[dropped]):
         where = np.flatnonzero(drop == reason)
-        summary.skip(str(reason), len(where), int(rows[where[0]]), name)
+        row = int(rows[where[0]])
+        summary.skip(str(reason), len(where), row, name, locate(name, row))
     keep = np.flatnonzero(~dropped)
     if len(keep) == 0:
         reasons = "; ".join(f"{k}: {v.count}" for k, v in summary.skipped.items())
@@ -232,6 +242,28 @@ def _account(name: str, table, cfg: dict, summary: Summary) -> np.ndarray:
                         f"({reasons})")
     summary.documents_kept[name] = len(keep)
     return keep
+
+
+def _locator(src: Source, cfg: dict) -> Callable[[str, int], str]:
+    """``file:line`` of a row of the train or test split, where the source allows it."""
+    files = src.params.get("data_files")
+    if src.kind not in ("file", "folder") or not isinstance(files, dict):
+        return no_locator
+    files = {k: [v] if isinstance(v, str) else list(v) for k, v in files.items()}
+    return RowLocator(src.builder, files, src.row_counts,
+                      {"train": cfg.get("source_dataset_split") or "train", "test": "test"})
+
+
+def _why_few(summary: Summary) -> str:
+    """Why few train samples may be left: rows skipped, and how rechunking counts."""
+    parts = []
+    rows_in, kept = summary.rows_in.get("train", 0), summary.documents_kept.get("train", 0)
+    if rows_in > kept:
+        reasons = ", ".join(f"{k}: {v.count}" for k, v in summary.skipped.items() if v.split == "train")
+        parts.append(f"{rows_in - kept} of {rows_in} source rows were skipped ({reasons})")
+    if summary.rechunk_size > 0:
+        parts.append(f"a sample is {summary.rechunk_size} tokens after rechunking")
+    return "; ".join(parts)
 
 
 def in_process(encoder, tokenizer) -> bool:

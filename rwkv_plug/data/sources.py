@@ -1,7 +1,7 @@
 """Source loading: ``data.source`` -> a ``DatasetDict`` with ``train`` (and maybe ``test``).
 
-A source is one of: a builder name (``text``/``json``/``csv``/``pandas``/
-``parquet``) with ``source_data_dir``; a local file or folder (relative
+A source is one of: a builder name (``text``/``json``/``csv``/``parquet``)
+with ``source_data_dir``; a local file or folder (relative
 paths resolve against the current directory); or an HF hub dataset name.
 ``.txt`` files are read one row per file (``sample_by="document"``) so blank
 lines and paragraph breaks survive, unlike the reference's line rows.
@@ -15,21 +15,26 @@ fingerprint) holds each file's size, mtime and a fast content hash.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rwkv_plug.core.errors import DataError, RwkvPlugError
 
-BUILDERS = ("text", "json", "csv", "pandas", "parquet")
+BUILDERS = ("text", "json", "csv", "parquet")
 _BY_SUFFIX = {
     ".txt": "text", ".text": "text",
     ".jsonl": "json", ".json": "json",
     ".csv": "csv",
     ".parquet": "parquet",
-    ".pkl": "pandas", ".pickle": "pandas",
 }
+#: Refused: unpickling runs whatever code the file holds (and datasets refuses them too).
+PICKLE_SUFFIXES = (".pkl", ".pickle")
+PICKLE_REFUSED = ("pickle files can run code when loaded; convert it to parquet, e.g. "
+                  "pandas.read_pickle(...).to_parquet(...)")
 #: Files up to this size get a hash of their whole content in the cache
 #: fingerprint; bigger ones a hash of HASH_SAMPLES blocks spread over the file
 #: (with size and mtime, which every file gets).
@@ -49,6 +54,9 @@ class Source:
     params: dict[str, Any] = field(default_factory=dict)
     #: text documents: rechunked automatically when text_rechunk_auto is on
     is_text: bool = False
+    #: rows of each file, per source split, when the direct reader read them
+    #: (lets a row number be traced to its file; see data/locate.py)
+    row_counts: dict[str, list[int]] = field(default_factory=dict)
 
     def identity(self, hash_limit: int = HASH_LIMIT) -> dict[str, Any]:
         ident: dict[str, Any] = {"kind": self.kind, "builder": self.builder,
@@ -156,7 +164,11 @@ def resolve_source(cfg: dict) -> Source:
         files = _data_files(path)
         kinds = {_BY_SUFFIX.get(p.suffix.lower()) for p in files} - {None}
         if not kinds:
-            raise DataError(f"data.source folder '{path}' holds no .txt/.jsonl/.json/.csv/.parquet files")
+            pickles = [p for p in files if p.suffix.lower() in PICKLE_SUFFIXES]
+            if pickles:
+                raise DataError(f"data.source folder '{path}' holds {pickles[0].name}: {PICKLE_REFUSED}")
+            raise DataError(f"data.source folder '{path}' holds no data files; use files ending in "
+                            f"{_accepted()}")
         if len(kinds) > 1:
             raise DataError(f"data.source folder '{path}' mixes file kinds ({', '.join(sorted(kinds))}); "
                             "keep one kind per folder")
@@ -189,11 +201,16 @@ def split_files(folder: Path, files: list[Path]) -> dict[str, list[str]]:
     return out
 
 
+def _accepted() -> str:
+    return ", ".join(sorted(_BY_SUFFIX))
+
+
 def _builder_for(path: Path) -> str:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise DataError(f"data.source '{path}': {PICKLE_REFUSED}")
     builder = _BY_SUFFIX.get(path.suffix.lower())
     if builder is None:
-        known = ", ".join(sorted(_BY_SUFFIX))
-        raise DataError(f"data.source '{path}': unknown file type '{path.suffix}'; use one of {known}")
+        raise DataError(f"data.source '{path}': unknown file type '{path.suffix}'; use one of {_accepted()}")
     return builder
 
 
@@ -215,7 +232,8 @@ def load_source(src: Source, cfg: dict, cache_dir: str | None, num_proc: int | N
         if src.kind == "hub":
             dd = datasets.load_dataset(src.location, num_proc=num_proc, **kwargs)
         else:
-            dd = datasets.load_dataset(src.builder, cache_dir=cache_dir, **kwargs)
+            with _datasets_logger_quiet():
+                dd = datasets.load_dataset(src.builder, cache_dir=cache_dir, **kwargs)
     except RwkvPlugError:
         raise
     except Exception as exc:
@@ -241,12 +259,50 @@ def _pick_splits(dd, src: Source, cfg: dict):
     return out, [k for k in dd.keys() if k not in (want, "test")]
 
 
+@contextmanager
+def _datasets_logger_quiet():
+    """datasets logs a file's parse error before raising it; we report it once, ourselves."""
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The exception under datasets' wrappers (DatasetGenerationError says only "an error occurred")."""
+    seen = {id(exc)}
+    while exc.__cause__ is not None and id(exc.__cause__) not in seen:
+        exc = exc.__cause__
+        seen.add(id(exc))
+    return exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 def _load_error(src: Source, exc: Exception) -> str:
-    cause = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    cause = _first_line(_cause(exc))
     if src.kind == "hub":
         return (f"could not load dataset '{src.location}' from the HF hub ({cause}). The hub may be "
                 "unreachable or offline (HF_HUB_OFFLINE), or the name is wrong: check data.source, or "
                 "download the data and point data.source at the local file or folder")
+    if src.builder == "json":
+        from rwkv_plug.data.locate import json_problem, json_text_clash
+
+        # only on this error path: find the line by reading the files again, line by line
+        try:
+            found = next((p for p in map(json_problem, src.files) if p), None)
+            if found is None and len(src.files) > 1:
+                found = json_text_clash(src.files)
+        except OSError:
+            found = None
+        if found:
+            return f"{found}; fix or remove that line"
     where = ", ".join(str(f) for f in src.files[:3]) or src.location
     return (f"could not read source {where} with the '{src.builder}' reader ({cause}); check that the "
             "file is valid and that each column holds one type of value")

@@ -39,15 +39,30 @@ def test_count(n: int, test_split: float) -> int:
     return int(test_split)
 
 
-def split_train_test(ds, test_split: float, shuffle: bool):
-    """Take the test rows off ``ds``: the last rows, or a seeded random choice."""
+def split_train_test(ds, test_split: float, shuffle: bool, why_few: str = ""):
+    """Take the test rows off ``ds``: the last rows, or a seeded random choice.
+
+    ``why_few`` (such as "3 of 5 source rows were skipped") is added to the
+    error when too few samples are left to split.
+    """
     n = len(ds)
     k = test_count(n, test_split)
     if k >= n:
-        raise DataError(f"data.test_split={test_split!r} asks for {k} test samples but there are only "
-                        f"{n}; nothing would be left to train on. Lower test_split or add data")
+        raise DataError(_too_few(n, k, test_split, why_few))
     order = np.random.default_rng(SPLIT_SEED).permutation(n) if shuffle else np.arange(n)
     return ds.select(order[: n - k]), ds.select(order[n - k:])
+
+
+def _too_few(n: int, k: int, test_split: float, why_few: str) -> str:
+    have = f"{n} sample is" if n == 1 else f"{n} samples are"
+    why = f" ({why_few})" if why_few else ""
+    if n < 2:  # one for the test split and one to train on is the least there can be
+        fix = ", or fix the rows that were skipped" if why_few else ""
+        return (f"only {have} left to split into train and test{why}; at least 2 are needed, one for "
+                f"each split: add data{fix}")
+    return (f"data.test_split={test_split!r} takes {k} test samples, but only {have} left{why}, so none "
+            f"would be left to train on; set data.test_split to {n - 1} or fewer rows (or a smaller "
+            "fraction), or add data")
 
 
 def sample_lengths(ds, batch_rows: int = 10_000) -> np.ndarray:

@@ -72,15 +72,27 @@ def stale_reason(data_path: Path, parts: dict[str, Any], strategies) -> str | No
     if old.get("source") != parts["source"]:
         return _source_change(old.get("source", {}), parts["source"])
     if old.get("config") != parts["config"]:
-        keys = sorted(k for k in set(old.get("config", {})) | set(parts["config"])
-                      if old.get("config", {}).get(k) != parts["config"].get(k))
-        return f"data config changed ({', '.join(keys)})"
+        return f"data config changed ({config_change(old.get('config') or {}, parts['config'])})"
     if old.get("rwkv_plug") != parts["rwkv_plug"]:
         return f"rwkv-plug version changed ({old.get('rwkv_plug')} -> {parts['rwkv_plug']})"
     used = meta.get("strategy") or {}
     if used and plugin_version(strategies, used.get("name", "")) != used:
         return f"the plugin providing strategy '{used.get('name')}' changed"
     return None
+
+
+def config_change(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """The keys that differ, each marked when it was added or removed (a plugin's
+    option set changed), e.g. ``min_token_size, text_end_of_document (added)``."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if key not in old:
+            out.append(f"{key} (added)")
+        elif key not in new:
+            out.append(f"{key} (removed)")
+        elif old[key] != new[key]:
+            out.append(key)
+    return ", ".join(out)
 
 
 def _source_change(old: dict[str, Any], new: dict[str, Any]) -> str:

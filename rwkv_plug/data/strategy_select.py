@@ -1,7 +1,9 @@
 """Picks the strategy for a dataset, once, from its column names.
 
 ``data.strategy: NAME`` forces a registered strategy (third-party ones
-included). Otherwise every registered strategy is asked, in the order of
+included); if it describes its columns (``expects``) and defines
+``matches``, the columns must still satisfy it.
+Otherwise every registered strategy is asked, in the order of
 its ``priority(options)`` (its ``detect_priority`` unless options change
 it), whether it ``matches`` the columns; the first that does wins. With the
 built-ins this is the seed notebook's order: multi_column (any of its keys
@@ -25,13 +27,24 @@ def pick_strategy(
     """The strategy class for a dataset with ``columns``.
 
     Raises ``UnknownNameError`` (with did-you-mean) for an unknown forced
-    name, ``ConfigError`` for bad strategy options, and one ``DataError``
-    listing the columns and what each strategy expects when none fits.
+    name, ``ConfigError`` for bad strategy options, a ``DataError`` when a
+    forced strategy's ``matches`` rejects the columns (before any row is
+    tokenised), and one ``DataError`` listing the columns and what each
+    strategy expects when none fits.
     """
     registry = plugins.strategies()
-    if forced:
-        return registry.get(forced)
     columns = list(columns)
+    if forced:
+        cls = registry.get(forced)
+        # a strategy that says nothing of its columns (no expects(), or Strategy's
+        # matches()) is one that is never auto-detected: it is taken as forced
+        own = getattr(cls.matches, "__func__", cls.matches) is not Strategy.matches.__func__
+        expects = cls.expects(data_options)
+        if own and expects and not cls.matches(columns, data_options):
+            raise DataError(f"data.strategy is '{forced}', which {expects}, but the source's columns are "
+                            f"{', '.join(columns)}; pick another data.strategy, or leave it unset to "
+                            "pick one from the columns")
+        return cls
     entries = sorted(registry, key=lambda e: (e.cls.priority(data_options), e.name))
     for entry in entries:
         if entry.cls.matches(columns, data_options):

@@ -13,6 +13,7 @@ class Skipped:
     count: int
     example_row: int  # 0-based row of the source split
     split: str
+    where: str = ""  # the example's file:line, when known
 
 
 @dataclass
@@ -34,10 +35,10 @@ class Summary:
     splits: dict[str, SplitStats] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def skip(self, reason: str, count: int, example_row: int, split: str) -> None:
+    def skip(self, reason: str, count: int, example_row: int, split: str, where: str = "") -> None:
         old = self.skipped.get(reason)
         if old is None:
-            self.skipped[reason] = Skipped(count, example_row, split)
+            self.skipped[reason] = Skipped(count, example_row, split, where)
         else:
             old.count += count
 
@@ -58,7 +59,8 @@ class Summary:
         out.append(f"rows in: {rows_in} ({_per_split(self.rows_in)}); rows kept: {kept}; "
                    f"rows skipped: {rows_in - kept}")
         for reason, s in sorted(self.skipped.items(), key=lambda kv: -kv[1].count):
-            out.append(f"  skipped {s.count}: {reason} (e.g. {s.split} row {s.example_row}, 0-based)")
+            at = f", {s.where}" if s.where else ""
+            out.append(f"  skipped {s.count}: {reason} (e.g. {s.split} row {s.example_row}, 0-based{at})")
         if self.rechunk_size > 0:
             lost = sum(self.rechunk_remainder.values())
             out.append(f"rechunked to {self.rechunk_size} tokens per sample; remainder dropped: "

@@ -1,0 +1,129 @@
+"""The value type of an :class:`~rwkv_plug.core.interfaces.Option`: derived, checked, described.
+
+A plugin gets value checks for free: an option whose default is ``True``
+only accepts true/false, one whose default is ``3`` only integers, and so
+on. ``Option(type=..., choices=..., check=...)`` says more where the default
+cannot (a default of None, a list of strings, a number that may be a
+fraction). The config layer calls :func:`check_value` for every key a user
+sets and reports each problem as ``section.key: expected ..., got ...``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from rwkv_plug.core.interfaces import Option
+
+_NONE = type(None)
+#: YAML 1.1 (PyYAML) reads ``3e-4`` as a string; such a string is read as the number.
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+#: (one, many) wording per simple type, as users write values in YAML.
+_WORDS = {
+    bool: ("true/false", "true/false values"),
+    int: ("an integer", "integers"),
+    float: ("a number", "numbers"),
+    str: ("a string", "strings"),
+    _NONE: ("null", "nulls"),
+}
+
+
+def option_type(opt: Option) -> Any:
+    """The type ``opt`` values must have (``object`` for anything), null included where allowed."""
+    tp = opt.type if opt.type is not None else _derived(opt.default)
+    if tp is object or tp is Any:
+        return object
+    if opt.default is None and _NONE not in _members(tp):
+        tp = typing.Optional[tp]
+    return tp
+
+
+def _derived(default: Any) -> Any:
+    for kind in (bool, int, float, str):
+        if isinstance(default, kind):
+            return kind
+    if isinstance(default, (list, tuple)):
+        return list
+    if isinstance(default, Mapping):
+        return dict
+    return object
+
+
+def _members(tp: Any) -> tuple[Any, ...]:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return typing.get_args(tp)
+    return (tp,)
+
+
+def matches(tp: Any, value: Any) -> bool:
+    """Whether ``value`` (as read from YAML) has type ``tp``."""
+    return any(_matches_one(member, value) for member in _members(tp))
+
+
+def _matches_one(tp: Any, value: Any) -> bool:
+    if tp is object or tp is Any:
+        return True
+    if tp is None or tp is _NONE:
+        return value is None
+    origin, args = typing.get_origin(tp) or tp, typing.get_args(tp)
+    if origin is bool:
+        return isinstance(value, bool)
+    if origin is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if origin is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple)) and (not args or all(matches(args[0], v) for v in value))
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            return False
+        return len(args) != 2 or all(matches(args[0], k) and matches(args[1], v) for k, v in value.items())
+    return isinstance(value, origin)
+
+
+def describe(tp: Any, many: bool = False) -> str:
+    """``tp`` in a user's words: ``a list of strings or null``."""
+    words = []
+    for member in sorted(_members(tp), key=lambda m: m is _NONE):  # null last
+        origin, args = typing.get_origin(member) or member, typing.get_args(member)
+        if member in _WORDS:
+            words.append(_WORDS[member][many])
+        elif member is object or member is Any:
+            words.append("values" if many else "any value")
+        elif origin in (list, tuple):
+            words.append(("lists" if many else "a list") + (f" of {describe(args[0], True)}" if args else ""))
+        elif origin in (dict, Mapping):
+            of = f" of {describe(args[0], True)} to {describe(args[1], True)}" if len(args) == 2 else ""
+            words.append(("mappings" if many else "a mapping") + of)
+        else:
+            name = getattr(origin, "__name__", str(origin))
+            words.append(f"{name} values" if many else f"a {name}")
+    return " or ".join(words)
+
+
+def check_value(opt: Option, value: Any) -> tuple[Any, str | None]:
+    """``(value, None)`` when ``value`` suits ``opt``, else ``(value, "expected ..., got ...")``.
+
+    The returned value may be converted: a YAML 1.1 string such as ``'3e-4'``
+    given where a number is expected becomes that number.
+    """
+    tp = option_type(opt)
+    members = _members(tp)
+    if isinstance(value, str) and float in members and str not in members and _NUMBER.fullmatch(value.strip()):
+        value = float(value)
+    if not matches(tp, value):
+        return value, f"expected {describe(tp)}, got {value!r}"
+    if value is None:
+        return value, None
+    if opt.choices and value not in opt.choices:
+        return value, f"expected one of {', '.join(repr(c) for c in opt.choices)}, got {value!r}"
+    if opt.check is not None:
+        wanted = opt.check(value)
+        if wanted:
+            return value, f"expected {wanted}, got {value!r}"
+    return value, None

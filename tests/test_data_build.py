@@ -1,0 +1,222 @@
+"""The build after the source: test split, row selection, worker processes, the
+cache and its rebuild reasons, and the ``prepare_dataset`` API that fit uses."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from data_helpers import load, neox, rows_of, run, words, write_cfg, write_jsonl
+from rwkv_plug.data.tokenizer import load_tokenizer
+
+pytestmark = pytest.mark.usefixtures("offline_data")
+
+
+@pytest.mark.parametrize("test_split,shuffle,expected", [(3, False, 3), (0, False, 1), (-1, False, 1),
+                                                         (0.25, False, 3), (0.25, True, 3)])
+def test_test_split_sizes(tmp_path, capsys, test_split, shuffle, expected):
+    tok = neox()
+    rows = [{"text": words(i, 4 + i)} for i in range(10)]
+    write_jsonl(tmp_path / "a.jsonl", rows)
+    cfg = write_cfg(tmp_path / "c.yaml", f"""\
+        data:
+          data_path: out
+          source: a.jsonl
+          test_split: {test_split}
+          test_shuffle: {str(shuffle).lower()}
+        """)
+    code, _, err = run("preload", str(cfg), capsys=capsys)
+    assert code == 0, err
+    dd = load(tmp_path / "out")
+    all_ids = [tok.encode(r["text"]) for r in rows]
+    test = [r[0] for r in rows_of(dd["test"])]
+    train = [r[0] for r in rows_of(dd["train"])]
+    assert len(test) == expected
+    if shuffle:
+        assert sorted(train + test) == sorted(all_ids) and test != all_ids[-expected:]
+    else:
+        assert train == all_ids[:-expected] and test == all_ids[-expected:]
+
+
+def test_offset_length_sort_and_reverse(tmp_path, capsys):
+    tok = neox()
+    rows = [{"text": words(i, 3 + (i * 7) % 11)} for i in range(20)]
+    write_jsonl(tmp_path / "a.jsonl", rows)
+    cfg = write_cfg(tmp_path / "c.yaml", """\
+        data:
+          data_path: out
+          source: a.jsonl
+          dataset_offset: 0.25
+          dataset_length: 10
+          test_split: 2
+          sort_by_length: true
+          sort_asc: false
+        """)
+    code, _, err = run("preload", str(cfg), capsys=capsys)
+    assert code == 0, err
+    dd = load(tmp_path / "out")
+    picked = [tok.encode(r["text"]) for r in rows[5:15]]  # applied once, to the source rows
+    assert [r[0] for r in rows_of(dd["test"])] == picked[-2:]
+    train = [r[0] for r in rows_of(dd["train"])]
+    assert sorted(train) == sorted(picked[:-2])
+    assert [len(t) for t in train] == sorted((len(t) for t in train), reverse=True)
+
+
+def test_two_processes_give_the_same_rows_and_row_numbers(tmp_path, capsys, monkeypatch):
+    from rwkv_plug.data import pipeline
+
+    monkeypatch.setattr(pipeline, "SMALL_BYTES", 0)  # use the pool even for tiny data
+    tok = neox()
+    rows = [{"text": words(i, 6)} if i != 33 else {"text": None} for i in range(40)]
+    write_jsonl(tmp_path / "a.jsonl", rows)
+    cfg = write_cfg(tmp_path / "c.yaml", """\
+        data:
+          data_path: out
+          source: a.jsonl
+          num_proc: 2
+          test_split: 1
+        """)
+    code, out, err = run("preload", str(cfg), capsys=capsys)
+    assert code == 0, err
+    dd = load(tmp_path / "out")
+    want = [tok.encode(r["text"]) for r in rows if r["text"] is not None]
+    assert [r[0] for r in rows_of(dd["train"]) + rows_of(dd["test"])] == want
+    # the example row is located in its file: line 34 holds row 33
+    assert f"skipped 1: column 'text' is None (e.g. train row 33, 0-based, {tmp_path / 'a.jsonl'}:34)" in out
+
+
+# -- cache --------------------------------------------------------------------
+def test_cache_reuse_and_rebuild_reasons(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "a.jsonl", [{"text": words(i, 8)} for i in range(5)])
+    cfg = write_cfg(tmp_path / "c.yaml", """\
+        data:
+          data_path: out
+          source: a.jsonl
+          tokenizer: neox
+        """)
+    code, out, _ = run("preload", str(cfg), capsys=capsys)
+    assert code == 0 and "dataset built" in out
+    code, out, _ = run("preload", str(cfg), capsys=capsys)
+    assert code == 0 and "reusing the dataset" in out and "dataset reused" in out
+
+    st = src.stat()
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))  # touch
+    code, out, _ = run("preload", str(cfg), capsys=capsys)
+    assert "source file changed" in out and "dataset built" in out
+
+    write_jsonl(src, [{"text": "a brand new document"}, {"text": "and another one here"}])
+    code, out, _ = run("preload", str(cfg), capsys=capsys)
+    assert "source file changed" in out
+    tok = neox()
+    dd = load(tmp_path / "out")
+    assert [r[0] for r in rows_of(dd["train"])] == [tok.encode("a brand new document")]
+
+    cfg.write_text(cfg.read_text().replace("tokenizer: neox", "tokenizer: world"))
+    code, out, _ = run("preload", str(cfg), capsys=capsys)
+    assert "tokenizer changed" in out and "dataset built" in out
+    world = load_tokenizer("world", {})
+    assert [r[0] for r in rows_of(load(tmp_path / "out")["test"])] == [world.encode("and another one here")]
+
+    cfg.write_text(cfg.read_text() + "  min_token_size: 2\n")
+    code, out, _ = run("preload", str(cfg), capsys=capsys)
+    assert "data config changed (min_token_size)" in out
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temp dirs left
+
+
+def test_refuses_to_replace_a_folder_that_is_not_a_dataset(tmp_path, capsys):
+    write_jsonl(tmp_path / "a.jsonl", [{"text": "hello world again"}] * 3)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "precious.txt").write_text("keep me")
+    cfg = write_cfg(tmp_path / "c.yaml", "data:\n  data_path: out\n  source: a.jsonl\n")
+    code, _, err = run("preload", str(cfg), capsys=capsys)
+    assert code == 1 and "refusing to replace it" in err
+    assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
+
+
+# -- the API fit uses, and a third-party strategy --------------------------------
+class _Reverse:
+    """A third-party plugin: a strategy that learns the words of a column in reverse."""
+
+    @staticmethod
+    def strategy_class():
+        from rwkv_plug.core.interfaces import Option, Sample, Strategy
+
+        class ReverseWords(Strategy):
+            """Reversed words of column 'body'."""
+
+            name = "reverse_words"
+            options = (Option("reverse_column", "body", "Column to reverse."),)
+
+            def encode(self, row):
+                text = " ".join(reversed(row[self.opts["reverse_column"]].split()))
+                ids = self.tokenizer.encode(text)
+                return Sample(ids, [1] * len(ids))
+
+        return ReverseWords
+
+
+def test_prepare_dataset_api_with_a_third_party_strategy(tmp_path):
+    from rwkv_plug.core import plugins
+    from rwkv_plug.core.hookspecs import hookimpl
+    from rwkv_plug.data.pipeline import prepare_dataset
+
+    cls = _Reverse.strategy_class()
+
+    class Plugin:
+        @hookimpl
+        def register_strategies(self):
+            return [cls]
+
+    plugins.current().register(Plugin(), "reverse-plugin")
+    try:
+        write_jsonl(tmp_path / "a.jsonl", [{"body": "one two three"}, {"body": "four five six"}])
+        logs: list[str] = []
+        cfg = {"data_path": "out", "source": "a.jsonl", "strategy": "reverse_words",
+               "reverse_column": "body", "test_split": 1}
+        dd, status = prepare_dataset(cfg, log=logs.append)
+        assert status == "built" and any("no dataset at" in m for m in logs)
+        assert dd["train"].features["input_ids"].feature.dtype == "int32"
+        assert dd["train"].features["loss_mask"].feature.dtype == "int8"
+        assert dd["train"][0]["input_ids"] == neox().encode("three two one")
+        meta = json.loads((tmp_path / "out" / "rwkv_plug_dataset.json").read_text())
+        assert meta["strategy"]["plugin"] == "reverse-plugin"
+        dd, status = prepare_dataset(cfg, log=logs.append)
+        assert status == "reused" and dd["test"][0]["input_ids"] == neox().encode("six five four")
+    finally:
+        plugins.current().unregister("reverse-plugin")
+
+
+
+
+def test_rebuild_reason_names_a_key_a_plugin_added(tmp_path):
+    """A plugin overriding `text` with one more option changes the config's key set."""
+    from rwkv_plug.builtin_strategies.text import TextStrategy
+    from rwkv_plug.core import plugins
+    from rwkv_plug.core.hookspecs import hookimpl
+    from rwkv_plug.core.interfaces import Option
+    from rwkv_plug.data.pipeline import prepare_dataset
+
+    class TextWithSuffix(TextStrategy):
+        """Plain text plus a suffix (a test plugin)."""
+
+        options = TextStrategy.options + (Option("text_suffix", "", "Appended text."),)
+
+    class Plugin:
+        @hookimpl
+        def register_strategies(self):
+            return [TextWithSuffix]
+
+    write_jsonl(tmp_path / "a.jsonl", [{"text": "one two three"}, {"text": "four five six"}])
+    cfg = {"data_path": "out", "source": "a.jsonl", "test_split": 1}
+    logs: list[str] = []
+    assert prepare_dataset(dict(cfg), log=logs.append)[1] == "built"
+    plugins.current().register(Plugin(), "suffix-plugin")
+    try:
+        assert prepare_dataset(dict(cfg), log=logs.append)[1] == "built"
+    finally:
+        plugins.current().unregister("suffix-plugin")
+    assert any(m.endswith("data config changed (text_suffix (added))") for m in logs), logs
+    assert prepare_dataset(dict(cfg), log=logs.append)[1] == "built"  # plugin gone: the key is removed
+    assert any(m.endswith("data config changed (text_suffix (removed))") for m in logs), logs

@@ -27,3 +27,15 @@ def test_readme_gives_the_two_commands_first():
     readme = (DOCS.parent / "README.md").read_text()
     quick = readme.index("## Quick start")
     assert readme.index("make demo", quick) < readme.index("make test", quick) < readme.index("##", quick + 5)
+
+
+def test_cache_section_states_the_source_hash_the_code_uses():
+    from rwkv_plug.data import sources
+
+    doc = (DOCS / "config.md").read_text()
+    cache = " ".join(doc[doc.index("### Cache"):doc.index("### Known limits")].split())
+    algo = sources._hasher()[0]  # e.g. xxh3_128
+    assert algo.replace("_", "-") in cache
+    assert f"whole content for files up to {sources.HASH_LIMIT >> 30} GiB" in cache
+    assert f"{sources.HASH_SAMPLES} blocks of {sources.HASH_BLOCK >> 20} MiB" in cache
+    assert "SHA-256" not in cache

@@ -121,6 +121,9 @@ def test_fit_cli_with_ddp_spawn_trains_validates_and_prints_the_log_folder_it_wr
     assert vocab <= 64
     res = run_cli("fit", str(cfg), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
+    # no library noise from the main process or the spawned workers; 48 unused rows are padding
+    assert "LeafSpec" not in res.stderr and "litlogger" not in res.stderr, res.stderr[-2000:]
+    assert "warning:" not in res.stderr, res.stderr[-2000:]
     logs = [line.split("logs: ", 1)[1] for line in res.stderr.splitlines() if line.startswith("logs: ")]
     assert len(logs) == 1, res.stderr[-2000:]
     with (tmp_path / logs[0] / "metrics.csv").open() as fh:

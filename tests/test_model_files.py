@@ -78,6 +78,29 @@ def test_garbage_and_truncated_files_are_clear_errors(tmp_path):
         load_state_dict(tmp_path / "cut.pth")
 
 
+def test_a_file_in_no_torch_format_is_named_so_by_generate_export_and_fit(tmp_path, capsys):
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(bytes(range(110, 200)) * 4)  # starts with "n": torch reported "Unsupported operand 110"
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"trainer: {{default_root_dir: {tmp_path}/runs}}\nmodel: {{load_model: {junk}, lr_init: 1e-3}}\n"
+                   f"data: {{data_path: {tmp_path}/d, source: x.txt}}\n")
+    for args in (["generate", junk, "--prompt", "hi"], ["export", junk, tmp_path / "out.pth"], ["fit", cfg]):
+        code, _, err = invoke(capsys, *args)
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert code != 0 and len(errors) == 1, (args, err)
+        assert f"cannot read '{junk}': it is not a PyTorch file (neither a zip archive nor a pickle)" in errors[0]
+        assert "pickled code" not in errors[0]
+
+
+def test_an_old_format_malicious_pickle_is_refused_in_one_line_without_torch_warnings(tmp_path):
+    marker, path = tmp_path / "pwned", tmp_path / "evil.pth"
+    path.write_bytes(pickle.dumps({"emb.weight": torch.zeros(2, 2), "x": Evil(marker)}, protocol=4))
+    res = run_cli("export", str(path), str(tmp_path / "out.pth"))
+    assert res.returncode != 0 and not marker.exists()
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: refused to load '{path}'"), res.stderr
+
+
 def test_save_is_atomic_and_writes_only_the_tensor_data(tmp_path, monkeypatch):
     big = torch.arange(1000.0)
     save_state_dict({"a": big[:10]}, tmp_path / "sub" / "m.pth")  # parent folder is created

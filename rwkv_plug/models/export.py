@@ -23,7 +23,7 @@ _PREFIXES = ("_forward_module.", "module.", "model.")
 _CKPT_SUFFIXES = (".ckpt", ".pth", ".pt")
 
 
-def _safe_types() -> list:
+def checkpoint_safe_types() -> list:
     """Harmless things Lightning may store next to the weights.
 
     ``AttributeDict`` (hyper-parameters) is a dict subclass; it is read back
@@ -84,7 +84,7 @@ def export_checkpoint(
     """Write ``out`` from ``ckpt``; return (checkpoint used, file written, model dims)."""
     target = parse_dtype(dtype, allowed=("bf16", "fp32")) if isinstance(dtype, str) else dtype
     src = find_checkpoint(ckpt)
-    raw = read_torch_file(src, safe_types=_safe_types())
+    raw = read_torch_file(src, safe_types=checkpoint_safe_types())
     sd = strip_to_model(raw, f"checkpoint '{src}'")
     if not RWKV5Arch.detect(sd):
         raise ModelError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Iterable, Mapping
 from contextlib import nullcontext
@@ -21,6 +22,10 @@ import torch
 
 from rwkv_plug.core.atomic import atomic_write
 from rwkv_plug.core.errors import ModelError
+
+#: The first bytes of torch.save's zip format and of a pickle (protocol 2 or later).
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = b"\x80"
 
 _DTYPES = {
     "bf16": torch.bfloat16,
@@ -50,17 +55,25 @@ def read_torch_file(path: str | os.PathLike, safe_types: Iterable[Any] = ()) -> 
 
     ``safe_types`` are extra harmless classes to allow (e.g. Lightning's
     ``AttributeDict``). Anything else that is not plain data is refused
-    with a ``ModelError``, before any of its code can run.
+    with a ``ModelError``, before any of its code can run. A file that is
+    neither torch's zip format nor a pickle is named as such; torch's own
+    warnings about old formats are kept out of the output.
     """
     p = Path(path)
     if not p.exists():
         raise ModelError(f"model file '{p}' does not exist")
     if p.is_dir():
         raise ModelError(f"'{p}' is a folder, expected a .pth model file")
+    with p.open("rb") as fh:
+        head = fh.read(4)
+    if not head.startswith((_ZIP_MAGIC, _PICKLE_PROTO)):
+        what = "the file is empty" if not head else "neither a zip archive nor a pickle"
+        raise ModelError(f"cannot read '{p}': it is not a PyTorch file ({what}); is it a .pth written by torch.save?")
     mmap = zipfile.is_zipfile(p)  # mmap needs the zip format of torch.save
     guard = torch.serialization.safe_globals(list(safe_types)) if safe_types else nullcontext()
     try:
-        with guard:
+        with guard, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4 in the checkpoint"
             return torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         raise ModelError(
@@ -69,9 +82,13 @@ def read_torch_file(path: str | os.PathLike, safe_types: Iterable[Any] = ()) -> 
         ) from None
     except Exception as exc:  # corrupt or foreign files fail in many ways inside torch.load
         raise ModelError(
-            f"cannot read '{p}' as a PyTorch file ({type(exc).__name__}: {str(exc)[:160]}); "
+            f"cannot read '{p}' as a PyTorch file ({type(exc).__name__}: {_one_line(str(exc))[:160]}); "
             "is it a .pth written by torch.save?"
         ) from None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _unpickle_reason(message: str) -> str:

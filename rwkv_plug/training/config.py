@@ -14,6 +14,7 @@ from typing import Any
 from rwkv_plug.core.config import Problems, load_yaml, resolve_options
 from rwkv_plug.core.errors import ConfigError, did_you_mean
 from rwkv_plug.training import options as O
+from rwkv_plug.training.lightning_args import check_values, checkpoint_hints, trainer_hints
 
 
 @dataclass
@@ -114,6 +115,29 @@ def _check_model(m: dict[str, Any], problems: Problems, config_dir: Path) -> Non
         m["lr_final"] = m["lr_init"]
     if isinstance(m["dropout"], float) and m["dropout"] >= 1:
         problems.add(f"model.dropout must be < 1, got {m['dropout']}")
+    _check_kernel(m["kernel"], problems)
+
+
+def _check_kernel(name: Any, problems: Problems) -> None:
+    """``auto`` or a registered kernel that can run on this machine (device and dtype are checked later)."""
+    from rwkv_plug.core import plugins
+    from rwkv_plug.core.interfaces import kernel_availability
+
+    if not isinstance(name, str) or not name.strip():
+        problems.add(f"model.kernel must be a kernel name or auto, got {name!r}")
+        return
+    if name.strip().lower() == "auto":
+        return
+    registry = plugins.kernels()
+    if name not in registry:
+        names = registry.names()
+        problems.add(f"model.kernel: unknown kernel '{name}'.{did_you_mean(name, names)} "
+                     f"Available: auto, {', '.join(names)} (rwkv-plug list-kernels)")
+        return
+    ok, reason = kernel_availability(registry.get(name))
+    if not ok:
+        problems.add(f"model.kernel '{name}' is not available here: {reason}; "
+                     "pick another kernel (rwkv-plug list-kernels) or kernel: auto")
 
 
 def _model_section(raw: Any, problems: Problems, config_dir: Path) -> dict[str, Any]:
@@ -156,7 +180,7 @@ def count_devices(trainer: dict[str, Any]) -> int:
 
             return os.cpu_count() or 1
         return 1
-    raise ConfigError(f"trainer.devices must be 'auto', an integer or a list of device ids, got {devices!r}")
+    raise ConfigError(f"trainer.devices must be 'auto', a positive integer or a list of device ids, got {devices!r}")
 
 
 def _check_plugin_spec(problems: Problems, key: str, spec: Any, simple: tuple[str, ...]) -> None:
@@ -213,6 +237,16 @@ def sharded_strategy_problem(strategy: Any) -> str | None:
     )
 
 
+def logger_package_problem(name: str) -> str | None:
+    """Why the named logger cannot be built here (its package is missing), or ``None``."""
+    import importlib.util
+
+    _, needs, extra = O.LOGGERS.get(name.lower(), ("", (), None))
+    if not needs or any(importlib.util.find_spec(n) for n in needs):
+        return None
+    return f'trainer.logger: {name} needs the {needs[0]} package, which is not installed; pip install "rwkv-plug[{extra}]"'
+
+
 def _trainer_section(raw: Any, problems: Problems, config_path: Path) -> dict[str, Any]:
     raw = dict(raw or {})
     for key, reason in O.TRAINER_FIXED.items():
@@ -225,14 +259,20 @@ def _trainer_section(raw: Any, problems: Problems, config_path: Path) -> dict[st
     t["microbatch_size"] = _number(problems, "trainer.microbatch_size", ours["microbatch_size"], int, 1)
     t["target_batch_size"] = _number(problems, "trainer.target_batch_size", ours["target_batch_size"], int)
     t["checkpoint"] = ours["checkpoint"]
+    check_values("trainer", t, trainer_hints(), problems)
     if "logger" in t:
-        _check_plugin_spec(problems, "logger", t["logger"], ("csv", "tensorboard", "wandb"))
+        _check_plugin_spec(problems, "logger", t["logger"], tuple(O.LOGGERS))
+        for item in t["logger"] if isinstance(t["logger"], list) else [t["logger"]]:
+            missing = isinstance(item, str) and logger_package_problem(item)
+            if missing:
+                problems.add(missing)
     if "callbacks" in t:
         _check_plugin_spec(problems, "callbacks", t["callbacks"], ())
     refused = sharded_strategy_problem(t.get("strategy"))
     if refused:
         problems.add(refused)
-    t.setdefault("default_root_dir", str(Path("runs") / config_path.stem))
+    if not isinstance(t.get("default_root_dir"), (str, Path)):  # unset, null, or reported above
+        t["default_root_dir"] = str(Path("runs") / config_path.stem)
     return t
 
 
@@ -244,15 +284,18 @@ def _checkpoint_section(spec: Any, root: Path, problems: Problems) -> dict[str, 
         problems.add("trainer.checkpoint must be a mapping of ModelCheckpoint settings")
         spec = {}
     names = [n for n in inspect.signature(ModelCheckpoint.__init__).parameters if n != "self"]
-    out: dict[str, Any] = {"dirpath": str(root / "checkpoints"), "save_last": True, "save_top_k": -1}
+    given: dict[str, Any] = {}
     for key, value in spec.items():
         if key not in names:
             problems.add(f"unknown key trainer.checkpoint.{key}.{did_you_mean(key, names)}")
         elif key == "save_weights_only" and value:
             problems.add("trainer.checkpoint.save_weights_only cannot be true: resume needs the optimizer state")
         else:
-            out[key] = value
-    return out
+            given[key] = value
+    check_values("trainer.checkpoint", given, checkpoint_hints(), problems)
+    if not isinstance(given.get("dirpath"), str):  # unset, null, or reported above
+        given.pop("dirpath", None)
+    return {"dirpath": str(root / "checkpoints"), **O.CHECKPOINT_DEFAULTS, **given}
 
 
 def load_fit_config(path: str | Path) -> FitConfig:

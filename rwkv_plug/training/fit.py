@@ -1,4 +1,4 @@
-"""``rwkv-plug fit``: config -> data -> model -> Lightning Trainer -> checkpoints."""
+"""``rwkv-plug fit``: config -> Lightning Trainer -> model -> data -> training -> checkpoints."""
 
 from __future__ import annotations
 
@@ -9,13 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from rwkv_plug.core.errors import ConfigError, TrainingError
-from rwkv_plug.training.config import FitConfig, load_fit_config, sharded_strategy_problem
-
-_LOGGERS = {
-    "csv": "lightning.pytorch.loggers.CSVLogger",
-    "tensorboard": "lightning.pytorch.loggers.TensorBoardLogger",
-    "wandb": "lightning.pytorch.loggers.WandbLogger",
-}
+from rwkv_plug.training import options as O
+from rwkv_plug.training.config import FitConfig, load_fit_config, logger_package_problem, sharded_strategy_problem
+from rwkv_plug.training.lightning_args import lightning_errors
+from rwkv_plug.training.lightning_args import refused as refused_by_lightning
+from rwkv_plug.training.quiet import library_noise_filtered
 
 
 def _instantiate(spec: dict[str, Any], key: str):
@@ -30,8 +28,9 @@ def _instantiate(spec: dict[str, Any], key: str):
         raise ConfigError(f"trainer.{key}: cannot import class_path '{path}': {exc}") from None
     try:
         return cls(**(spec.get("init_args") or {}))
-    except (TypeError, ValueError, ImportError, ModuleNotFoundError) as exc:
-        raise ConfigError(f"trainer.{key}: {path}(...) failed: {exc}") from None
+    except Exception as exc:  # the class is the user's choice; whatever it raises is about its arguments
+        text = " ".join(str(exc).split())
+        raise ConfigError(f"trainer.{key}: {path}(...) failed: {type(exc).__name__}: {text}") from None
 
 
 def _loggers(spec: Any, root: Path) -> Any:
@@ -42,7 +41,10 @@ def _loggers(spec: Any, root: Path) -> Any:
     out = []
     for item in spec if isinstance(spec, list) else [spec]:
         if isinstance(item, str):
-            item = {"class_path": _LOGGERS[item.lower()], "init_args": {"save_dir": str(root), "name": "logs"}}
+            missing = logger_package_problem(item)
+            if missing:
+                raise ConfigError(missing)
+            item = {"class_path": O.LOGGERS[item.lower()][0], "init_args": {"save_dir": str(root), "name": "logs"}}
         out.append(_instantiate(item, "logger"))
     return out
 
@@ -63,7 +65,10 @@ def build_trainer(cfg: FitConfig, extra_callbacks: list | None = None, log: Call
     callbacks = [_instantiate(c, "callbacks") for c in (kwargs.pop("callbacks", None) or [])]
     if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
         if kwargs.get("enable_checkpointing", True):
-            callbacks.append(ModelCheckpoint(**cfg.checkpoint))
+            try:
+                callbacks.append(ModelCheckpoint(**cfg.checkpoint))
+            except lightning_errors() as exc:
+                raise refused_by_lightning(exc, str(cfg.path), "trainer.checkpoint", cfg.checkpoint) from None
     callbacks.extend(extra_callbacks or [])
     if kwargs.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
         callbacks.append(step_progress_bar())
@@ -71,7 +76,10 @@ def build_trainer(cfg: FitConfig, extra_callbacks: list | None = None, log: Call
     plugins = list(plugins) if isinstance(plugins, list) else [plugins]
     plugins.append(atomic_checkpoint_io())
     kwargs["use_distributed_sampler"] = False
-    return L.Trainer(callbacks=callbacks, plugins=plugins, **kwargs)
+    try:
+        return L.Trainer(callbacks=callbacks, plugins=plugins, **kwargs)
+    except lightning_errors() as exc:
+        raise refused_by_lightning(exc, str(cfg.path), "trainer", cfg.trainer) from None
 
 
 _SIZE_KEYS = ("n_layer", "n_embd", "vocab_size", "dim_att", "dim_ffn")
@@ -96,10 +104,16 @@ def load_training_model(m: dict[str, Any]):
 
 def run_fit(config: str | Path, resume: str | None = None, log: Callable[[str], None] = print) -> FitConfig:
     """The whole ``fit`` command; returns the config it ran."""
+    with library_noise_filtered():
+        return _run_fit(config, resume, log)
+
+
+def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None]) -> FitConfig:
     import torch
 
-    from rwkv_plug.training.checkpoint import find_resume
+    from rwkv_plug.training.checkpoint import check_resume, find_resume
     from rwkv_plug.training.module import RwkvTrainingModule, TrainSettings
+    from rwkv_plug.training.vocab import check_vocab
 
     cfg = load_fit_config(config)
     m = cfg.model
@@ -108,13 +122,19 @@ def run_fit(config: str | Path, resume: str | None = None, log: Callable[[str], 
         f"{cfg.trainer.get('num_nodes', 1)} x accumulate {cfg.accumulate_grad_batches} = "
         f"{cfg.microbatch_size * cfg.world_size * cfg.accumulate_grad_batches} samples per optimizer step"
     )
-    model = load_training_model(m)  # first: a bad model file fails before any data work
+    # Fail fast, cheapest first: every trainer setting, the resume file, the model file; then the data.
+    trainer = build_trainer(cfg, log=log)
+    ckpt = find_resume(resume, cfg.checkpoint_dir, log)
+    model = load_training_model(m)
+    if ckpt is not None:
+        check_resume(ckpt, model)
     from rwkv_plug.data.pipeline import prepare_dataset
 
     dataset, status = prepare_dataset(cfg.data, log=log)
     log(f"data: {status} dataset at {cfg.data.get('data_path')}")
     if "train" not in dataset or len(dataset["train"]) == 0:
         raise TrainingError(f"the dataset at {cfg.data.get('data_path')} has no training rows")
+    check_vocab(cfg.data, dataset, model.vocab_size, m["load_model"], log)
     if m["torch_set_float32_matmul_precision"]:
         torch.set_float32_matmul_precision(m["torch_set_float32_matmul_precision"])
     if cfg.seed is not None:
@@ -129,8 +149,6 @@ def run_fit(config: str | Path, resume: str | None = None, log: Callable[[str], 
         seed=cfg.seed or 0,
     )
     module = RwkvTrainingModule(model, settings, dataset["train"], dataset.get("test"))
-    ckpt = find_resume(resume, cfg.checkpoint_dir, log)
-    trainer = build_trainer(cfg, log=log)
     for lg in trainer.loggers:
         # Fix each logger's version folder now: ddp_spawn workers get a copy with it resolved, so
         # the folder printed below is the one they wrote (resolved later it would be the next one).

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from rwkv_plug.training import rng
+from rwkv_plug.training import quiet, rng
 from rwkv_plug.training.bptt import BpttSettings, sequence_loss
 from rwkv_plug.training.data import EvalRows, EvalSampler, ResumableSampler, collate
 from rwkv_plug.training.optim import LrSchedule, build_optimizer, schedule_steps
@@ -135,6 +135,10 @@ class RwkvTrainingModule(L.LightningModule):
         per_rank = len(self.train_data) // world
         batches = -(-per_rank // self.settings.microbatch_size)
         return max(1, -(-batches // self.settings.accumulate_grad_batches))
+
+    def setup(self, stage: str) -> None:
+        # A ddp_spawn worker does not inherit run_fit's warning filters; it only ever trains.
+        quiet.ignore_known_warnings()
 
     def teardown(self, stage: str) -> None:
         # Lightning's last hook (after the strategy's teardown). Lightning destroys only

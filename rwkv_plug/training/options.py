@@ -68,8 +68,15 @@ MODEL_NOOP: dict[str, object] = {
 TRAINER_OPTIONS: tuple[Option, ...] = (
     Option("microbatch_size", 1, "Samples per device per forward/backward (DataLoader batch size)."),
     Option("target_batch_size", AUTO, "If > 0: accumulate_grad_batches = max(1, target // (num_nodes * devices * microbatch_size))."),
-    Option("checkpoint", None, "ModelCheckpoint settings (dirpath, every_n_train_steps, save_top_k, save_last, ...); dirpath defaults to <default_root_dir>/checkpoints."),
+    Option("checkpoint", None, "ModelCheckpoint settings (dirpath, every_n_train_steps, save_top_k, save_last, ...); dirpath defaults to <default_root_dir>/checkpoints; by default only the newest checkpoint and last.ckpt are kept (docs/config.md)."),
 )
+
+#: ``trainer.checkpoint`` defaults that differ from ModelCheckpoint's own: ``last.ckpt`` plus
+#: the newest checkpoint only (keeping every one filled the disk on long runs; -1 keeps them all).
+CHECKPOINT_DEFAULTS: dict[str, object] = {
+    "save_last": True,
+    "save_top_k": 1,
+}
 
 #: lightning.Trainer arguments we set ourselves, with why.
 TRAINER_FIXED: dict[str, str] = {
@@ -84,6 +91,13 @@ TRAINER_DEFAULTS: dict[str, object] = {
     "strategy": "auto",
     "num_sanity_val_steps": 0,
     "log_every_n_steps": 1,
+}
+
+#: ``trainer.logger`` names: class path, the packages it can use (any one), the extra that installs one.
+LOGGERS: dict[str, tuple[str, tuple[str, ...], str | None]] = {
+    "csv": ("lightning.pytorch.loggers.CSVLogger", (), None),
+    "tensorboard": ("lightning.pytorch.loggers.TensorBoardLogger", ("tensorboard", "tensorboardX"), "tensorboard"),
+    "wandb": ("lightning.pytorch.loggers.WandbLogger", ("wandb",), "wandb"),
 }
 
 #: Top-level sections besides trainer/model/data.

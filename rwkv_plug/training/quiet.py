@@ -1,0 +1,46 @@
+"""Keep two known pieces of library noise out of ``fit``'s output.
+
+* Lightning's advertisement for ``litlogger`` (an info log line at Trainer
+  construction that says nothing about the run).
+* torch's ``FutureWarning`` that ``isinstance(treespec, LeafSpec)`` is
+  deprecated, raised from inside Lightning's own ``_pytree`` helper.
+
+Both are dropped by their exact text only, and only while ``fit`` runs;
+every other warning and log line still shows.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_LEAFSPEC = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+_RANK_ZERO_LOGGER = "lightning.pytorch.utilities.rank_zero"
+
+
+class _DropLitloggerTip(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("💡 Tip") and "litlogger" in message)
+
+
+def ignore_known_warnings() -> None:
+    """Add the warning filters (inside a ``warnings.catch_warnings()`` block, or in a
+    process that only trains, such as a ``ddp_spawn`` worker)."""
+    warnings.filterwarnings("ignore", message=_LEAFSPEC, category=FutureWarning)
+
+
+@contextmanager
+def library_noise_filtered() -> Iterator[None]:
+    """While active: no litlogger tip, no LeafSpec deprecation warning."""
+    log = logging.getLogger(_RANK_ZERO_LOGGER)
+    tip = _DropLitloggerTip()
+    log.addFilter(tip)
+    try:
+        with warnings.catch_warnings():
+            ignore_known_warnings()
+            yield
+    finally:
+        log.removeFilter(tip)

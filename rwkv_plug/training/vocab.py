@@ -1,0 +1,74 @@
+"""Does the dataset's tokenizer fit the model's vocabulary? Checked before training starts.
+
+An id at or above the model's ``vocab_size`` would crash the embedding
+lookup mid-run, so a tokenizer with more ids than the model has rows is an
+error, and so is any id in the data at or above it. A tokenizer with fewer
+ids than the model is legitimate when the vocabulary was padded to a round
+size (neox's 50277 ids in a 50304- or 50432-row model): up to
+:data:`PADDING_ROWS` - 1 unused rows pass silently; more mean the model was
+most likely made for another tokenizer, which is said once as a warning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from rwkv_plug.core.errors import ConfigError
+
+#: A model with at least this many more rows than the tokenizer has ids gets a warning.
+PADDING_ROWS = 1024
+
+
+def dataset_tokenizer(data_path: str | Path) -> tuple[str | None, int | None]:
+    """``(data.tokenizer, its vocab size)`` as recorded by the data build, if recorded."""
+    from rwkv_plug.data.store import read_meta
+
+    try:
+        meta = read_meta(Path(data_path).expanduser())
+    except Exception:  # an unreadable record: the id check below still holds
+        meta = None
+    tok = ((meta or {}).get("parts") or {}).get("tokenizer") or {}
+    spec, size = tok.get("spec"), tok.get("vocab_size")
+    return (str(spec) if spec is not None else None), (size if isinstance(size, int) else None)
+
+
+def max_token_id(dataset: Mapping[str, Any]) -> int | None:
+    """The largest ``input_ids`` value over all splits (``None`` for no tokens)."""
+    import pyarrow.compute as pc
+
+    top = None
+    for split in dataset.values():
+        column = split.data.column("input_ids")
+        found = pc.max(pc.list_flatten(column)).as_py() if len(column) else None
+        if found is not None and (top is None or found > top):
+            top = found
+    return top
+
+
+def check_vocab(data_cfg: Mapping[str, Any], dataset: Mapping[str, Any], model_vocab: int,
+                model_file: str, log: Callable[[str], None] = print) -> None:
+    """Raise ``ConfigError`` if an id can reach past the model's rows; warn on a clear mismatch."""
+    spec, tok_vocab = dataset_tokenizer(data_cfg["data_path"])
+    spec = spec or str(data_cfg.get("tokenizer"))
+    named = spec if spec in ("neox", "world") else str(tok_vocab)
+    if tok_vocab is not None and tok_vocab > model_vocab:
+        raise ConfigError(
+            f"data.tokenizer '{spec}' has {tok_vocab} ids but model.load_model '{model_file}' has "
+            f"vocab_size {model_vocab}; use a model initialised with `rwkv-plug init-model --vocab_size "
+            f"{named}`, or the tokenizer this model was made for"
+        )
+    top = max_token_id(dataset)
+    if top is not None and top >= model_vocab:
+        raise ConfigError(
+            f"the dataset at {data_cfg['data_path']} holds token id {top} but model.load_model "
+            f"'{model_file}' has vocab_size {model_vocab}; rebuild the data with the model's tokenizer "
+            "or use a model with a larger vocabulary"
+        )
+    if tok_vocab is not None and model_vocab - tok_vocab >= PADDING_ROWS:
+        log(
+            f"warning: data.tokenizer '{spec}' has {tok_vocab} ids but model.load_model '{model_file}' "
+            f"has vocab_size {model_vocab}, so {model_vocab - tok_vocab} rows will never be trained; "
+            "was the model made for another tokenizer? (see docs/training.md, Vocabulary)"
+        )

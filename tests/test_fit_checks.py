@@ -1,0 +1,172 @@
+"""`rwkv-plug fit` refuses what it can before any heavy work, each time in one line.
+
+Bad trainer values, an unknown kernel, a --resume file that is not a checkpoint of
+this model, a tokenizer the model has no rows for: all are named with the key or
+file and what to do, through the real CLI. Also the default checkpoint retention,
+the `-c/--config` alias and the absence of library noise in a normal run.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli
+from test_fit import _setup, _tokenizer
+
+
+def _project(tmp_path: Path, vocab: int = 64, max_steps: int = 1) -> Path:
+    """The tiny word-level project of test_fit (16 ids) with a model of ``vocab`` rows."""
+    from rwkv_plug.models.init import init_state_dict
+    from rwkv_plug.models.io import save_state_dict
+
+    _tokenizer(tmp_path / "tok")
+    save_state_dict(init_state_dict(2, 64, vocab, seed=0), tmp_path / "model.pth")
+    return _setup(tmp_path, max_steps=max_steps)
+
+
+def _with(cfg: Path, section: str, *lines: str) -> Path:
+    """Add ``lines`` (already indented) under ``section:``."""
+    text = cfg.read_text().replace(f"{section}:\n", f"{section}:\n" + "".join(f"{l}\n" for l in lines), 1)
+    cfg.write_text(text)
+    return cfg
+
+
+def _error_lines(res) -> list[str]:
+    return [l for l in res.stderr.splitlines() if l.startswith("error:")]
+
+
+def test_bad_trainer_values_and_kernel_are_all_reported_at_config_load(tmp_path):
+    cfg = _with(_project(tmp_path), "trainer", "  precision: 13", "  max_epochs: ten", "  gradient_clip_val: x",
+                "  checkpoint: {every_n_train_steps: abc}")
+    _with(cfg, "model", "  kernel: torhc")
+    res = run_cli("fit", str(cfg), cwd=tmp_path)
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = [l for l in res.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr[-2000:]
+    msg = lines[0]
+    assert "5 problems" in msg
+    assert "trainer.precision: 13 is not valid; use one of" in msg and "bf16-mixed" in msg
+    assert "trainer.max_epochs must be an integer or null, got 'ten'" in msg
+    assert "trainer.gradient_clip_val must be a number or null, got 'x'" in msg
+    assert "trainer.checkpoint.every_n_train_steps must be an integer or null, got 'abc'" in msg
+    assert "model.kernel: unknown kernel 'torhc'. Did you mean 'torch'? Available: auto, cuda, torch, triton" in msg
+    assert not (tmp_path / "datapath").exists()
+
+
+@pytest.mark.parametrize("lines, needle", [
+    (["  accelerator: tpux"], "trainer.accelerator: 'tpux' is not valid (Lightning: You selected an invalid accelerator"),
+    (["  checkpoint: {save_top_k: 3}"], "trainer.checkpoint.save_top_k: 3 is not valid (Lightning: ModelCheckpoint(save_top_k=3, monitor=None)"),
+])
+def test_what_lightning_refuses_is_named_before_the_data_is_built(tmp_path, lines, needle):
+    cfg = _with(_project(tmp_path), "trainer", *lines)
+    res = run_cli("fit", str(cfg), cwd=tmp_path)
+    assert res.returncode == 2, res.stderr[-2000:]
+    errors = _error_lines(res)
+    assert len(errors) == 1 and errors[0].startswith(f"error: {cfg}: {needle}"), res.stderr[-2000:]
+    assert "looks like a bug" not in res.stderr
+    assert not (tmp_path / "datapath").exists()  # failed before the data step
+
+
+def test_a_tokenizer_with_more_ids_than_the_model_has_rows_is_refused(tmp_path):
+    cfg = _project(tmp_path, vocab=8)  # the data's tokenizer has 16 ids
+    res = run_cli("fit", str(cfg), cwd=tmp_path)
+    assert res.returncode == 2, res.stderr[-2000:]
+    errors = _error_lines(res)
+    assert len(errors) == 1, res.stderr[-2000:]
+    assert "data.tokenizer 'tok' has 16 ids but model.load_model" in errors[0]
+    assert "has vocab_size 8; use a model initialised with `rwkv-plug init-model --vocab_size 16`" in errors[0]
+
+
+def test_token_ids_past_the_model_are_refused_even_without_a_recorded_tokenizer(tmp_path):
+    import datasets
+
+    from rwkv_plug.core.errors import ConfigError
+    from rwkv_plug.training.vocab import check_vocab
+
+    rows = {"input_ids": [[1, 2, 3], [4, 20]], "loss_mask": [[1, 1, 1], [1, 1]]}
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)})
+    with pytest.raises(ConfigError, match=r"holds token id 20 but model.load_model 'm.pth' has vocab_size 16"):
+        check_vocab({"data_path": str(tmp_path / "none")}, dd, 16, "m.pth", log=print)
+    check_vocab({"data_path": str(tmp_path / "none")}, dd, 21, "m.pth", log=print)
+
+
+def test_an_unpadded_larger_model_vocab_warns_once_and_output_has_no_library_noise(tmp_path):
+    cfg = _project(tmp_path, vocab=16 + 1024)
+    res = run_cli("fit", str(cfg), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    warned = [l for l in res.stderr.splitlines() if l.startswith("warning: data.tokenizer")]
+    assert warned == ["warning: data.tokenizer 'tok' has 16 ids but model.load_model 'model.pth' "
+                      "has vocab_size 1040, so 1024 rows will never be trained; was the model made for another "
+                      "tokenizer? (see docs/training.md, Vocabulary)"]
+    assert "litlogger" not in res.stderr
+    assert "LeafSpec" not in res.stderr
+
+
+def _resume_files(tmp_path: Path) -> dict[str, Path]:
+    from rwkv_plug.models.init import init_state_dict
+
+    other = tmp_path / "other.ckpt"
+    sd = {f"model.{k}": v for k, v in init_state_dict(2, 64, 128, seed=0).items()}
+    torch.save({"pytorch-lightning_version": "2.6.0", "state_dict": sd, "epoch": 0}, other)
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint at all")
+    torch.save({"epoch": 3}, tmp_path / "dict.ckpt")
+    return {"model": tmp_path / "model.pth", "other": other, "junk": tmp_path / "junk.ckpt",
+            "dict": tmp_path / "dict.ckpt", "folder": tmp_path / "tok"}
+
+
+@pytest.mark.parametrize("which, needle", [
+    ("model", "is a model file, not a training checkpoint; use it as model.load_model"),
+    ("other", "was saved from a different model: model.emb.weight is (128, 64) there and (64, 64) here"),
+    ("junk", "it is not a PyTorch file (neither a zip archive nor a pickle)"),
+    ("dict", "is not a training checkpoint (it lacks 'pytorch-lightning_version' and 'state_dict')"),
+    ("folder", "is a folder; give a checkpoint file in it"),
+])
+def test_a_wrong_resume_file_is_one_line_before_the_data_step(tmp_path, which, needle):
+    cfg = _project(tmp_path)
+    res = run_cli("fit", str(cfg), "--resume", str(_resume_files(tmp_path)[which]), cwd=tmp_path)
+    assert res.returncode == 1, res.stderr[-2000:]
+    errors = _error_lines(res)
+    assert len(errors) == 1 and needle in errors[0], res.stderr[-2000:]
+    assert "Traceback" not in res.stderr and "looks like a bug" not in res.stderr
+    assert not (tmp_path / "datapath").exists()
+
+
+def test_config_option_is_an_alias_of_the_argument(tmp_path):
+    cfg = _with(_project(tmp_path), "trainer", "  max_step: 3")
+    for args in (["-c", str(cfg)], ["--config", str(cfg)]):
+        res = run_cli("fit", *args, cwd=tmp_path)
+        assert res.returncode == 2
+        assert "unknown key trainer.max_step. Did you mean 'max_steps'?" in res.stderr, res.stderr
+    both = run_cli("fit", str(cfg), "-c", str(cfg), cwd=tmp_path)
+    assert both.returncode == 2 and "the config is given twice" in both.stderr
+    neither = run_cli("fit", cwd=tmp_path)
+    assert neither.returncode == 2 and "no config file given: rwkv-plug fit CONFIG (or -c CONFIG)" in neither.stderr
+
+
+def test_a_missing_logger_package_is_one_line_naming_the_extra(tmp_path):
+    cfg = _with(_project(tmp_path), "trainer", "  logger: tensorboard")
+    hide = ("import sys; sys.modules['tensorboard'] = sys.modules['tensorboardX'] = None; "
+            "from rwkv_plug.core.cli import main; main(sys.argv[1:])")
+    res = subprocess.run([sys.executable, "-c", hide, "fit", str(cfg)], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=600)
+    assert res.returncode == 2
+    lines = [l for l in res.stderr.splitlines() if l.strip()]
+    assert lines == [f'error: {cfg}: trainer.logger: tensorboard needs the tensorboard package, which is not '
+                     'installed; pip install "rwkv-plug[tensorboard]"'], res.stderr
+
+
+def test_default_checkpoints_keep_only_the_newest_and_last_and_a_padded_vocab_is_silent(tmp_path, offline_data):
+    from rwkv_plug.training.fit import run_fit
+
+    cfg = _project(tmp_path, vocab=16 + 1023, max_steps=18)  # 6 optimizer steps per epoch: 3 epoch ends
+    out: list[str] = []
+    run_fit(cfg, log=out.append)
+    files = sorted(p.name for p in (tmp_path / "runs" / "cfg" / "checkpoints").iterdir())
+    assert files == ["epoch=2-step=18.ckpt", "last.ckpt"]
+    assert not [l for l in out if l.startswith("warning:")], out  # 1023 unused rows count as padding

@@ -75,6 +75,18 @@ def test_every_problem_reported_at_once():
     assert "binidx is not supported yet" in msg
 
 
+def test_unknown_tokenizer_name_is_a_config_problem_but_paths_and_hub_ids_pass(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as exc:
+        resolve({"data_path": "x", "source": "a.jsonl", "tokenizer": "neoxx", "test_split": "lots"})
+    msg = str(exc.value)
+    assert "2 problems" in msg  # reported with the rest, before anything is loaded
+    assert "data.tokenizer: unknown tokenizer 'neoxx'. Did you mean 'neox'?" in msg
+    (tmp_path / "my_tok").mkdir()
+    for spec in ("world", "EleutherAI/gpt-neox-20b", "my_tok"):
+        assert resolve({"data_path": "x", "source": "a.jsonl", "tokenizer": spec})["tokenizer"] == spec
+
+
 def test_required_keys_and_builder_without_dir():
     with pytest.raises(ConfigError) as exc:
         resolve({"source": "text"})

@@ -173,6 +173,13 @@ def _check_values(cfg: dict, problems: Problems) -> None:
     if cfg.get("tokenizer") == "binidx":
         problems.add("data.tokenizer: binidx is not supported yet: convert the data to jsonl "
                      "with a text column, or use a tokenizer name")
+    elif isinstance(cfg.get("tokenizer"), str) and cfg["tokenizer"].strip():
+        from rwkv_plug.data.tokenizer import pick_tokenizer_class
+
+        try:  # the name only: nothing is loaded until the build needs it
+            pick_tokenizer_class(cfg["tokenizer"].strip())
+        except RwkvPlugError as exc:
+            problems.add(f"data.tokenizer: {exc}")
     params = cfg.get("source_dataset_params")
     if params is None:
         cfg["source_dataset_params"] = {}

@@ -65,7 +65,8 @@ class PluginGroup(click.Group):
 @click.option(
     "--strict-plugins",
     is_flag=True,
-    help="Fail when a third-party plugin is broken (also RWKV_PLUG_STRICT_PLUGINS=1).",
+    help="Fail when a third-party plugin is broken or a --plugins name is not installed "
+    "(also RWKV_PLUG_STRICT_PLUGINS=1).",
 )
 def cli(debug: bool, plugins: str | None, strict_plugins: bool) -> None:
     """Train RWKV language models on data of any length."""
@@ -90,7 +91,7 @@ def _listing(kind: str, extra=None) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
 
 
-@cli.command("list-strategies")
+@cli.command("list-strategies", short_help="List dataset strategies.")
 @click.pass_context
 def list_strategies(ctx: click.Context) -> None:
     """List dataset strategies: name, providing plugin, description."""
@@ -98,7 +99,7 @@ def list_strategies(ctx: click.Context) -> None:
     _listing("strategy")
 
 
-@cli.command("list-tokenizers")
+@cli.command("list-tokenizers", short_help="List tokenizers.")
 @click.pass_context
 def list_tokenizers(ctx: click.Context) -> None:
     """List tokenizers: name, providing plugin, description."""
@@ -106,7 +107,7 @@ def list_tokenizers(ctx: click.Context) -> None:
     _listing("tokenizer")
 
 
-@cli.command("list-models")
+@cli.command("list-models", short_help="List model architectures.")
 @click.pass_context
 def list_models(ctx: click.Context) -> None:
     """List model architectures: name, providing plugin, description."""
@@ -127,7 +128,7 @@ def list_kernels(ctx: click.Context) -> None:
     _listing("kernel", extra=_availability)
 
 
-@cli.command("plugins")
+@cli.command("plugins", short_help="Installed plugins as JSON, with any errors.")
 @click.pass_context
 def plugins_cmd(ctx: click.Context) -> None:
     """Print the installed plugins as JSON, broken ones with their error."""

@@ -25,7 +25,7 @@ def load_data_config(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return cfg, whole
 
 
-@click.command("preload")
+@click.command("preload", short_help="Build the tokenized dataset of a config.")
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--force", is_flag=True, help="Rebuild even if data_path is up to date.")
 def preload(config: str, force: bool) -> None:
@@ -42,7 +42,7 @@ def preload(config: str, force: bool) -> None:
     click.echo(f"dataset {status}: {cfg['data_path']}")
 
 
-@click.command("inspect")
+@click.command("inspect", short_help="Dataset statistics and rendered samples.")
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--samples", default=3, show_default=True, type=click.IntRange(min=0),
               help="How many samples to render (0: statistics only).")

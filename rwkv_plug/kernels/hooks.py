@@ -27,12 +27,17 @@ def _device_for(cls) -> str | None:
     return "cpu" if runs_on(cls, "cpu") else None
 
 
-@click.command("check-kernels")
+#: the short names other commands use, and the torch names kernel caps declare
+_SHORT_DTYPES = {"fp32": "float32", "fp64": "float64", "bf16": "bfloat16", "fp16": "float16"}
+
+
+@click.command("check-kernels", short_help="Run the WKV kernel conformance suite here.")
 @click.option("--kernel", "names", multiple=True, metavar="NAME",
               help="Check only this kernel (repeatable); default: every registered kernel.")
 @click.option("--dtype", default="float32", show_default=True,
-              type=click.Choice(["float32", "float64", "bfloat16", "float16"]),
-              help="Input dtype for r, k, v.")
+              type=click.Choice([*_SHORT_DTYPES.values(), *_SHORT_DTYPES]),
+              callback=lambda _ctx, _param, value: _SHORT_DTYPES.get(value, value),
+              help="Input dtype for r, k, v (bf16/fp16/fp32/fp64 also accepted).")
 @click.option("-v", "--verbose", is_flag=True, help="Print every check, not only failures.")
 def check_kernels(names: tuple[str, ...], dtype: str, verbose: bool) -> None:
     """Run the wkv5 conformance suite on every kernel available on this machine."""

@@ -31,7 +31,7 @@ def parse_vocab(value: str) -> int:
     return n
 
 
-@click.command("init-model")
+@click.command("init-model", short_help="Write a freshly initialised model file.")
 @click.option("--n_layer", "--n-layer", "n_layer", type=int, required=True, help="Number of blocks.")
 @click.option("--n_embd", "--n-embd", "n_embd", type=int, required=True, help="Width C (multiple of 64).")
 @click.option(
@@ -67,10 +67,11 @@ def init_model_cmd(n_layer, n_embd, vocab_size, skip_if_exists, emb_scale, seed,
     )
 
 
-@click.command("export")
+@click.command("export", short_help="Turn a training checkpoint into a model file.")
 @click.argument("ckpt", type=click.Path())
 @click.argument("out", type=click.Path(dir_okay=False))
-@click.option("--dtype", default="bf16", show_default=True, help="bf16 or fp32.")
+@click.option("--dtype", default="bf16", show_default=True, metavar="bf16|fp32",
+              help="Weight dtype of the exported file.")
 def export_cmd(ckpt, out, dtype) -> None:
     """Turn a training checkpoint (file or folder) into an official x052 .pth model."""
     from rwkv_plug.models.export import export_checkpoint
@@ -96,14 +97,16 @@ def default_tokenizer(vocab_size: int) -> str:
     )
 
 
-@click.command("generate")
+@click.command("generate", short_help="Continue a prompt with a model file.")
 @click.argument("model_path", metavar="MODEL.pth", type=click.Path())
 @click.option("--prompt", required=True, help="Text to continue.")
 @click.option("--tokenizer", default=None, help="world, neox or a tokenizer name (default: from vocab size).")
-@click.option("--max-tokens", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Tokens to generate after the prompt.")
 @click.option("--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="0 means greedy.")
-@click.option("--top-p", type=click.FloatRange(0, 1), default=0.7, show_default=True)
+@click.option("--top-p", type=click.FloatRange(0, 1), default=0.7, show_default=True,
+              help="Sample from the smallest set of tokens whose probabilities sum to this.")
 @click.option("--seed", type=int, default=None, help="Random seed for sampling.")
 @click.option("--chunk-len", type=click.IntRange(min=1), default=512, show_default=True,
               help="Prompt tokens per forward call.")

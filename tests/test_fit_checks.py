@@ -73,6 +73,40 @@ def test_what_lightning_refuses_is_named_before_the_data_is_built(tmp_path, line
     assert not (tmp_path / "datapath").exists()  # failed before the data step
 
 
+@pytest.mark.parametrize("lines, needle", [
+    # 24 training rows / microbatch 2 = 12 batches an epoch: known only once the data is built
+    (["  val_check_interval: 1000"], "trainer.val_check_interval: 1000 is more than the 12 training batches "
+     "(microbatches per device) of an epoch; set it to at most 12"),
+    (["  limit_train_batches: 0.01"], "trainer.limit_train_batches: 0.01 of the 12 training batches per epoch "
+     "is less than one batch; use at least 0.0833"),
+    # refused by Lightning inside trainer.fit (the validation loader's setup)
+    (["  limit_val_batches: 0.01"], "trainer.limit_val_batches: 0.01 is not valid (Lightning: You requested to check "
+     "0.01 of the `val_dataloader`"),
+])
+def test_what_lightning_refuses_against_the_data_is_one_line_naming_the_key(tmp_path, lines, needle):
+    cfg = _with(_project(tmp_path), "trainer", *lines)
+    res = run_cli("fit", str(cfg), cwd=tmp_path)
+    assert res.returncode == 2, res.stderr[-2000:]
+    errors = _error_lines(res)
+    assert len(errors) == 1 and errors[0].startswith(f"error: {cfg}: {needle}"), res.stderr[-2000:]
+    assert "looks like a bug" not in res.stderr
+
+
+def test_errors_inside_fit_that_lightning_did_not_raise_are_not_renamed():
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from rwkv_plug.training.lightning_args import fit_naming_refusals
+
+    class Trainer:  # raises here, in a test file, as a bug in rwkv-plug's own code would
+        def fit(self, error):
+            raise error
+
+    for error in (ValueError("val_check_interval is broken"), MisconfigurationException("max_steps")):
+        with pytest.raises(type(error)) as info:
+            fit_naming_refusals(Trainer(), "cfg.yaml", {"val_check_interval": 5, "max_steps": 3}, error)
+        assert info.value is error
+
+
 def test_a_tokenizer_with_more_ids_than_the_model_has_rows_is_refused(tmp_path):
     cfg = _project(tmp_path, vocab=8)  # the data's tokenizer has 16 ids
     res = run_cli("fit", str(cfg), cwd=tmp_path)

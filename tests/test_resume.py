@@ -1,4 +1,5 @@
-"""Resume continues exactly: optimizer, LR schedule and data position intact."""
+"""Resume continues exactly (optimizer, LR schedule, data position, dropout) from every checkpoint
+fit writes, and `--resume auto` finds them wherever the ModelCheckpoint is configured."""
 
 from __future__ import annotations
 
@@ -60,13 +61,14 @@ def params(module):
     [{}, {"warmup_steps": 3}, {"lr_period_type": "epoch", "lr_period": 1, "lr_type": "linear"}],
     ids=["cosine", "warmup", "epoch-period"],
 )
-def test_resume_mid_epoch_equals_uninterrupted(tmp_path, over):
-    # 5 rows, accumulate 2 -> 3 optimizer steps per epoch; step 4 is mid-epoch 2
+@pytest.mark.parametrize("step", [4, 3], ids=["mid-epoch", "last-batch"])
+def test_resume_from_a_step_checkpoint_equals_uninterrupted(tmp_path, over, step):
+    # 5 rows, accumulate 2 -> 3 optimizer steps per epoch; step 4 is mid-epoch 2, step 3 ends epoch 1
     warnings.filterwarnings("ignore")
     L.seed_everything(0, verbose=False)
     full = make_module(model_over=over, dropout=0.1)
     make_trainer(tmp_path / "a", 7).fit(full)
-    ckpt = tmp_path / "a" / "ckpt" / "step=4.ckpt"
+    ckpt = tmp_path / "a" / "ckpt" / f"step={step}.ckpt"
     assert ckpt.is_file()
 
     L.seed_everything(0, verbose=False)
@@ -168,3 +170,93 @@ def test_two_rank_resume_continues_each_ranks_dropout_stream(tmp_path):
     resumed = run(tmp_path / "b", 5, str(ckpt))
     for k in full:
         assert torch.allclose(full[k], resumed[k], rtol=0, atol=1e-6), k
+
+
+def _steps(root: Path) -> list[tuple[float, float]]:
+    """(train/loss, train/tokens) per optimizer step, over every run logged under ``root``."""
+    import csv
+
+    rows = []
+    for f in sorted(root.glob("logs/version_*/metrics.csv")):
+        with f.open() as fh:
+            rows += [r for r in csv.DictReader(fh) if r.get("train/loss")]
+    return [(float(r["train/loss"]), float(r["train/tokens"])) for r in rows]
+
+
+@pytest.mark.parametrize(
+    "end, steps, last_batches",
+    [("max_steps: 8", 8, 4), ("max_steps: -1\n  max_epochs: 2", 12, 12)],
+    ids=["to-max-steps", "to-max-epochs"],
+)
+@pytest.mark.parametrize("stop", [4, 6], ids=["mid-epoch", "epoch-end"])
+def test_resume_from_default_checkpoints_equals_uninterrupted(tmp_path, offline_data, stop, end, steps, last_batches):
+    """Without every_n_train_steps, the checkpoint is written at the epoch end, also when
+    max_steps stops training inside an epoch; resuming it neither replays nor skips data."""
+    from test_fit import _setup, _tokenizer
+
+    from rwkv_plug.models.init import init_state_dict
+    from rwkv_plug.models.io import save_state_dict
+    from rwkv_plug.training.fit import run_fit
+
+    _tokenizer(tmp_path / "tok")
+    save_state_dict(init_state_dict(2, 64, 64, seed=0), tmp_path / "model.pth")
+    text = _setup(tmp_path, max_steps=8).read_text()
+    text = text.replace("  warmup_steps: 2\n", "  warmup_steps: 2\n  dropout: 0.1\n")
+    # 6 optimizer steps per epoch; warmup then a constant LR: the schedule does not depend on the run's length
+    (tmp_path / "full.yaml").write_text(text.replace("max_steps: 8", end))
+    (tmp_path / "cut.yaml").write_text(text.replace("max_steps: 8", f"max_steps: {stop}"))
+    run_fit(tmp_path / "full.yaml", log=lambda m: None)
+    run_fit(tmp_path / "cut.yaml", log=lambda m: None)
+    (tmp_path / "cut.yaml").write_text(text.replace("max_steps: 8", end))
+    out: list[str] = []
+    run_fit(tmp_path / "cut.yaml", resume="auto", log=out.append)
+    assert "resume auto: continuing from runs/cut/checkpoints/last.ckpt" in out, out
+
+    full, cut = _steps(tmp_path / "runs" / "full"), _steps(tmp_path / "runs" / "cut")
+    assert len(full) == len(cut) == steps
+    assert [t for _, t in cut] == [t for _, t in full]  # tokens seen, step by step
+    assert [l for l, _ in cut] == pytest.approx([l for l, _ in full], rel=0, abs=1e-6)
+    ckpts = [tmp_path / "runs" / name / "checkpoints" / "last.ckpt" for name in ("full", "cut")]
+    a, b = (torch.load(p, weights_only=True) for p in ckpts)
+    assert a["global_step"] == b["global_step"] == steps
+    assert a["rwkv_plug"]["epoch"] == b["rwkv_plug"]["epoch"] == 1
+    assert a["rwkv_plug"]["epoch_batches"] == b["rwkv_plug"]["epoch_batches"] == last_batches  # accumulate 2
+    assert a["rwkv_plug"]["tokens"] == b["rwkv_plug"]["tokens"]
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+
+
+@pytest.mark.parametrize(
+    "init_args, folder",
+    [({"dirpath": "ck2", "save_top_k": -1}, "ck2"), ({}, "runs/cfg/logs/version_{}/checkpoints")],
+    ids=["dirpath", "lightning-default"],
+)
+def test_resume_auto_finds_a_model_checkpoint_given_in_callbacks(tmp_path, offline_data, init_args, folder):
+    """The earlier trainer's form: a ModelCheckpoint in trainer.callbacks, not trainer.checkpoint.
+    Without a dirpath Lightning writes under the logger's version folder, new for every run."""
+    import yaml
+    from test_fit import _setup, _tokenizer
+
+    from rwkv_plug.models.init import init_state_dict
+    from rwkv_plug.models.io import save_state_dict
+    from rwkv_plug.training.fit import run_fit
+
+    _tokenizer(tmp_path / "tok")
+    save_state_dict(init_state_dict(2, 64, 64, seed=0), tmp_path / "model.pth")
+    cfg = _setup(tmp_path, max_steps=2)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["trainer"]["callbacks"] = [{"class_path": "ModelCheckpoint", "init_args": init_args}]
+    cfg.write_text(yaml.safe_dump(raw))
+    out: list[str] = []
+    run_fit(cfg, log=out.append)
+    first = folder.format(0)
+    assert f"checkpoints: {first}" in out, out
+    saved = sorted((tmp_path / first).glob("*.ckpt"))
+    assert [p.name for p in saved] == ["epoch=0-step=2.ckpt"]
+
+    cfg.write_text(cfg.read_text().replace("max_steps: 2", "max_steps: 3"))
+    out.clear()
+    run_fit(cfg, resume="auto", log=out.append)
+    assert f"resume auto: continuing from {first}/epoch=0-step=2.ckpt" in out, out
+    assert f"checkpoints: {folder.format(1)}" in out, out
+    assert torch.load(next((tmp_path / folder.format(1)).glob("*step=3.ckpt")), weights_only=True)["global_step"] == 3

@@ -124,6 +124,42 @@ def test_noop_reference_keys_are_accepted_and_warmup_period_conflict(tmp_path):
     assert "warmup_steps and model.lr_period cannot both be set" in str(err.value)
 
 
+def test_head_size_64_is_accepted_and_other_values_are_refused_as_fixed(tmp_path):
+    body = f"""
+    model: {{load_model: m.pth, lr_init: 1e-4, head_size: 64}}
+    data: {{data_path: {tmp_path}/d, source: x.txt}}
+    """
+    assert "head_size" not in load_fit_config(_write(tmp_path, body)).model
+    with pytest.raises(ConfigError) as err:
+        load_fit_config(_write(tmp_path, body.replace("head_size: 64", "head_size: 32")))
+    msg = str(err.value)
+    assert msg.endswith("model.head_size: RWKV-v5 has a head size of 64 (n_embd / 64 heads); set 64 or remove the key")
+    assert "yet" not in msg
+
+
+@pytest.mark.parametrize("value", ["highest", "high", "medium", "null"])
+def test_matmul_precision_accepts_torchs_values_and_null(tmp_path, value):
+    body = f"""
+    model: {{load_model: m.pth, lr_init: 1e-4, torch_set_float32_matmul_precision: {value}}}
+    data: {{data_path: {tmp_path}/d, source: x.txt}}
+    """
+    expected = None if value == "null" else value
+    assert load_fit_config(_write(tmp_path, body)).model["torch_set_float32_matmul_precision"] == expected
+
+
+@pytest.mark.parametrize("value, hint", [("hihg", " Did you mean 'high'?"), ("foo", ""), ("1", "")])
+def test_matmul_precision_refuses_other_values_at_config_load(tmp_path, value, hint):
+    body = f"""
+    model: {{load_model: m.pth, lr_init: 1e-4, torch_set_float32_matmul_precision: {value}}}
+    data: {{data_path: {tmp_path}/d, source: x.txt}}
+    """
+    with pytest.raises(ConfigError) as err:
+        load_fit_config(_write(tmp_path, body))
+    shown = repr(1 if value == "1" else value)
+    assert str(err.value).endswith(f"model.torch_set_float32_matmul_precision must be highest, high, medium or null "
+                                   f"(leave torch's setting), got {shown}.{hint}")
+
+
 def test_checkpoint_and_logger_specs_are_checked(tmp_path):
     body = f"""
     trainer:

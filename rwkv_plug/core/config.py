@@ -89,6 +89,7 @@ def resolve_options(
     passthrough: Iterable[str] = (),
     *,
     noop: Mapping[str, Any] | None = None,
+    fixed: Mapping[str, str] | None = None,
     check_types: bool = False,
 ) -> dict[str, Any]:
     """Validate ``values`` against declared ``options`` and fill in defaults.
@@ -96,7 +97,9 @@ def resolve_options(
     Unknown keys are reported with a did-you-mean; keys in ``unsupported``
     are reported with their "not supported yet" reason, unless set to their
     value in ``noop`` (where they do nothing), which is accepted and left
-    out of the result; keys in ``passthrough`` are accepted as given.
+    out of the result; keys in ``fixed`` are alike, but their value is fixed
+    by design, so any other is reported as ``section.key: reason``; keys in
+    ``passthrough`` are accepted as given.
     Aliases map to their option name. With ``check_types``, every value
     given is checked against its option's type (see
     :mod:`rwkv_plug.core.option_types`) and each mismatch reported as
@@ -111,10 +114,12 @@ def resolve_options(
     passthrough = set(passthrough)
     out: dict[str, Any] = {opt.name: opt.default for opt in options}
     seen: dict[str, str] = {}
+    refused = {k: f" is not supported yet: {why}" for k, why in (unsupported or {}).items()}
+    refused.update({k: f": {why}" for k, why in (fixed or {}).items()})
     for key, value in values.items():
-        if unsupported and key in unsupported:
+        if key in refused:
             if not (noop and key in noop and is_noop(value, noop[key])):
-                problems.add(f"{section}.{key} is not supported yet: {unsupported[key]}")
+                problems.add(f"{section}.{key}{refused[key]}")
             continue
         opt = by_name.get(key)
         if opt is None:

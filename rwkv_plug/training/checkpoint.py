@@ -1,8 +1,9 @@
-"""Checkpoint writing (atomic) and picking a checkpoint to resume from."""
+"""Checkpoint writing (atomic), picking a checkpoint to resume from, and its loop state."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,23 +31,78 @@ def atomic_checkpoint_io() -> AtomicCheckpointIO:
     return AtomicCheckpointIO()
 
 
-def find_resume(resume: str | None, checkpoint_dir: Path, log=print) -> str | None:
-    """``None`` -> fresh; ``auto`` -> newest ``*.ckpt`` in the dir (fresh if none); else a path."""
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when inside it (Lightning makes a dirpath absolute)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+@dataclass(frozen=True)
+class CheckpointFolder:
+    """Where a ``ModelCheckpoint`` writes: ``base``, or the folders under it that match
+    ``pattern`` (the logger's numbered version changes with every run)."""
+
+    base: Path
+    pattern: str = ""
+
+    def __str__(self) -> str:
+        return _shown(self.base / self.pattern if self.pattern else self.base)
+
+    def checkpoints(self) -> list[Path]:
+        return list(self.base.glob(f"{self.pattern}/*.ckpt" if self.pattern else "*.ckpt"))
+
+
+def checkpoint_folders(trainer, every_version: bool = False) -> list[CheckpointFolder]:
+    """The folders of the trainer's ``ModelCheckpoint`` callbacks, wherever they were configured.
+
+    A callback's ``dirpath``, else the folder Lightning gives it at fit time:
+    ``<save_dir>/<name>/<version>/checkpoints`` of the first logger, or
+    ``<default_root_dir>/checkpoints`` without one. With ``every_version``, a
+    numbered logger version is a pattern matching those of earlier runs too.
+    """
+    out: list[CheckpointFolder] = []
+    for cb in trainer.checkpoint_callbacks:
+        if cb.dirpath is not None:
+            folder = CheckpointFolder(Path(cb.dirpath))
+        elif trainer.loggers:
+            logger = trainer.loggers[0]
+            base = Path(logger.save_dir if logger.save_dir is not None else trainer.default_root_dir, str(logger.name))
+            version = logger.version  # a number: the next free one, fixed from here on
+            if isinstance(version, str):
+                folder = CheckpointFolder(base / version / "checkpoints")
+            elif every_version or version is None:  # None: a run id the logger gets later
+                folder = CheckpointFolder(base, f"{'*' if version is None else 'version_*'}/checkpoints")
+            else:
+                folder = CheckpointFolder(base / f"version_{version}" / "checkpoints")
+        else:
+            folder = CheckpointFolder(Path(trainer.default_root_dir) / "checkpoints")
+        if folder not in out:
+            out.append(folder)
+    return out
+
+
+def find_resume(resume: str | None, folders: Path | Sequence[Path | CheckpointFolder], log=print) -> str | None:
+    """``None`` -> fresh; ``auto`` -> newest ``*.ckpt`` in the folders (fresh if none); else a path."""
     if not resume:
         return None
+    places = [f if isinstance(f, CheckpointFolder) else CheckpointFolder(Path(f))
+              for f in ([folders] if isinstance(folders, (str, Path)) else folders)]
+    where = " or ".join(str(f) for f in places)
     if resume == "auto":
-        found = sorted(checkpoint_dir.glob("*.ckpt"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+        found = sorted((p for f in places for p in f.checkpoints()), key=lambda p: (p.stat().st_mtime_ns, str(p)))
         if not found:
-            log(f"resume auto: no checkpoint in {checkpoint_dir}, starting fresh")
+            log(f"resume auto: no checkpoint in {where}, starting fresh")
             return None
-        log(f"resume auto: continuing from {found[-1]}")
+        log(f"resume auto: continuing from {_shown(found[-1])}")
         return str(found[-1])
     path = Path(resume)
     if path.is_dir():
         raise TrainingError(f"--resume {resume} is a folder; give a checkpoint file in it (e.g. {path / 'last.ckpt'}) "
-                            f"or 'auto' to pick the newest in {checkpoint_dir}")
+                            f"or 'auto' to pick the newest in {where}")
     if not path.is_file():
-        raise TrainingError(f"--resume {resume}: no such checkpoint file (use 'auto' to pick the newest in {checkpoint_dir})")
+        raise TrainingError(f"--resume {resume}: no such checkpoint file (use 'auto' to pick the newest in {where})")
     return str(path)
 
 
@@ -96,3 +152,38 @@ def check_resume(path: str, model: torch.nn.Module, prefix: str = "model.") -> N
             f"checkpoint {path} was saved from a different model: {differences[0]}{more}; "
             "resume from a checkpoint of this model.load_model, or start without --resume"
         )
+
+
+def epoch_end_as_batch_end(checkpoint: dict[str, Any]) -> bool:
+    """Rewrite Lightning's loop counters of a checkpoint saved in ``on_train_epoch_end``
+    to those of one saved in ``on_train_batch_end`` of the same last batch; returns
+    whether it did.
+
+    A ``ModelCheckpoint`` without ``every_n_train_steps`` saves at the end of the
+    epoch, and also when ``max_steps`` stops training in the middle of one. In
+    such a file the epoch counts as processed even if it was cut short, and
+    Lightning resumes it wrongly: with ``max_steps`` it goes on with the epoch's
+    remaining batches drawn in the next epoch's order, with only ``max_epochs``
+    it skips the rest of the epoch.
+    A checkpoint saved after the last batch resumes exactly in every case:
+    mid-epoch Lightning finishes the epoch, after its last batch it starts the
+    next one. The two differ by one increment of each counter below (the epoch's
+    ``processed``, the batch's ``completed``, the steps the loggers have seen)
+    made between the batch end and the epoch end.
+    """
+    try:
+        fit = checkpoint["loops"]["fit_loop"]
+        epochs, batches = fit["epoch_progress"], fit["epoch_loop.batch_progress"]
+        stepped = fit["epoch_loop.state_dict"]
+        current = epochs["current"]
+        at_epoch_end = current["processed"] == current["started"] and current["completed"] == current["processed"] - 1
+        if not at_epoch_end or batches["current"]["ready"] == 0:
+            return False
+        for counts in (epochs["current"], epochs["total"]):
+            counts["processed"] -= 1
+        for counts in (batches["current"], batches["total"]):
+            counts["completed"] -= 1
+        stepped["_batches_that_stepped"] -= 1
+    except (KeyError, TypeError):  # not a Lightning loop state we know: let Lightning restore it as it is
+        return False
+    return True

@@ -76,6 +76,10 @@ def _existing_path(value: str, config_dir: Path) -> Path | None:
     return None
 
 
+#: What torch.set_float32_matmul_precision accepts.
+_MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
 def _check_model(m: dict[str, Any], problems: Problems, config_dir: Path) -> None:
     if m["load_model"] in (None, ""):
         problems.add("model.load_model is required (make a model with `rwkv-plug init-model OUT.pth`)")
@@ -104,6 +108,11 @@ def _check_model(m: dict[str, Any], problems: Problems, config_dir: Path) -> Non
         _bool(problems, f"model.{key}", m[key])
     if m["lr_period_type"] not in ("epoch", "step"):
         problems.add(f"model.lr_period_type must be 'epoch' or 'step', got {m['lr_period_type']!r}")
+    precision = m["torch_set_float32_matmul_precision"]
+    if precision is not None and precision not in _MATMUL_PRECISIONS:
+        hint = did_you_mean(precision, _MATMUL_PRECISIONS) if isinstance(precision, str) else ""
+        problems.add(f"model.torch_set_float32_matmul_precision must be {', '.join(_MATMUL_PRECISIONS)} "
+                     f"or null (leave torch's setting), got {precision!r}.{hint}")
     if m["lr_type"] not in ("cosine", "linear"):
         problems.add(f"model.lr_type must be 'cosine' or 'linear', got {m['lr_type']!r}")
     if isinstance(m["warmup_steps"], int) and isinstance(m["lr_period"], int):
@@ -141,15 +150,8 @@ def _check_kernel(name: Any, problems: Problems) -> None:
 
 
 def _model_section(raw: Any, problems: Problems, config_dir: Path) -> dict[str, Any]:
-    raw = dict(raw or {})
-    refused = {}
-    for key, reason in O.MODEL_UNSUPPORTED.items():
-        if key in raw:
-            if key in O.MODEL_NOOP and raw[key] == O.MODEL_NOOP[key]:
-                raw.pop(key)  # set to its no-op value: harmless
-            else:
-                refused[key] = reason
-    m = resolve_options("model", raw, O.MODEL_OPTIONS, problems, unsupported=refused)
+    m = resolve_options("model", raw, O.MODEL_OPTIONS, problems, unsupported=O.MODEL_UNSUPPORTED,
+                        noop=O.MODEL_NOOP, fixed=O.MODEL_FIXED)
     _check_model(m, problems, config_dir)
     return m
 

@@ -11,7 +11,7 @@ from typing import Any
 from rwkv_plug.core.errors import ConfigError, TrainingError
 from rwkv_plug.training import options as O
 from rwkv_plug.training.config import FitConfig, load_fit_config, logger_package_problem, sharded_strategy_problem
-from rwkv_plug.training.lightning_args import lightning_errors
+from rwkv_plug.training.lightning_args import check_epoch_batches, fit_naming_refusals, lightning_errors
 from rwkv_plug.training.lightning_args import refused as refused_by_lightning
 from rwkv_plug.training.quiet import library_noise_filtered
 
@@ -111,7 +111,7 @@ def run_fit(config: str | Path, resume: str | None = None, log: Callable[[str], 
 def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None]) -> FitConfig:
     import torch
 
-    from rwkv_plug.training.checkpoint import check_resume, find_resume
+    from rwkv_plug.training.checkpoint import check_resume, checkpoint_folders, find_resume
     from rwkv_plug.training.module import RwkvTrainingModule, TrainSettings
     from rwkv_plug.training.vocab import check_vocab
 
@@ -124,7 +124,8 @@ def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None])
     )
     # Fail fast, cheapest first: every trainer setting, the resume file, the model file; then the data.
     trainer = build_trainer(cfg, log=log)
-    ckpt = find_resume(resume, cfg.checkpoint_dir, log)
+    # where this config's checkpoints are: trainer.checkpoint's folder or a ModelCheckpoint's in trainer.callbacks
+    ckpt = find_resume(resume, checkpoint_folders(trainer, every_version=True) or [cfg.checkpoint_dir], log)
     model = load_training_model(m)
     if ckpt is not None:
         check_resume(ckpt, model)
@@ -149,6 +150,7 @@ def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None])
         seed=cfg.seed or 0,
     )
     module = RwkvTrainingModule(model, settings, dataset["train"], dataset.get("test"))
+    check_epoch_batches(trainer, module.batches_per_epoch(trainer.world_size), str(cfg.path))
     for lg in trainer.loggers:
         # Fix each logger's version folder now: ddp_spawn workers get a copy with it resolved, so
         # the folder printed below is the one they wrote (resolved later it would be the next one).
@@ -157,9 +159,10 @@ def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None])
         # our sampler skips the consumed microbatches itself
         warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        trainer.fit(module, ckpt_path=ckpt, weights_only=True)
+        fit_naming_refusals(trainer, str(cfg.path), cfg.trainer, module, ckpt_path=ckpt, weights_only=True)
     if trainer.global_rank == 0:
-        log(f"checkpoints: {cfg.checkpoint_dir}")
+        for folder in checkpoint_folders(trainer):
+            log(f"checkpoints: {folder}")
         for lg in trainer.loggers:
             log(f"logs: {getattr(lg, 'log_dir', None) or lg.save_dir}")
     return cfg

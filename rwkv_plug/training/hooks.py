@@ -7,7 +7,7 @@ import click
 from rwkv_plug.core.hookspecs import hookimpl
 
 
-@click.command("fit")
+@click.command("fit", short_help="Train a model as a config says.")
 @click.argument("config", type=click.Path(dir_okay=False), required=False)
 @click.option(
     "-c",

@@ -6,7 +6,10 @@ inside the fit loop with an empty ``AssertionError``). Values whose type hint
 is simple (numbers, flags, strings, fixed choices) are checked here at config
 load, against the constructors' own hints. Everything else is checked by
 building the Trainer before any data work (``fit.run_fit``); what Lightning
-refuses there becomes a ``ConfigError`` naming the key.
+refuses there becomes a ``ConfigError`` naming the key. A few values depend on
+the data (the batches of an epoch): :func:`check_epoch_batches` checks them
+once it is built, before ``trainer.fit``, and :func:`fit_naming_refusals` names the
+key of what Lightning still refuses as ``trainer.fit`` sets up.
 """
 
 from __future__ import annotations
@@ -168,3 +171,54 @@ def lightning_errors() -> tuple[type[BaseException], ...]:
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     return ValueError, TypeError, AssertionError, MisconfigurationException
+
+
+def check_epoch_batches(trainer, batches: int, source: str) -> None:
+    """Refuse the ``trainer:`` values Lightning checks against the training batches of an
+    epoch (``batches``: microbatches per device) only as ``trainer.fit`` starts."""
+    limit = trainer.limit_train_batches
+    if isinstance(limit, float) and 0 < limit < 1 and batches > 0 and int(batches * limit) == 0:
+        raise ConfigError(
+            f"{source}: trainer.limit_train_batches: {limit} of the {batches} training batches per epoch is "
+            f"less than one batch; use at least {1 / batches:.3g}, or an integer number of batches")
+    if isinstance(limit, int):
+        batches = min(batches, limit)
+    elif isinstance(limit, float):
+        batches = int(batches * limit)
+    interval = trainer.val_check_interval
+    if (not isinstance(interval, int) or isinstance(interval, bool) or batches == 0
+            or getattr(trainer, "_val_check_time_interval", None) is not None):
+        return
+    if interval > batches and trainer.check_val_every_n_epoch is not None and trainer.limit_val_batches > 0:
+        raise ConfigError(
+            f"{source}: trainer.val_check_interval: {interval} is more than the {batches} training batches "
+            f"(microbatches per device) of an epoch; set it to at most {batches}, or to a fraction of "
+            "the epoch such as 0.5, or set trainer.check_val_every_n_epoch: null to count batches across epochs")
+
+
+def fit_naming_refusals(trainer, source: str, values: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+    """``trainer.fit(*args, **kwargs)``; a ``ValueError`` or ``MisconfigurationException``
+    that Lightning raises itself (no rwkv-plug code between this call and the ``raise``)
+    and whose message names a ``trainer:`` key becomes a ``ConfigError`` naming it.
+    Anything else, ours or Lightning's, is raised as it is."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        trainer.fit(*args, **kwargs)
+    except (ValueError, MisconfigurationException) as exc:
+        if not _raised_by_lightning(exc) or _named_key(" ".join(str(exc).split()), values) is None:
+            raise
+        raise refused(exc, source, "trainer", values) from None
+
+
+def _raised_by_lightning(exc: BaseException) -> bool:
+    import lightning
+
+    ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    theirs = os.path.dirname(os.path.abspath(lightning.__file__))
+    files = []
+    tb = exc.__traceback__.tb_next if exc.__traceback__ else None  # past the frame that called fit
+    while tb is not None:
+        files.append(os.path.abspath(tb.tb_frame.f_code.co_filename))
+        tb = tb.tb_next
+    return bool(files) and files[-1].startswith(theirs + os.sep) and not any(f.startswith(ours + os.sep) for f in files)

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from rwkv_plug.training import quiet, rng
 from rwkv_plug.training.bptt import BpttSettings, sequence_loss
+from rwkv_plug.training.checkpoint import epoch_end_as_batch_end
 from rwkv_plug.training.data import EvalRows, EvalSampler, ResumableSampler, collate
 from rwkv_plug.training.optim import LrSchedule, build_optimizer, schedule_steps
 
@@ -62,7 +63,9 @@ class RwkvTrainingModule(L.LightningModule):
         self.settings = settings
         self.bptt = settings.bptt
         self.train_data, self.val_data = train_data, val_data
-        self._epoch_batches = 0  # microbatches consumed in the current epoch
+        # the data position: microbatches trained in the sampler's epoch ``_data_epoch``
+        self._data_epoch, self._epoch_batches = 0, 0
+        self._sampler: ResumableSampler | None = None
         self._resume: tuple[int, int] | None = None
         self._tokens = 0
         self._trained = 0
@@ -85,6 +88,11 @@ class RwkvTrainingModule(L.LightningModule):
         out = sequence_loss(
             self.model, batch["input_ids"], batch["loss_mask"], self.bptt, train=True, sync_chunks=self._sync_chunks
         )
+        # Counted against the sampler's epoch, not the epoch hooks: Lightning does not call
+        # on_train_epoch_start for an epoch it resumes, nor for the one after a resumed last batch.
+        epoch = self._sampler.epoch if self._sampler is not None else self.current_epoch
+        if epoch != self._data_epoch:
+            self._data_epoch, self._epoch_batches = epoch, 0
         self._epoch_batches += 1
         now = time.perf_counter()
         tokens = int(batch["lengths"].sum())
@@ -130,10 +138,12 @@ class RwkvTrainingModule(L.LightningModule):
         self.log("validation/loss", total / max(tokens, 1.0), prog_bar=True, sync_dist=True)
 
     # -- optimizer -------------------------------------------------------------
+    def batches_per_epoch(self, world: int) -> int:
+        """Microbatches per rank in one epoch (the train loader's length)."""
+        return -(-(len(self.train_data) // world) // self.settings.microbatch_size)
+
     def steps_per_epoch(self) -> int:
-        world = self.trainer.world_size if self._trainer is not None else 1
-        per_rank = len(self.train_data) // world
-        batches = -(-per_rank // self.settings.microbatch_size)
+        batches = self.batches_per_epoch(self.trainer.world_size if self._trainer is not None else 1)
         return max(1, -(-batches // self.settings.accumulate_grad_batches))
 
     def setup(self, stage: str) -> None:
@@ -165,12 +175,14 @@ class RwkvTrainingModule(L.LightningModule):
         if self._resume is not None:
             epoch, batches = self._resume
             sampler.skip(epoch, batches * self.settings.microbatch_size)
+        self._sampler = sampler
         return DataLoader(
             self.train_data,
             batch_size=self.settings.microbatch_size,
             sampler=sampler,
             collate_fn=_Collate(self.bptt.ctx_len),
             num_workers=self.settings.num_workers,
+            generator=self._loader_generator(),
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -178,20 +190,23 @@ class RwkvTrainingModule(L.LightningModule):
         data = EvalRows(self.val_data if self.val_data is not None else [])
         sampler = EvalSampler(len(data), t.world_size, t.global_rank)
         return DataLoader(
-            data, batch_size=self.settings.microbatch_size, sampler=sampler, collate_fn=_Collate(self.bptt.ctx_len)
+            data, batch_size=self.settings.microbatch_size, sampler=sampler, collate_fn=_Collate(self.bptt.ctx_len),
+            generator=self._loader_generator(),
         )
+
+    def _loader_generator(self) -> torch.Generator:
+        # Each loader has its own generator: starting an iterator draws a worker seed, and drawn
+        # from the global stream it would shift dropout after a resume (Lightning starts the
+        # iterators of a resumed run at other moments than those of an uninterrupted one).
+        return torch.Generator().manual_seed(self.settings.seed)
 
     # -- resume position ---------------------------------------------------------
     def on_train_epoch_start(self) -> None:
-        if self._resume is not None and self._resume[0] == self.current_epoch:
-            self._epoch_batches = self._resume[1]
-        else:
-            self._epoch_batches = 0
         self._last_time = None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rwkv_plug"] = {
-            "epoch": int(self.current_epoch),
+            "epoch": int(self._data_epoch),
             "epoch_batches": int(self._epoch_batches),
             "tokens": int(self._tokens),
             "trained_tokens": int(self._trained),
@@ -201,9 +216,12 @@ class RwkvTrainingModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning restores its loop counters after this hook, from this dict
+        epoch_end_as_batch_end(checkpoint)
         pos = checkpoint.get("rwkv_plug")
         if pos:
             self._resume = (pos["epoch"], pos["epoch_batches"])
+            self._data_epoch, self._epoch_batches = self._resume
             self._tokens, self._trained = pos["tokens"], pos["trained_tokens"]
             self._rng_states = rng.from_checkpoint(pos)
 

@@ -1,8 +1,8 @@
 """The ``model:`` and ``trainer:`` keys that ``rwkv-plug fit`` understands.
 
 Every key of the seed configs and of the earlier trainer's ``model:``
-section is either declared here or listed in :data:`MODEL_UNSUPPORTED`
-with the reason it is refused. ``trainer:`` also accepts every argument of
+section is either declared here or listed in :data:`MODEL_UNSUPPORTED` or
+:data:`MODEL_FIXED` with the reason it is refused. ``trainer:`` also accepts every argument of
 ``lightning.Trainer`` (checked against its signature).
 """
 
@@ -20,7 +20,7 @@ MODEL_OPTIONS: tuple[Option, ...] = (
     Option("lr_period", AUTO, "Length of the decay, in lr_period_type units; -1 means the whole run."),
     Option("lr_period_type", "epoch", "Unit of lr_period: 'epoch' or 'step' (optimizer steps)."),
     Option("lr_type", "cosine", "Decay shape: 'cosine' or 'linear'; both stay at lr_final after the period."),
-    Option("warmup_steps", AUTO, "If > 0: LR rises linearly from 0.2*lr_init to lr_init over this many steps, then stays."),
+    Option("warmup_steps", AUTO, "If > 0: LR rises linearly from 0.2*lr_init to lr_init over this many steps, then stays; refused together with lr_period > 0."),
     Option("beta1", 0.9, "Adam beta1."),
     Option("beta2", 0.99, "Adam beta2."),
     Option("adam_eps", 1e-8, "Adam epsilon."),
@@ -39,7 +39,7 @@ MODEL_OPTIONS: tuple[Option, ...] = (
     Option("dim_ffn", AUTO, "FFN width; -1 = read from the checkpoint."),
     Option("substep_cuda_cache_clear", False, "Empty the CUDA cache after every training step."),
     Option("substep_logging", False, "Print a newline after every step so progress lines are kept."),
-    Option("torch_set_float32_matmul_precision", "high", "Passed to torch.set_float32_matmul_precision (null: leave it)."),
+    Option("torch_set_float32_matmul_precision", "high", "'highest', 'high' or 'medium', passed to torch.set_float32_matmul_precision; null leaves torch's setting."),
     Option("consolidated_logging", True, "Average the logged loss and token counts over all ranks."),
 )
 
@@ -52,7 +52,12 @@ MODEL_UNSUPPORTED: dict[str, str] = {
     "token_dropout_rate": "selective loss is not implemented; remove the key or set it to 0",
     "ctx_len_cutoffs": "the context-length cutoff schedule is not implemented; remove the key",
     "ctx_len_warmup_steps": "the context-length cutoff schedule is not implemented; remove the key",
-    "head_size": "the head size is fixed at 64 for RWKV-v5",
+}
+
+#: Keys of the earlier trainer whose value the architecture fixes: accepted at that
+#: value (see :data:`MODEL_NOOP`), refused with the reason otherwise.
+MODEL_FIXED: dict[str, str] = {
+    "head_size": "RWKV-v5 has a head size of 64 (n_embd / 64 heads); set 64 or remove the key",
 }
 
 MODEL_NOOP: dict[str, object] = {
@@ -62,6 +67,7 @@ MODEL_NOOP: dict[str, object] = {
     "token_dropout_rate": 0.0,
     "ctx_len_cutoffs": [],
     "ctx_len_warmup_steps": [],
+    "head_size": 64,
 }
 
 #: ``trainer:`` keys added on top of lightning.Trainer's arguments.

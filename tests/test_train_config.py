@@ -82,6 +82,20 @@ def test_target_and_explicit_accumulate_conflict(tmp_path):
         load_fit_config(_write(tmp_path, body))
 
 
+@pytest.mark.parametrize("class_path", ["ModelCheckpoint", "lightning.pytorch.callbacks.ModelCheckpoint"])
+def test_checkpoint_section_and_a_callbacks_model_checkpoint_conflict(tmp_path, class_path):
+    callbacks = f"[{{class_path: {class_path}, init_args: {{dirpath: ck}}}}]"
+    body = f"""
+    trainer: {{checkpoint: {{every_n_train_steps: 5}}, callbacks: {callbacks}}}
+    model: {{load_model: m.pth, lr_init: 1e-4}}
+    data: {{data_path: {tmp_path}/d, source: x.txt}}
+    """
+    with pytest.raises(ConfigError, match="trainer.checkpoint and a ModelCheckpoint in trainer.callbacks"):
+        load_fit_config(_write(tmp_path, body))
+    alone = load_fit_config(_write(tmp_path, body.replace("checkpoint: {every_n_train_steps: 5}, ", "")))
+    assert alone.trainer["callbacks"][0]["class_path"] == class_path
+
+
 def test_did_you_mean_and_all_problems_at_once(tmp_path):
     body = f"""
     trainer: {{max_step: 10, microbatch_size: 1}}

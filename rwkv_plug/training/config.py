@@ -278,6 +278,13 @@ def _trainer_section(raw: Any, problems: Problems, config_path: Path) -> dict[st
     return t
 
 
+def _callbacks_checkpoint(callbacks: Any) -> bool:
+    """Whether ``trainer.callbacks`` holds a ModelCheckpoint (by its class_path)."""
+    items = callbacks if isinstance(callbacks, list) else [callbacks]
+    return any(isinstance(c, dict) and str(c.get("class_path", "")).split(".")[-1] == "ModelCheckpoint"
+               for c in items)
+
+
 def _checkpoint_section(spec: Any, root: Path, problems: Problems) -> dict[str, Any]:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -322,6 +329,9 @@ def load_fit_config(path: str | Path) -> FitConfig:
     ckpt_spec = trainer.pop("checkpoint")
     root = Path(trainer["default_root_dir"])
     checkpoint = _checkpoint_section(ckpt_spec, root, problems)
+    if ckpt_spec and _callbacks_checkpoint(trainer.get("callbacks")):
+        problems.add("trainer.checkpoint and a ModelCheckpoint in trainer.callbacks both configure "
+                     "checkpoints; keep one (the callback would silently win)")
     data = _data_section(raw.get("data"), problems)
     seed = raw.get("seed_everything", 42)
     if seed is True:

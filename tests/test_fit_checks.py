@@ -204,3 +204,12 @@ def test_default_checkpoints_keep_only_the_newest_and_last_and_a_padded_vocab_is
     files = sorted(p.name for p in (tmp_path / "runs" / "cfg" / "checkpoints").iterdir())
     assert files == ["epoch=2-step=18.ckpt", "last.ckpt"]
     assert not [l for l in out if l.startswith("warning:")], out  # 1023 unused rows count as padding
+
+
+def test_a_missing_source_file_fails_before_the_trainer_and_model_load(tmp_path):
+    cfg = _project(tmp_path)
+    cfg.write_text(cfg.read_text().replace("source: data.txt", "source: dat.txt"))
+    res = run_cli("fit", str(cfg), cwd=tmp_path)
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = [l for l in res.stderr.splitlines() if l.strip()]
+    assert lines == [f"error: {cfg}: data.source 'dat.txt' does not exist (looked in {tmp_path})"], lines

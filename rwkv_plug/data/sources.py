@@ -133,6 +133,16 @@ def _data_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
+def missing_local_source(source: str) -> str | None:
+    """Why ``source`` is a local path that does not exist, or None (it exists, or names a
+    builder or a hub dataset). Cheap: one stat, so config validation can ask it."""
+    if source in BUILDERS or Path(source).expanduser().exists():
+        return None
+    if source.startswith((".", "/", "~")) or Path(source).suffix.lower() in _BY_SUFFIX:
+        return f"data.source '{source}' does not exist (looked in {Path.cwd()})"
+    return None
+
+
 def resolve_source(cfg: dict) -> Source:
     """Work out what ``data.source`` names, without reading any rows yet."""
     source: str = cfg["source"]
@@ -179,8 +189,9 @@ def resolve_source(cfg: dict) -> Source:
         # only files of the chosen kind, so a README next to the data is not read
         params.setdefault("data_files", split_files(path, files))
         return Source("folder", builder, str(path), files, params, is_text=builder == "text")
-    if source.startswith((".", "/", "~")) or Path(source).suffix.lower() in _BY_SUFFIX:
-        raise DataError(f"data.source '{source}' does not exist (looked in {Path.cwd()})")
+    missing = missing_local_source(source)
+    if missing:
+        raise DataError(missing)
     return Source("hub", None, source, [], params)
 
 

@@ -116,6 +116,11 @@ def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None])
     from rwkv_plug.training.vocab import check_vocab
 
     cfg = load_fit_config(config)
+    from rwkv_plug.data.sources import missing_local_source
+
+    missing = missing_local_source(str(cfg.data.get("source") or ""))
+    if missing:  # one stat: a typo in the path fails before the trainer, model and tokenizer load
+        raise ConfigError(f"{cfg.path}: {missing}")
     m = cfg.model
     log(
         f"batch: microbatch {cfg.microbatch_size} x devices {cfg.num_devices} x nodes "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from rwkv_plug import __version__
@@ -91,3 +92,19 @@ def test_debug_flag_shows_the_traceback(tmp_path):
     assert len(lines) == 1 and "Did you mean 'data_path'?" in lines[0] and str(cfg) in lines[0]
     debug = run_cli("--debug", "preload", str(cfg))
     assert debug.returncode == 2 and "Traceback" in debug.stderr
+
+
+def test_a_ctrl_c_that_a_library_wrapped_is_reported_as_interrupted(monkeypatch, capsys):
+    from rwkv_plug.core import cli as cli_module
+
+    def interrupted_inside_a_worker_pool(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise TimeoutError()  # the interrupt stays as __context__, as worker pools leave it
+
+    monkeypatch.setattr(cli_module.cli, "main", interrupted_inside_a_worker_pool)
+    with pytest.raises(SystemExit) as exc:
+        cli_module.main(["preload", "cfg.yaml"])
+    assert exc.value.code == 130
+    assert capsys.readouterr().err.strip() == "interrupted"

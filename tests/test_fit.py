@@ -130,3 +130,41 @@ def test_fit_cli_with_ddp_spawn_trains_validates_and_prints_the_log_folder_it_wr
         rows = list(csv.DictReader(fh))
     assert sum(1 for r in rows if r.get("train/loss")) == 2
     assert any(r.get("validation/loss") for r in rows)
+
+
+def test_ctrl_c_during_training_says_where_the_checkpoints_are(tmp_path, monkeypatch):
+    """Lightning answers a KeyboardInterrupt with its own shutdown and sys.exit(1);
+    fit turns that into one message with the checkpoint folder and how to continue."""
+    import signal
+
+    from rwkv_plug.core.errors import Interrupted
+    from rwkv_plug.models.init import init_state_dict
+    from rwkv_plug.models.io import save_state_dict
+    from rwkv_plug.training.fit import run_fit
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "ctrl_c.py").write_text(textwrap.dedent("""
+        import lightning as L
+
+        class CtrlCAtStep2(L.Callback):
+            def on_train_batch_end(self, trainer, *args):
+                if trainer.global_step == 2:
+                    raise KeyboardInterrupt
+    """))
+    _tokenizer(tmp_path / "tok")
+    save_state_dict(init_state_dict(2, 64, 64, seed=0), tmp_path / "model.pth")
+    cfg = _setup(tmp_path, max_steps=6)
+    cfg.write_text(cfg.read_text().replace(
+        "  enable_progress_bar: false\n",
+        "  enable_progress_bar: false\n  callbacks: [{class_path: ctrl_c.CtrlCAtStep2}]\n"))
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(Interrupted) as exc:
+            run_fit(cfg, log=lambda _msg: None)
+    finally:
+        signal.signal(signal.SIGINT, sigint)  # Lightning ignores further Ctrl-C while it shuts down
+    assert exc.value.exit_code == 130
+    msg = str(exc.value)
+    assert "training interrupted at step 2" in msg and "--resume auto" in msg
+    assert "runs/cfg/checkpoints" in msg

@@ -158,10 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
+    except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
         click.echo("interrupted", err=True)
         sys.exit(130)
     except RwkvPlugError as exc:
@@ -172,6 +169,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if _state["debug"]:
             traceback.print_exc()
+        elif _interrupted(exc):
+            # e.g. datasets' worker pool turns a Ctrl-C in its workers into a TimeoutError
+            click.echo("interrupted", err=True)
+            sys.exit(130)
         else:
             click.echo(
                 f"error: {type(exc).__name__}: {exc} (this looks like a bug; rerun with --debug "
@@ -179,3 +180,14 @@ def main(argv: list[str] | None = None) -> None:
                 err=True,
             )
         sys.exit(1)
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether a Ctrl-C (KeyboardInterrupt) is in ``exc``'s cause/context chain."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False

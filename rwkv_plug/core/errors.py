@@ -48,8 +48,18 @@ class ModelError(RwkvPlugError):
     """A model file is missing, unsafe or does not match any architecture."""
 
 
+class OutputError(RwkvPlugError):
+    """An output file (model, checkpoint, export) cannot be written where asked."""
+
+
 class TrainingError(RwkvPlugError):
     """Training cannot start or continue."""
+
+
+class Interrupted(RwkvPlugError):
+    """The user stopped a command (Ctrl-C); the message says what was kept."""
+
+    exit_code = 130
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

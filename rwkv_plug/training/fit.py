@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rwkv_plug.core.errors import ConfigError, TrainingError
+from rwkv_plug.core.errors import ConfigError, Interrupted, TrainingError
 from rwkv_plug.training import options as O
 from rwkv_plug.training.config import FitConfig, load_fit_config, logger_package_problem, sharded_strategy_problem
 from rwkv_plug.training.lightning_args import check_epoch_batches, fit_naming_refusals, lightning_errors
@@ -164,7 +164,15 @@ def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None])
         # our sampler skips the consumed microbatches itself
         warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        fit_naming_refusals(trainer, str(cfg.path), cfg.trainer, module, ckpt_path=ckpt, weights_only=True)
+        try:
+            fit_naming_refusals(trainer, str(cfg.path), cfg.trainer, module, ckpt_path=ckpt, weights_only=True)
+        except SystemExit:
+            # Lightning answers Ctrl-C with its own shutdown and sys.exit(1); say what is kept instead
+            if not trainer.interrupted:
+                raise
+            where = " or ".join(str(f) for f in checkpoint_folders(trainer)) or "no checkpoint folder"
+            raise Interrupted(f"training interrupted at step {trainer.global_step}; checkpoints are in "
+                              f"{where}; continue with `rwkv-plug fit {cfg.path} --resume auto`") from None
     if trainer.global_rank == 0:
         for folder in checkpoint_folders(trainer):
             log(f"checkpoints: {folder}")

@@ -135,6 +135,55 @@ def test_refuses_to_replace_a_folder_that_is_not_a_dataset(tmp_path, capsys):
     assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
 
 
+@pytest.mark.parametrize("ours", [False, True])
+def test_never_replaces_a_folder_with_a_user_file_even_if_it_looks_like_a_dataset(tmp_path, capsys, ours):
+    write_jsonl(tmp_path / "a.jsonl", [{"text": "hello world again"}] * 3)
+    home = tmp_path / "home2"
+    home.mkdir()
+    (home / "notes.txt").write_text("precious")
+    (home / "dataset_dict.json").write_text('{"splits": ["train"]}')
+    if ours:  # even our marker file does not make a stray user file ours
+        (home / "rwkv_plug_dataset.json").write_text("{}")
+    cfg = write_cfg(tmp_path / "c.yaml", "data:\n  data_path: home2\n  source: a.jsonl\n")
+    code, _, err = run("preload", str(cfg), capsys=capsys)
+    assert code == 1 and "Traceback" not in err and err.count("error: ") == 1, err
+    assert "home2" in err and "refusing to replace" in err
+    if ours:
+        assert "'notes.txt'" in err
+    assert (home / "notes.txt").read_text() == "precious"
+
+
+def test_rebuilds_its_own_dataset_but_not_one_with_a_stray_file(tmp_path, capsys):
+    write_jsonl(tmp_path / "a.jsonl", [{"text": "hello world again"}] * 3)
+    cfg = write_cfg(tmp_path / "c.yaml", "data:\n  data_path: out\n  source: a.jsonl\n")
+    code, _, err = run("preload", str(cfg), capsys=capsys)
+    assert code == 0, err
+    code, out, err = run("preload", "--force", str(cfg), capsys=capsys)
+    assert code == 0 and "dataset built" in out, err
+    (tmp_path / "out" / "train" / "mine.txt").write_text("keep me")
+    code, _, err = run("preload", "--force", str(cfg), capsys=capsys)
+    assert code == 1 and err.count("error: ") == 1 and "'train/mine.txt'" in err, err
+    assert (tmp_path / "out" / "train" / "mine.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("record", ['{"meta_version": 1, "summary": {"bogus": 1}}',
+                                    '{"meta_version": 1, "parts": "x"}',
+                                    '{"meta_version": 1, "parts": {"source": "x"}}',
+                                    '{"meta_version": 1, "strategy": "x"}',
+                                    "[1, 2]", "{not json"])
+def test_a_corrupt_record_rebuilds_our_folder(tmp_path, capsys, record):
+    write_jsonl(tmp_path / "a.jsonl", [{"text": "hello world again"}] * 3)
+    cfg = write_cfg(tmp_path / "c.yaml", "data:\n  data_path: out\n  source: a.jsonl\n")
+    code, _, err = run("preload", str(cfg), capsys=capsys)
+    assert code == 0, err
+    (tmp_path / "out" / "rwkv_plug_dataset.json").write_text(record)
+    code, out, err = run("preload", str(cfg), capsys=capsys)
+    assert code == 0, err
+    assert "its rwkv_plug_dataset.json is unreadable" in out and "dataset built" in out
+    code, out, err = run("preload", str(cfg), capsys=capsys)
+    assert code == 0 and "dataset reused" in out, err
+
+
 # -- the API fit uses, and a third-party strategy --------------------------------
 class _Reverse:
     """A third-party plugin: a strategy that learns the words of a column in reverse."""

@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from rwkv_plug.core.errors import ModelError
+from rwkv_plug.core.errors import ModelError, OutputError
 from rwkv_plug.models.arch import x052_shapes
 from rwkv_plug.models.export import export_checkpoint
 from rwkv_plug.models.init import init_state_dict
@@ -82,8 +82,9 @@ def test_a_file_in_no_torch_format_is_named_so_by_generate_export_and_fit(tmp_pa
     junk = tmp_path / "junk.pth"
     junk.write_bytes(bytes(range(110, 200)) * 4)  # starts with "n": torch reported "Unsupported operand 110"
     cfg = tmp_path / "cfg.yaml"
+    (tmp_path / "x.txt").write_text("some text\n")
     cfg.write_text(f"trainer: {{default_root_dir: {tmp_path}/runs}}\nmodel: {{load_model: {junk}, lr_init: 1e-3}}\n"
-                   f"data: {{data_path: {tmp_path}/d, source: x.txt}}\n")
+                   f"data: {{data_path: {tmp_path}/d, source: {tmp_path}/x.txt}}\n")
     for args in (["generate", junk, "--prompt", "hi"], ["export", junk, tmp_path / "out.pth"], ["fit", cfg]):
         code, _, err = invoke(capsys, *args)
         errors = [line for line in err.splitlines() if line.startswith("error:")]
@@ -114,7 +115,7 @@ def test_save_is_atomic_and_writes_only_the_tensor_data(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match=r"^cannot write .*keep\.pth: disk full$"):
         save_state_dict({"a": big}, tmp_path / "keep.pth")
     assert (tmp_path / "keep.pth").read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.pth", "sub"]  # no temp left
@@ -155,6 +156,27 @@ def test_init_model_skip_if_exists_leaves_file_untouched(tmp_path, capsys):
     assert code == 0
     assert "left untouched" in stdout
     assert out.read_bytes() == b"precious" and out.stat().st_mtime_ns == before
+
+
+def test_init_model_creates_missing_folders_but_not_under_a_file(tmp_path, capsys):
+    code, _, err = invoke(capsys, "init-model", "--n_layer", "1", "--n_embd", "64",
+                          "--vocab_size", "10", tmp_path / "new" / "deeper" / "m.pth")
+    assert code == 0, err
+    assert (tmp_path / "new" / "deeper" / "m.pth").is_file()
+    (tmp_path / "m.pth").write_bytes(b"precious")
+    code, _, err = invoke(capsys, "init-model", "--n_layer", "1", "--n_embd", "64",
+                          "--vocab_size", "10", tmp_path / "m.pth" / "out.pth")
+    assert code == 1 and "Traceback" not in err and "bug" not in err, err
+    assert err.strip() == f"error: cannot write {tmp_path / 'm.pth' / 'out.pth'}: {tmp_path / 'm.pth'} is not a folder"
+    assert (tmp_path / "m.pth").read_bytes() == b"precious"
+
+
+def test_export_to_an_unwritable_place_is_one_line(tmp_path, capsys):
+    src = tmp_path / "m.pth"
+    save_state_dict(init_state_dict(1, 64, 10, seed=0), src)
+    code, _, err = invoke(capsys, "export", src, "/proc/out.pth")
+    assert code == 1 and err.startswith("error: cannot write /proc/out.pth: ") and err.count("\n") == 1, err
+    assert ".tmp" not in err and "bug" not in err
 
 
 def test_init_model_without_directory_and_one_layer(tmp_path, capsys, monkeypatch):

@@ -316,6 +316,26 @@ def test_hf_remote_code_is_off_unless_asked(hf_folder, monkeypatch):
         HFTokenizer.load(str(hf_folder), {"tokenizer_kwargs": {"trust_remote_code": True}})
 
 
+def test_hf_tokenizer_with_custom_code_names_the_opt_in_key(hf_folder, tmp_path):
+    folder = tmp_path / "custom"
+    folder.mkdir()
+    for f in hf_folder.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["tokenizer_class"] = "CustomTok"
+    config["auto_map"] = {"AutoTokenizer": ["tok_custom.CustomTok", "tok_custom.CustomTok"]}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    ran = tmp_path / "ran"
+    (folder / "tok_custom.py").write_text(f"open({str(ran)!r}, 'w').close()\n"
+                                          "from transformers import PreTrainedTokenizerFast\n"
+                                          "class CustomTok(PreTrainedTokenizerFast):\n    pass\n")
+    with pytest.raises(TokenizerError) as err:
+        HFTokenizer.load(str(folder), {})
+    assert "data.tokenizer_trust_remote_code: true" in str(err.value)
+    assert "runs the code" in str(err.value) and "\n" not in str(err.value)
+    assert not ran.exists()
+
+
 @pytest.mark.parametrize(
     "options, match",
     [

@@ -97,6 +97,12 @@ class HFTokenizer(Tokenizer):
             tok = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust, **kwargs)
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if not trust and ("trust_remote_code" in str(exc) or "custom code" in str(exc)):
+                raise TokenizerError(
+                    f"the Hugging Face tokenizer '{spec}' needs its own Python code to load. If you trust "
+                    "it, set data.tokenizer_trust_remote_code: true (this runs the code in that folder "
+                    "or hub repo on this machine); otherwise use another tokenizer"
+                ) from None
             raise TokenizerError(
                 f"cannot load the Hugging Face tokenizer '{spec}': {first.rstrip('.')}. Check the name or path; "
                 "a hub tokenizer must be downloaded once while online (it is then read from the "

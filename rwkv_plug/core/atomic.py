@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from rwkv_plug.core.errors import OutputError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -18,12 +20,29 @@ def _umask() -> int:
     return mask
 
 
+def _write_problem(target: Path, exc: OSError) -> str:
+    """Why ``target`` cannot be written, in words (no temp file names)."""
+    for folder in [target.parent, *target.parent.parents]:
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                return f"{folder} is not a folder"
+            break
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write(f)`` on a temp file next to ``path``, then move it into place."""
+    """Call ``write(f)`` on a temp file next to ``path``, then move it into place.
+
+    Missing parent folders are created. An :class:`OSError` (a parent that is
+    a file, no permission, a full disk) becomes an :class:`OutputError`.
+    """
     target = Path(path)
     parent = target.parent if str(target.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write {target}: {_write_problem(target, exc)}") from exc
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         with os.fdopen(fd, "wb") as f:
@@ -31,6 +50,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"cannot write {target}: {_write_problem(target, exc)}") from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -51,7 +51,7 @@ def cpu_count() -> int:
 def load_summary(data_path: str | Path) -> Summary | None:
     """The summary stored with a built dataset, or None."""
     meta = store.read_meta(Path(data_path).expanduser().resolve())
-    return Summary.from_json(meta["summary"]) if meta and "summary" in meta else None
+    return Summary.from_json(meta["summary"]) if meta and meta.get("summary") else None
 
 
 def prepare_dataset(data_cfg: dict, *, force: bool = False, log: Log = print):

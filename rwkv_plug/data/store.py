@@ -47,13 +47,53 @@ def roundtrip(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True, default=repr))
 
 
-def read_meta(data_path: Path) -> dict[str, Any] | None:
+class BadMeta(ValueError):
+    """``rwkv_plug_dataset.json`` exists but is not a record this package wrote."""
+
+
+def _check_meta(meta: Any) -> None:
+    if not isinstance(meta, dict):
+        raise BadMeta(f"expected a JSON object, found {type(meta).__name__}")
+    for key in ("parts", "summary", "strategy"):
+        if key in meta and meta[key] is not None and not isinstance(meta[key], dict):
+            raise BadMeta(f"'{key}' must be an object, found {type(meta[key]).__name__}")
+    parts = meta.get("parts") or {}
+    for key in ("tokenizer", "source", "config"):
+        if key in parts and parts[key] is not None and not isinstance(parts[key], dict):
+            raise BadMeta(f"'parts.{key}' must be an object, found {type(parts[key]).__name__}")
+    files = (parts.get("source") or {}).get("files", [])
+    if not isinstance(files, list) or not all(isinstance(f, dict) and "path" in f for f in files):
+        raise BadMeta("'parts.source.files' must be a list of objects with a 'path'")
+    if meta.get("summary") is not None:
+        from rwkv_plug.data.summary import Summary
+
+        try:
+            Summary.from_json(meta["summary"]).lines()
+        except Exception as exc:  # any field of the wrong name or type
+            raise BadMeta(f"'summary' is invalid ({type(exc).__name__}: {exc})") from None
+
+
+def load_meta(data_path: Path) -> dict[str, Any] | None:
+    """The record in ``data_path``, None when there is none; raises :class:`BadMeta`
+    when the file exists but cannot be read or is not shaped as we write it."""
     p = data_path / META_FILE
     if not p.is_file():
         return None
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        meta = json.loads(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise BadMeta(exc.strerror or str(exc)) from None
+    except ValueError as exc:
+        raise BadMeta(f"not valid JSON ({exc})") from None
+    _check_meta(meta)
+    return meta
+
+
+def read_meta(data_path: Path) -> dict[str, Any] | None:
+    """The record in ``data_path``, or None when it is missing or unreadable."""
+    try:
+        return load_meta(data_path)
+    except BadMeta:
         return None
 
 
@@ -61,16 +101,19 @@ def stale_reason(data_path: Path, parts: dict[str, Any], strategies) -> str | No
     """Why ``data_path`` must be rebuilt, or None when it is fresh."""
     if not data_path.exists():
         return f"no dataset at {data_path} yet"
-    meta = read_meta(data_path)
+    try:
+        meta = load_meta(data_path)
+    except BadMeta as exc:
+        return f"its {META_FILE} is unreadable: {exc}; rebuilding"
     if meta is None:
         return f"{data_path} has no {META_FILE} (built by another tool or interrupted)"
     if meta.get("meta_version") != META_VERSION:
         return "the dataset format changed"
-    old = meta.get("parts", {})
+    old = meta.get("parts") or {}
     if old.get("tokenizer") != parts["tokenizer"]:
         return "tokenizer changed"
     if old.get("source") != parts["source"]:
-        return _source_change(old.get("source", {}), parts["source"])
+        return _source_change(old.get("source") or {}, parts["source"])
     if old.get("config") != parts["config"]:
         return f"data config changed ({config_change(old.get('config') or {}, parts['config'])})"
     if old.get("rwkv_plug") != parts["rwkv_plug"]:
@@ -113,16 +156,53 @@ def _source_change(old: dict[str, Any], new: dict[str, Any]) -> str:
     return "data source changed"
 
 
+#: Files that ``DatasetDict.save_to_disk`` writes in each split folder (besides ``*.arrow``).
+SPLIT_FILES = ("dataset_info.json", "state.json")
+
+
+def _unexpected_entry(data_path: Path) -> str | None:
+    """The first entry of ``data_path`` that our save does not write, or None."""
+    try:
+        splits = json.loads((data_path / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+        splits = {str(s) for s in splits}
+    except (OSError, ValueError, KeyError, TypeError):
+        splits = set()
+    for entry in sorted(data_path.iterdir()):
+        if entry.name in ("dataset_dict.json", META_FILE) and entry.is_file() and not entry.is_symlink():
+            continue
+        if entry.name in splits and entry.is_dir() and not entry.is_symlink():
+            for inner in sorted(entry.iterdir()):
+                ok = inner.is_file() and not inner.is_symlink() and (
+                    inner.name in SPLIT_FILES or inner.suffix == ".arrow")
+                if not ok:
+                    return f"{entry.name}/{inner.name}"
+            continue
+        return entry.name
+    return None
+
+
 def check_replaceable(data_path: Path) -> None:
-    """Refuse to replace a folder that is neither empty nor a dataset we built."""
-    if not data_path.exists():
+    """Refuse to replace a folder that is neither empty nor exactly a dataset we built.
+
+    Ours means it holds ``rwkv_plug_dataset.json`` and nothing but what the
+    save writes (``dataset_dict.json``, the record, one folder per split with
+    its ``.arrow``, ``dataset_info.json`` and ``state.json`` files), so a user
+    file that found its way in is never deleted.
+    """
+    if not data_path.exists() and not data_path.is_symlink():
         return
-    if not data_path.is_dir():
-        raise DataError(f"data.data_path '{data_path}' exists and is not a folder")
-    if any(data_path.iterdir()) and not (data_path / META_FILE).exists() \
-            and not (data_path / "dataset_dict.json").exists():
-        raise DataError(f"data.data_path '{data_path}' is a non-empty folder that is not a dataset; "
-                        "refusing to replace it. Point data_path at a new folder")
+    if not data_path.is_dir() or data_path.is_symlink():
+        raise DataError(f"data.data_path '{data_path}' exists and is not a folder; "
+                        "point data_path at a new folder")
+    if not any(data_path.iterdir()):
+        return
+    if not (data_path / META_FILE).is_file():
+        raise DataError(f"data.data_path '{data_path}' is a non-empty folder that rwkv-plug did not build "
+                        f"(no {META_FILE}); refusing to replace it. Point data_path at a new folder")
+    extra = _unexpected_entry(data_path)
+    if extra is not None:
+        raise DataError(f"data.data_path '{data_path}' holds '{extra}', which an rwkv-plug dataset does not; "
+                        "refusing to replace the folder. Move that file out or point data_path at a new folder")
 
 
 def build_dir(data_path: Path, kind: str = "build") -> Path:

@@ -33,6 +33,16 @@ _WORDS = {
 }
 
 
+def yaml_number(text: str) -> int | float | None:
+    """The number a YAML 1.1 string such as ``'3e-4'`` or ``'12'`` spells (PyYAML leaves
+    those as strings), or None when it spells none. Every config section reads such
+    strings through this one function."""
+    text = text.strip()
+    if not _NUMBER.fullmatch(text):
+        return None
+    return int(text) if re.fullmatch(r"[-+]?\d+", text) else float(text)
+
+
 def option_type(opt: Option) -> Any:
     """The type ``opt`` values must have (``object`` for anything), null included where allowed."""
     tp = opt.type if opt.type is not None else _derived(opt.default)
@@ -114,8 +124,8 @@ def check_value(opt: Option, value: Any) -> tuple[Any, str | None]:
     """
     tp = option_type(opt)
     members = _members(tp)
-    if isinstance(value, str) and float in members and str not in members and _NUMBER.fullmatch(value.strip()):
-        value = float(value)
+    if isinstance(value, str) and float in members and str not in members and yaml_number(value) is not None:
+        value = float(yaml_number(value))
     if not matches(tp, value):
         return value, f"expected {describe(tp)}, got {value!r}"
     if value is None:

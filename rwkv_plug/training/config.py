@@ -13,6 +13,7 @@ from typing import Any
 
 from rwkv_plug.core.config import Problems, load_yaml, resolve_options
 from rwkv_plug.core.errors import ConfigError, did_you_mean
+from rwkv_plug.core.option_types import yaml_number
 from rwkv_plug.training import options as O
 from rwkv_plug.training.lightning_args import check_values, checkpoint_hints, trainer_hints
 
@@ -49,13 +50,11 @@ def _number(problems: Problems, key: str, value: Any, kind: type, minimum: float
     if isinstance(value, bool) or value is None:
         problems.add(f"{key} must be a number, got {value!r}")
         return value
-    try:
-        number = kind(float(value)) if kind is int else kind(value)
-        if kind is int and float(value) != int(float(value)):
-            raise ValueError
-    except (TypeError, ValueError):
+    number = yaml_number(value) if isinstance(value, str) else value
+    if not isinstance(number, (int, float)) or (kind is int and not float(number).is_integer()):
         problems.add(f"{key} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
         return value
+    number = kind(number)
     if minimum is not None and number < minimum:
         problems.add(f"{key} must be >= {minimum}, got {value!r}")
     return number

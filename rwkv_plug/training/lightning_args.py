@@ -24,6 +24,7 @@ from typing import Any, Literal, Union
 
 from rwkv_plug.core.config import Problems
 from rwkv_plug.core.errors import ConfigError
+from rwkv_plug.core.option_types import yaml_number
 
 _SIMPLE = (bool, int, float, str, type(None))
 
@@ -70,15 +71,6 @@ def allowed(hint: Any) -> tuple[set[type], list[Any]] | None:
     return kinds, literals
 
 
-def _numeric(text: str) -> int | float | None:
-    """YAML 1.1 reads ``1e-3`` as a string; such strings count as numbers."""
-    try:
-        number = float(text)
-    except ValueError:
-        return None
-    return int(number) if number.is_integer() and re.fullmatch(r"[+-]?\d+", text.strip()) else number
-
-
 def _fits(value: Any, kinds: set[type], literals: list[Any]) -> tuple[bool, Any]:
     """Whether ``value`` is admitted, and the value to use (numeric strings converted)."""
     if value is None:
@@ -96,7 +88,7 @@ def _fits(value: Any, kinds: set[type], literals: list[Any]) -> tuple[bool, Any]
     if isinstance(value, str):
         if str in kinds:
             return True, value
-        number = _numeric(value)
+        number = yaml_number(value)
         return _fits(number, kinds, literals) if number is not None else (False, value)
     return False, value  # a mapping or a list where a single value belongs
 

@@ -79,3 +79,34 @@ def test_validation_covers_every_row_once_when_rows_do_not_split_evenly_over_ran
     one = sequence_loss(model, torch.tensor([val[0]["input_ids"]]), torch.tensor([val[0]["loss_mask"]]),
                         BpttSettings(ctx_len=4), train=False)
     assert abs(validate(2, val[:1]) - float(one.loss)) < 1e-5
+
+
+class RecordDropout(L.Callback):
+    """Saves which activations the first block's dropout zeroed, per rank."""
+
+    def __init__(self, folder):
+        self.folder, self.masks = folder, []
+
+    def on_train_start(self, trainer, pl_module):
+        drop = pl_module.model.blocks[0].drop
+        drop.register_forward_hook(lambda mod, inp, out: self.masks.append(out.detach() == 0))
+
+    def on_train_end(self, trainer, pl_module):
+        torch.save(self.masks, self.folder / f"rank{trainer.global_rank}.pt")
+
+
+def test_each_rank_draws_its_own_dropout_masks(tmp_path):
+    warnings.filterwarnings("ignore")
+    L.seed_everything(0, verbose=False)  # the same seed in every rank, as `fit` with `seed:` does
+    settings = TrainSettings(model=MODEL, microbatch_size=1)
+    same_length = [{"input_ids": list(range(1, 9)), "loss_mask": [1] * 8} for _ in range(4)]
+    module = RwkvTrainingModule(ToyRWKV(dropout=0.5), settings, same_length, None)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=2, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
+        use_distributed_sampler=False, callbacks=[RecordDropout(tmp_path)],
+    )
+    trainer.fit(module)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert len(rank0) == len(rank1) > 0 and rank0[0].float().mean() > 0.2  # dropout was on
+    assert not any(torch.equal(a, b) for a, b in zip(rank0, rank1))

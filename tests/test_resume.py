@@ -140,13 +140,6 @@ def test_a_different_world_size_restores_what_it_can_and_says_so():
     assert len(legacy) == 1 and torch.equal(legacy[0]["torch"], states[0]["torch"])
 
 
-class SeedPerRank(L.Callback):
-    """Gives each rank its own random stream before training (a resume then restores over it)."""
-
-    def on_fit_start(self, trainer, pl_module):
-        torch.manual_seed(100 + trainer.global_rank)
-
-
 def test_two_rank_resume_continues_each_ranks_dropout_stream(tmp_path):
     warnings.filterwarnings("ignore")
 
@@ -158,7 +151,7 @@ def test_two_rank_resume_continues_each_ranks_dropout_stream(tmp_path):
             accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=max_steps, default_root_dir=root,
             logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
             limit_val_batches=0, use_distributed_sampler=False, plugins=[atomic_checkpoint_io()],
-            callbacks=[SeedPerRank(), ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=1,
+            callbacks=[ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=1,
                                                       save_top_k=-1, filename="{step}")],
         )
         trainer.fit(module, ckpt_path=ckpt, weights_only=True)

@@ -227,6 +227,7 @@ class RwkvTrainingModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         states, self._rng_states = self._rng_states, None
+        rng.split_for_rank(self.global_rank)  # a resume then restores each rank's saved stream over it
         if states:
             own, note = rng.pick(states, self.global_rank, self.trainer.world_size)
             if own is not None:

@@ -50,6 +50,20 @@ def restore(state: State, device: torch.device) -> None:
         np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
+def split_for_rank(rank: int) -> None:
+    """Give rank ``rank`` (> 0) a torch stream of its own, derived from this process's seed.
+
+    Every rank starts from the same seed (``seed_everything`` or torch's fixed default), so
+    without this all ranks would draw the same dropout masks. Rank 0 keeps its stream, so a
+    one-process run draws what it always did.
+    """
+    if rank > 0:
+        torch.manual_seed((torch.initial_seed() + rank * _RANK_STRIDE) % 2**63)
+
+
+_RANK_STRIDE = 0x9E3779B97F4A7C15  # odd, so ranks never collide modulo 2**63
+
+
 def gather(state: State) -> list[State]:
     """Every rank's state, in rank order (a collective: all ranks must call it)."""
     dist = torch.distributed

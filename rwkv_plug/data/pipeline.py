@@ -25,6 +25,7 @@ from rwkv_plug.data.locate import RowLocator, no_locator
 from rwkv_plug.data.options import DATA_OPTIONS, resolve_data_config
 from rwkv_plug.data.sources import Source, load_source, resolve_source
 from rwkv_plug.data.summary import SplitStats, Summary, split_stats
+from rwkv_plug.data.workers import main_handles_ctrl_c
 
 Log = Callable[[str], None]
 #: Below this much source data (Arrow bytes) one process is faster than a pool.
@@ -204,12 +205,13 @@ def _encode_split(name: str, ds, strategy_cls, cfg: dict, tokenizer, row_offset:
         return result
     procs = max(1, min(nproc, len(ds)))
     batch = max(1, min(MAP_BATCH_ROWS, -(-len(ds) // procs)))
-    enc = ds.map(fn, batched=True, batch_size=batch, with_indices=True,
-                 remove_columns=ds.column_names, features=encoded_features(),
-                 num_proc=procs, cache_file_name=str(work / f"encoded-{name}.arrow"),
-                 load_from_cache_file=False,
-                 new_fingerprint=store.digest([name, repr(work), strategy_cls.name]),
-                 desc=f"tokenising {name}")
+    with main_handles_ctrl_c():
+        enc = ds.map(fn, batched=True, batch_size=batch, with_indices=True,
+                     remove_columns=ds.column_names, features=encoded_features(),
+                     num_proc=procs, cache_file_name=str(work / f"encoded-{name}.arrow"),
+                     load_from_cache_file=False,
+                     new_fingerprint=store.digest([name, repr(work), strategy_cls.name]),
+                     desc=f"tokenising {name}")
     table = enc.select_columns(["_drop", "_row", "_bad"]).with_format("arrow")[:]
     keep = _account(name, table, cfg, summary, locate)
     return enc.select(keep).remove_columns(["_drop", "_bad", "_row"])

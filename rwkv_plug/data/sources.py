@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rwkv_plug.core.errors import DataError, RwkvPlugError
+from rwkv_plug.data.workers import main_handles_ctrl_c
 
 BUILDERS = ("text", "json", "csv", "parquet")
 _BY_SUFFIX = {
@@ -241,7 +242,8 @@ def load_source(src: Source, cfg: dict, cache_dir: str | None, num_proc: int | N
     kwargs = dict(src.params)
     try:
         if src.kind == "hub":
-            dd = datasets.load_dataset(src.location, num_proc=num_proc, **kwargs)
+            with main_handles_ctrl_c():
+                dd = datasets.load_dataset(src.location, num_proc=num_proc, **kwargs)
         else:
             with _datasets_logger_quiet():
                 dd = datasets.load_dataset(src.builder, cache_dir=cache_dir, **kwargs)

@@ -12,6 +12,8 @@ from conftest import run_cli
 from rwkv_plug.core.cli import main
 from rwkv_plug.core.config import Problems
 from rwkv_plug.core.errors import ConfigError
+from rwkv_plug.core.interfaces import Sample, Strategy
+from rwkv_plug.core.hookspecs import hookimpl
 from rwkv_plug.data.options import resolve_data_config
 
 
@@ -297,3 +299,49 @@ def test_a_number_among_text_in_a_folder_source_is_refused_not_turned_into_text(
     assert result.returncode == 1 and one_error(result.stderr), result.stdout + result.stderr
     assert (f"{tmp_path / 'd' / 'b.jsonl'}:3: column 'text' holds a number, but "
             f"{tmp_path / 'd' / 'a.jsonl'}:1 holds text") in result.stderr
+
+
+# -- a strategy that raises is reported with the row's file and line ---------------------
+class CrashOnBoom(Strategy):
+    """Third-party test strategy with a bug: a row whose text holds 'boom' raises."""
+
+    name = "crash_on_boom"
+
+    @classmethod
+    def matches(cls, columns, options):
+        return False
+
+    def encode(self, row):
+        if "boom" in row["text"]:
+            raise ZeroDivisionError("division by zero")
+        ids = self.tokenizer.encode(row["text"])
+        return Sample(ids, [1] * len(ids))
+
+
+class CrashPlugin:
+    @hookimpl
+    def register_strategies(self):
+        return [CrashOnBoom]
+
+
+@pytest.mark.parametrize("rows_per_file", [3, 4000], ids=["in-process", "worker-processes"])
+def test_a_strategy_that_raises_names_the_rows_file_and_line(tmp_path, rows_per_file):
+    from rwkv_plug.core import plugins
+    from rwkv_plug.core.errors import DataError
+    from rwkv_plug.data.pipeline import prepare_dataset
+
+    plugins.current().register(CrashPlugin(), name="crash")
+    (tmp_path / "d").mkdir()
+    filler = " and some more words to make the file bigger" * 6
+    for name in ("a", "b"):
+        lines = [f"row {i} of {name}{filler}" for i in range(rows_per_file)]
+        if name == "b":
+            lines[1] = "boom"
+        (tmp_path / "d" / f"{name}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in lines))
+    cfg = {"source": str(tmp_path / "d"), "data_path": str(tmp_path / "out"), "strategy": "crash_on_boom",
+           "num_proc": 2}
+    with pytest.raises(DataError) as info:
+        prepare_dataset(cfg, log=lambda _msg: None)
+    assert str(info.value) == (f"{tmp_path / 'd' / 'b.jsonl'}:2: train row {rows_per_file + 1} (0-based): strategy "
+                               "'crash_on_boom' failed with ZeroDivisionError: division by zero")
+    assert not (tmp_path / "out").exists()

@@ -27,6 +27,17 @@ FILTER_TOO_SHORT = "1 token or less (nothing to learn)"
 FILTER_NO_MASK = "no trained tokens (all-zero loss mask)"
 
 
+class StrategyFailed(DataError):
+    """A strategy raised on a source row; ``row`` (0-based) lets the caller add its ``file:line``."""
+
+    def __init__(self, message: str, row: int) -> None:
+        super().__init__(message)
+        self.row = row
+
+    def __reduce__(self):  # raised in a worker process, it travels back pickled
+        return type(self), (self.args[0], self.row)
+
+
 def encoded_features():
     import datasets
 
@@ -246,8 +257,9 @@ class Encoder:
             except BadRow as exc:
                 results.append(exc)
             except Exception as exc:
-                raise DataError(f"source row {idx + self.row_offset} (0-based): strategy "
-                                f"'{strategy.name}' failed with {type(exc).__name__}: {exc}") from None
+                row = idx + self.row_offset
+                raise StrategyFailed(f"row {row} (0-based): strategy '{strategy.name}' failed with "
+                                     f"{type(exc).__name__}: {exc}", row) from None
         return results
 
 

@@ -21,6 +21,7 @@ from rwkv_plug.core.config import Problems
 from rwkv_plug.core.errors import DataError
 from rwkv_plug.data import split as splitting
 from rwkv_plug.data import store
+from rwkv_plug.data.encode import StrategyFailed
 from rwkv_plug.data.locate import RowLocator, no_locator
 from rwkv_plug.data.options import DATA_OPTIONS, resolve_data_config
 from rwkv_plug.data.sources import Source, load_source, resolve_source
@@ -153,9 +154,13 @@ def _build(cfg: dict, src: Source, tokenizer, work: Path, log: Log):
     encoded = {}
     for name, ds in dd.items():
         summary.rows_in[name] = len(ds)
-        encoded[name] = _encode_split(name, ds, strategy_cls, cfg, tokenizer,
-                                      row_offset if name == "train" else 0, nproc, work, summary,
-                                      (size, sep) if rechunking else None, locate)
+        try:
+            encoded[name] = _encode_split(name, ds, strategy_cls, cfg, tokenizer,
+                                          row_offset if name == "train" else 0, nproc, work, summary,
+                                          (size, sep) if rechunking else None, locate)
+        except StrategyFailed as exc:
+            where = locate(name, exc.row)
+            raise DataError(f"{where + ': ' if where else ''}{name} {exc}") from None
     if rechunking:
         from rwkv_plug.data.rechunk import RechunkResult, rechunk
 

@@ -71,8 +71,8 @@ def test_every_problem_reported_at_once():
     assert "unknown key data.min_tokn_size. Did you mean 'min_token_size'?" in msg
     assert "data.packing_enable is not supported yet: packing comes" in msg
     assert "data.conversation_format is not supported yet" in msg
-    assert "data.test_split: expected a number, got 'lots'" in msg
-    assert "data.num_proc: expected an integer of 1 or more, got 0" in msg
+    assert "data.test_split must be a number, got 'lots'" in msg
+    assert "data.num_proc must be an integer of 1 or more, got 0" in msg
     assert "unknown strategy 'txt'. Did you mean 'text'?" in msg
     assert "binidx is not supported yet" in msg
 
@@ -213,11 +213,11 @@ def test_plugin_option_values_are_checked_all_at_once(tmp_path):
     assert result.returncode == 2 and one_error(result.stderr), result.stderr
     err = result.stderr
     assert "c.yaml: 5 problems" in err
-    assert "data.world_add_endoftext_token: expected true/false, got 3" in err
-    assert "data.disable_prompt_completion_mask: expected true/false, got 'maybe'" in err
-    assert "data.tokenizer_kwargs: expected a mapping or null, got 5" in err
-    assert "data.multi_column_train_mask: expected a list of true/false values or null, got ['yes']" in err
-    assert "data.custom_text_key: expected a string or null, got ['text']" in err
+    assert "data.world_add_endoftext_token must be true or false, got 3" in err
+    assert "data.disable_prompt_completion_mask must be true or false, got 'maybe'" in err
+    assert "data.tokenizer_kwargs must be a mapping or null, got 5" in err
+    assert "data.multi_column_train_mask must be a list of true/false values or null, got ['yes']" in err
+    assert "data.custom_text_key must be a string or null, got ['text']" in err
     assert "test_split" not in err  # YAML 1.1 reads 1e-1 as a string; it is the number 0.1
     assert not (tmp_path / "out").exists()
 

@@ -19,14 +19,14 @@ def problem(opt: Option, value) -> str | None:
 
 
 @pytest.mark.parametrize("default,good,bad,expected", [
-    (True, False, "maybe", "expected true/false, got 'maybe'"),
-    (True, False, 1, "expected true/false, got 1"),
-    (3, -2, 2.5, "expected an integer, got 2.5"),
-    (3, 7, True, "expected an integer, got True"),
-    (0.5, 2, "x", "expected a number, got 'x'"),
-    ("a", "", 5, "expected a string, got 5"),
-    (["a"], [], "a", "expected a list, got 'a'"),
-    ({"a": 1}, {}, [1], "expected a mapping, got [1]"),
+    (True, False, "maybe", "must be true or false, got 'maybe'"),
+    (True, False, 1, "must be true or false, got 1"),
+    (3, -2, 2.5, "must be an integer, got 2.5"),
+    (3, 7, True, "must be an integer, got True"),
+    (0.5, 2, "x", "must be a number, got 'x'"),
+    ("a", "", 5, "must be a string, got 5"),
+    (["a"], [], "a", "must be a list, got 'a'"),
+    ({"a": 1}, {}, [1], "must be a mapping, got [1]"),
 ])
 def test_type_is_derived_from_the_default(default, good, bad, expected):
     opt = Option("k", default)
@@ -38,17 +38,17 @@ def test_type_is_derived_from_the_default(default, good, bad, expected):
 def test_declared_type_choices_check_and_null():
     keys = Option("k", None, type=list[str])
     assert problem(keys, None) is None and problem(keys, ["a", "b"]) is None
-    assert problem(keys, ["a", 1]) == "expected a list of strings or null, got ['a', 1]"
+    assert problem(keys, ["a", 1]) == "must be a list of strings or null, got ['a', 1]"
     mapping = Option("k", {}, type=dict[str, str])
-    assert problem(mapping, {"a": 1}) == "expected a mapping of strings to strings, got {'a': 1}"
+    assert problem(mapping, {"a": 1}) == "must be a mapping of strings to strings, got {'a': 1}"
     either = Option("k", "x", type=str | None)
     assert problem(either, None) is None
     assert problem(Option("k", None), object()) is None  # no default, no type: anything
     mode = Option("k", "fast", choices=("fast", "slow"))
     assert problem(mode, "slow") is None
-    assert problem(mode, "medium") == "expected one of 'fast', 'slow', got 'medium'"
+    assert problem(mode, "medium") == "must be one of 'fast', 'slow', got 'medium'"
     positive = Option("k", 1, check=lambda v: None if v > 0 else "more than 0")
-    assert problem(positive, 0) == "expected more than 0, got 0"
+    assert problem(positive, 0) == "must be more than 0, got 0"
     assert check_value(Option("k", 0.5), "3e-4") == (3e-4, None)  # YAML 1.1 reads 3e-4 as a string
 
 
@@ -88,8 +88,8 @@ def test_a_third_party_strategys_options_are_checked_even_when_not_in_use():
                                    "shout_style": "loud", "strategy": "text"}, problems)
         with pytest.raises(ConfigError) as exc:
             problems.raise_if_any()
-        assert "data.shout_times: expected an integer, got 'twice'" in str(exc.value)
-        assert "data.shout_style: expected one of 'caps', 'bold', got 'loud'" in str(exc.value)
+        assert "data.shout_times must be an integer, got 'twice'" in str(exc.value)
+        assert "data.shout_style must be one of 'caps', 'bold', got 'loud'" in str(exc.value)
         assert cfg["strategy"] == "text"
     finally:
         plugins.current().unregister("shout-plugin")

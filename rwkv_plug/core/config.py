@@ -136,7 +136,7 @@ def resolve_options(
         if check_types:
             value, problem = check_value(opt, value)
             if problem:
-                problems.add(f"{section}.{key}: {problem}")
+                problems.add(f"{section}.{key} {problem}")
         out[opt.name] = _unescape_value(value) if opt.escapes else value
     return out
 

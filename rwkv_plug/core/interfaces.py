@@ -36,7 +36,7 @@ class Option:
             is None or ``type`` includes None.
         choices: if not empty, the only values accepted (null aside).
         check: an extra rule run on a non-null value of the right type;
-            returns None when the value is fine, else what is expected
+            returns None when the value is fine, else what it must be
             (``"1 or more"``), which the error message shows.
     """
 

@@ -5,7 +5,8 @@ only accepts true/false, one whose default is ``3`` only integers, and so
 on. ``Option(type=..., choices=..., check=...)`` says more where the default
 cannot (a default of None, a list of strings, a number that may be a
 fraction). The config layer calls :func:`check_value` for every key a user
-sets and reports each problem as ``section.key: expected ..., got ...``.
+sets and reports each problem as ``section.key must be ..., got ...``, the wording of
+the model and trainer sections' checks too.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ _NONE = type(None)
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 #: (one, many) wording per simple type, as users write values in YAML.
 _WORDS = {
-    bool: ("true/false", "true/false values"),
+    bool: ("true or false", "true/false values"),
     int: ("an integer", "integers"),
     float: ("a number", "numbers"),
     str: ("a string", "strings"),
@@ -117,7 +118,7 @@ def describe(tp: Any, many: bool = False) -> str:
 
 
 def check_value(opt: Option, value: Any) -> tuple[Any, str | None]:
-    """``(value, None)`` when ``value`` suits ``opt``, else ``(value, "expected ..., got ...")``.
+    """``(value, None)`` when ``value`` suits ``opt``, else ``(value, "must be ..., got ...")``.
 
     The returned value may be converted: a YAML 1.1 string such as ``'3e-4'``
     given where a number is expected becomes that number.
@@ -127,13 +128,13 @@ def check_value(opt: Option, value: Any) -> tuple[Any, str | None]:
     if isinstance(value, str) and float in members and str not in members and yaml_number(value) is not None:
         value = float(yaml_number(value))
     if not matches(tp, value):
-        return value, f"expected {describe(tp)}, got {value!r}"
+        return value, f"must be {describe(tp)}, got {value!r}"
     if value is None:
         return value, None
     if opt.choices and value not in opt.choices:
-        return value, f"expected one of {', '.join(repr(c) for c in opt.choices)}, got {value!r}"
+        return value, f"must be one of {', '.join(repr(c) for c in opt.choices)}, got {value!r}"
     if opt.check is not None:
         wanted = opt.check(value)
         if wanted:
-            return value, f"expected {wanted}, got {value!r}"
+            return value, f"must be {wanted}, got {value!r}"
     return value, None

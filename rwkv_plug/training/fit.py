@@ -14,6 +14,7 @@ from rwkv_plug.training.config import FitConfig, load_fit_config, logger_package
 from rwkv_plug.training.lightning_args import check_epoch_batches, fit_naming_refusals, lightning_errors
 from rwkv_plug.training.lightning_args import refused as refused_by_lightning
 from rwkv_plug.training.quiet import library_noise_filtered
+from rwkv_plug.training.worker_errors import worker_failure
 
 
 def _instantiate(spec: dict[str, Any], key: str):
@@ -173,6 +174,11 @@ def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None])
             where = " or ".join(str(f) for f in checkpoint_folders(trainer)) or "no checkpoint folder"
             raise Interrupted(f"training interrupted at step {trainer.global_step}; checkpoints are in "
                               f"{where}; continue with `rwkv-plug fit {cfg.path} --resume auto`") from None
+        except Exception as exc:
+            failure = worker_failure(exc)  # a ddp_spawn rank's failure, as one line
+            if failure is None:
+                raise
+            raise failure from exc
     if trainer.global_rank == 0:
         for folder in checkpoint_folders(trainer):
             log(f"checkpoints: {folder}")

@@ -59,11 +59,16 @@ def step_progress_bar():
             shown = {k.removeprefix("train/"): v for k, v in metrics.items() if k != "v_num"}
             self._bar.set_postfix(shown, refresh=False)
             self._bar.update(trainer.global_step - self._bar.n)
+            if self._bar.total is not None and self._bar.n >= self._bar.total:
+                # the last step: close now, before Lightning says why it stopped
+                self._bar.close()
+                self._bar = None
 
         def on_validation_end(self, trainer, pl_module) -> None:
-            if self._bar is not None and "validation/loss" in trainer.progress_bar_metrics:
-                self._bar.write(f"step {trainer.global_step}: validation/loss "
-                                f"{float(trainer.progress_bar_metrics['validation/loss']):.4f}")
+            if self.is_enabled and not trainer.sanity_checking and "validation/loss" in trainer.progress_bar_metrics:
+                # tqdm.write keeps an open bar below the line (after the last step it is closed)
+                tqdm.write(f"step {trainer.global_step}: validation/loss "
+                           f"{float(trainer.progress_bar_metrics['validation/loss']):.4f}")
 
         def on_train_end(self, trainer, pl_module) -> None:
             if self._bar is not None:

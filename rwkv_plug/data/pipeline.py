@@ -20,7 +20,7 @@ import numpy as np
 from rwkv_plug.core.config import Problems
 from rwkv_plug.core.errors import DataError
 from rwkv_plug.data import split as splitting
-from rwkv_plug.data import store
+from rwkv_plug.data import store, tempdirs
 from rwkv_plug.data.encode import StrategyFailed
 from rwkv_plug.data.locate import RowLocator, no_locator
 from rwkv_plug.data.options import DATA_OPTIONS, resolve_data_config
@@ -81,6 +81,8 @@ def prepare_dataset(data_cfg: dict, *, force: bool = False, log: Log = print):
         "rwkv_plug": __version__,
     }
     parts = store.roundtrip(parts)
+    for left in tempdirs.sweep(data_path):
+        log(f"removed {left}, left behind by a build that was killed")
     reason = "--force was given" if force else store.stale_reason(data_path, parts, plugins.strategies())
     if reason is None:
         log(f"reusing the dataset at {data_path} (its fingerprint matches the config, source and tokenizer)")

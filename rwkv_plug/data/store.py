@@ -12,11 +12,11 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from rwkv_plug.core.errors import DataError
+from rwkv_plug.data import tempdirs
 
 META_FILE = "rwkv_plug_dataset.json"
 META_VERSION = 1
@@ -207,12 +207,7 @@ def check_replaceable(data_path: Path) -> None:
 
 def build_dir(data_path: Path, kind: str = "build") -> Path:
     """A fresh temp folder next to ``data_path`` (same file system, so rename is atomic)."""
-    data_path.parent.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=f".{data_path.name}.{kind}-", dir=data_path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o777 & ~umask)  # mkdtemp makes it private; the dataset is not
-    return path
+    return tempdirs.make(data_path, kind)
 
 
 def publish(staged: Path, data_path: Path, *, remove_old: bool = True) -> Path | None:
@@ -223,7 +218,7 @@ def publish(staged: Path, data_path: Path, *, remove_old: bool = True) -> Path |
     """
     old = None
     if data_path.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{data_path.name}.old-", dir=data_path.parent))
+        old = tempdirs.make(data_path, "old")
         os.rmdir(old)
         os.replace(data_path, old)
     try:

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from rwkv_plug.core import leftovers
 from rwkv_plug.data import tempdirs
 from test_data_interrupt import SLOW_PRELOAD
 
@@ -24,7 +25,7 @@ def dead_pid() -> int:
 
 def test_sweep_removes_only_this_hosts_folders_of_dead_processes(tmp_path):
     data_path = tmp_path / "ds"
-    host, dead = tempdirs._host(), dead_pid()
+    host, dead = leftovers._host(), dead_pid()
     mine = tempdirs.make(data_path, "build")  # this (live) process's
     names = {
         "dead_build": f".ds.build-{host}-{dead}-ab_12",

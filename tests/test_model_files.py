@@ -121,6 +121,28 @@ def test_save_is_atomic_and_writes_only_the_tensor_data(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.pth", "sub"]  # no temp left
 
 
+def test_a_save_removes_temp_files_that_killed_writers_left_in_its_folder(tmp_path):
+    import subprocess
+    import sys
+
+    from rwkv_plug.core import leftovers
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    host, dead = leftovers._host(), proc.pid
+    left = {  # name -> whether the next save removes it
+        f".step=20.ckpt.{host}-{dead}-k2j_x.tmp": True,  # another output's, killed mid-write
+        f".m.pth.{host}-{dead}-a1.tmp": True,
+        f".m.pth.{host}-{os.getpid()}-a1.tmp": False,  # a live process's write in progress
+        f".m.pth.elsewhere-{dead}-a1.tmp": False,  # another host's (shared file system)
+        ".notes.tmp": False,  # not ours
+    }
+    for name in left:
+        (tmp_path / name).write_bytes(b"partial")
+    save_state_dict({"a": torch.ones(2)}, tmp_path / "m.pth")
+    assert {p.name for p in tmp_path.iterdir()} == {"m.pth", *(n for n, gone in left.items() if not gone)}
+
+
 def test_save_to_bare_file_name_in_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     save_state_dict({"a": torch.ones(2)}, "bare.pth")  # the earlier trainer failed here

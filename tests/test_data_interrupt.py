@@ -63,7 +63,9 @@ SLOW_PRELOAD = textwrap.dedent("""
 """)
 
 
-def test_ctrl_c_while_workers_tokenise_exits_130_with_one_line(tmp_path, offline_data):
+def preload_busy_in_workers(tmp_path, signum: int) -> tuple[int, str]:
+    """Start a slowed `rwkv-plug preload` (2 worker processes, its own process group) and send
+    ``signum`` to the whole group once the workers are tokenising; its exit status and stderr."""
     rows = [{"prompt": f"question {i} " + "word " * 40, "completion": f"answer {i} " + "text " * 40}
             for i in range(5000)]  # over 1 MB, so tokenising goes to worker processes
     (tmp_path / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -89,12 +91,17 @@ def test_ctrl_c_while_workers_tokenise_exits_130_with_one_line(tmp_path, offline
             time.sleep(0.05)
         assert marker.exists(), proc.communicate(timeout=60)
         time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C: the whole group
-        out, err = proc.communicate(timeout=60)
+        os.killpg(proc.pid, signum)  # a terminal's Ctrl-C (SIGINT) reaches the whole group
+        _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, err
+    return proc.returncode, err
+
+
+def test_ctrl_c_while_workers_tokenise_exits_130_with_one_line(tmp_path, offline_data):
+    status, err = preload_busy_in_workers(tmp_path, signal.SIGINT)
+    assert status == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert err.rstrip().splitlines()[-1] == "interrupted"
     assert not (tmp_path / "out").exists()

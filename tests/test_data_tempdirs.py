@@ -6,13 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from rwkv_plug.core import leftovers
 from rwkv_plug.data import tempdirs
-from test_data_interrupt import SLOW_PRELOAD
+from test_data_interrupt import preload_busy_in_workers
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="processes are probed with POSIX signals")
 
@@ -47,36 +46,12 @@ def test_sweep_removes_only_this_hosts_folders_of_dead_processes(tmp_path):
 
 
 def test_a_killed_preload_leaves_folders_the_next_one_removes(tmp_path, offline_data):
-    import json
-    import textwrap
-
-    rows = [{"prompt": f"q {i} " + "word " * 40, "completion": f"a {i} " + "text " * 40} for i in range(5000)]
-    (tmp_path / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(textwrap.dedent(f"""
-        data:
-          source: {tmp_path / 'qa.jsonl'}
-          tokenizer: neox
-          data_path: {tmp_path / 'out'}
-          num_proc: 2
-          multi_column_keys: [prompt, completion]
-    """))
-    (tmp_path / "slow.py").write_text(SLOW_PRELOAD)
-    marker = tmp_path / "busy"
-    proc = subprocess.Popen([sys.executable, str(tmp_path / "slow.py"), str(marker), str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "RWKV_PLUG_PLUGINS": "none"})
-    deadline = time.monotonic() + 120
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # no cleanup can run
-    proc.wait(timeout=60)
-    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out."))
-    assert any(".out.build-" in n for n in left) and any(".out.work-" in n for n in left), left
-
     from conftest import run_cli
 
-    res = run_cli("preload", str(cfg), cwd=tmp_path)
+    preload_busy_in_workers(tmp_path, signal.SIGKILL)  # no cleanup can run
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out."))
+    assert any(".out.build-" in n for n in left) and any(".out.work-" in n for n in left), left
+    res = run_cli("preload", str(tmp_path / "cfg.yaml"), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     for name in left:
         assert f"removed {tmp_path / name}, left behind by a build that was killed" in res.stdout + res.stderr

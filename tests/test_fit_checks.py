@@ -72,6 +72,16 @@ def test_what_lightning_refuses_is_named_before_the_data_is_built(tmp_path, line
     assert not (tmp_path / "datapath").exists()  # failed before the data step
 
 
+def test_a_refusal_that_names_only_the_value_names_its_key():
+    from rwkv_plug.training.lightning_args import refused
+
+    values = {"accelerator": "gpu", "strategy": "auto", "devices": "auto"}
+    err = refused(ValueError("No supported gpu backend found!"), "c.yaml", "trainer", values)
+    assert str(err) == "c.yaml: trainer.accelerator: 'gpu' is not valid (Lightning: No supported gpu backend found!)"
+    err = refused(ValueError("something auto went wrong"), "c.yaml", "trainer", values)  # too common to name a key
+    assert str(err).startswith("c.yaml: trainer: Lightning refused these settings (something auto went wrong)")
+
+
 @pytest.mark.parametrize("lines, needle", [
     # 24 training rows / microbatch 2 = 12 batches an epoch: known only once the data is built
     (["  val_check_interval: 1000"], "trainer.val_check_interval: 1000 is more than the 12 training batches "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -195,8 +196,26 @@ def test_count_devices():
     assert count_devices({"accelerator": "cpu", "devices": "auto"}) == 1
     assert count_devices({"devices": [0, 1, 2]}) == 3
     assert count_devices({"devices": "4"}) == 4
+    assert count_devices({"devices": "0,1"}) == 2 and count_devices({"devices": "0,"}) == 1  # Lightning's id lists
     with pytest.raises(ConfigError):
         count_devices({"devices": "many"})
+    with pytest.raises(ConfigError, match="trainer.devices is an empty list"):
+        count_devices({"devices": []})
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("microbatch_size: 0", "trainer.microbatch_size must be >= 1, got 0"),
+    ("num_nodes: 0", "trainer.num_nodes must be >= 1, got 0"),
+    ("devices: []", "trainer.devices is an empty list"),
+])
+def test_batch_sizes_that_cannot_divide_are_refused_with_target_batch_size(tmp_path, bad, message):
+    body = f"""
+    trainer: {{accelerator: cpu, target_batch_size: 8, {bad}}}
+    model: {{load_model: m.pth, lr_init: 1e-4}}
+    data: {{data_path: {tmp_path}/d, source: x.txt}}
+    """
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_fit_config(_write(tmp_path, body))
 
 
 def test_declared_model_sizes_must_match_the_checkpoint(tmp_path):

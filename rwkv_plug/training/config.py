@@ -165,7 +165,11 @@ def count_devices(trainer: dict[str, Any]) -> int:
     """Devices per node, as Lightning will use them (needed for accumulation)."""
     devices = trainer.get("devices", "auto")
     accel = str(trainer.get("accelerator", "auto")).lower()
+    if isinstance(devices, str) and "," in devices:  # Lightning's "0,1": device ids
+        devices = [part for part in devices.split(",") if part.strip()]
     if isinstance(devices, (list, tuple)):
+        if not devices:
+            raise ConfigError("trainer.devices is an empty list; list device ids, or give a count or 'auto'")
         return len(devices)
     if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
         devices = int(devices)
@@ -347,8 +351,11 @@ def load_fit_config(path: str | Path) -> FitConfig:
     except ConfigError as exc:
         problems.add(str(exc))
     nodes = trainer.get("num_nodes", 1)
+    if "num_nodes" in trainer:
+        nodes = trainer["num_nodes"] = _number(problems, "trainer.num_nodes", nodes, int, 1)
     explicit = trainer.get("accumulate_grad_batches", 1)
-    if isinstance(target, int) and isinstance(micro, int) and isinstance(nodes, int) and target > 0:
+    sizes_valid = all(isinstance(n, int) and n >= 1 for n in (micro, nodes, devices))
+    if isinstance(target, int) and sizes_valid and target > 0:
         if isinstance(explicit, int) and explicit > 1:
             problems.add("trainer.target_batch_size and trainer.accumulate_grad_batches > 1 cannot both be set; keep one")
         accumulate = max(1, target // (nodes * devices * micro))

@@ -123,13 +123,13 @@ def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None])
     if missing:  # one stat: a typo in the path fails before the trainer, model and tokenizer load
         raise ConfigError(f"{cfg.path}: {missing}")
     m = cfg.model
+    # Fail fast, cheapest first: every trainer setting, the resume file, the model file; then the data.
+    trainer = build_trainer(cfg, log=log)
     log(
         f"batch: microbatch {cfg.microbatch_size} x devices {cfg.num_devices} x nodes "
         f"{cfg.trainer.get('num_nodes', 1)} x accumulate {cfg.accumulate_grad_batches} = "
         f"{cfg.microbatch_size * cfg.world_size * cfg.accumulate_grad_batches} samples per optimizer step"
     )
-    # Fail fast, cheapest first: every trainer setting, the resume file, the model file; then the data.
-    trainer = build_trainer(cfg, log=log)
     # where this config's checkpoints are: trainer.checkpoint's folder or a ModelCheckpoint's in trainer.callbacks
     ckpt = find_resume(resume, checkpoint_folders(trainer, every_version=True) or [cfg.checkpoint_dir], log)
     model = load_training_model(m)

@@ -145,6 +145,12 @@ def _named_key(text: str, values: dict[str, Any]) -> str | None:
         for key, value in values.items():
             if isinstance(value, str) and len(value) > 1 and (repr(value) in text or f"={value}" in text):
                 found.append((text.index(repr(value) if repr(value) in text else f"={value}"), 0, key))
+    if not found:  # a value named as a bare word: "No supported gpu backend found!"
+        for key, value in values.items():
+            if isinstance(value, str) and len(value) > 2 and value.lower() not in ("auto", "none", "true", "false"):
+                m = re.search(rf"(?<![A-Za-z0-9_]){re.escape(value)}(?![A-Za-z0-9_])", text, re.IGNORECASE)
+                if m:
+                    found.append((m.start(), 0, key))
     return min(found)[2] if found else None
 
 

@@ -42,9 +42,10 @@ def test_inspect_plain_marks_masks_tokens_and_ctx_boundaries(tmp_path):
     assert "token-length histogram:" in out
     assert f"train sample 0: {len(p) + len(c)} tokens, {len(c)} learned" in out
     # the prompt is masked: its tokens sit inside [[ ]], split by |, and a ctx boundary every 4 tokens
-    masked = "|".join(tok.decode([t]) for t in p[:4])
+    # after the first: chunk 1 learns tokens 1-4, chunk 2 tokens 5-8 (targets; token 0 is only input)
+    masked = "|".join(tok.decode([t]) for t in p[:5])
     assert "[[" + masked + "]]" in out
-    assert "ctx_len boundary: chunk 2 starts at token 4" in out
+    assert "ctx_len boundary: chunk 2 learns from token 5 on" in out
     assert "]]" + "|".join(tok.decode([t]) for t in c) in out.replace("\n", "")
 
 
@@ -55,14 +56,16 @@ def test_inspect_color_and_ctx_len_option(tmp_path):
     assert result.exit_code == 0, result.output
     assert "\x1b[32m" in result.output and "\x1b[31m" in result.output  # learned green, masked red
     assert "\x1b[48;2;38;38;38m" in result.output and "\x1b[48;2;72;72;72m" in result.output
-    assert "chunk 2 starts at token 3" in result.output
+    assert "chunk 2 learns from token 4 on" in result.output
     assert "test sample 0" in result.output
 
 
 def test_render_sample_plain():
     decode = {1: "a", 2: "b", 3: "\n", 4: "d"}
-    text = render_sample([1, 2, 3, 4], [0, 0, 1, 1], lambda ids: decode[ids[0]], color=False, ctx_len=3)
-    assert text == "[[a|b]]↵\n\n──── ctx_len boundary: chunk 2 starts at token 3 ────\nd"
+    text = render_sample([1, 2, 3, 4], [0, 0, 1, 1], lambda ids: decode[ids[0]], color=False, ctx_len=2)
+    assert text == "[[a|b]]↵\n\n──── ctx_len boundary: chunk 2 learns from token 3 on ────\nd"
+    # 4 tokens are 3 inputs: one chunk of 3, so no boundary (and none past the last chunk)
+    assert "boundary" not in render_sample([1, 2, 3, 4], [0, 0, 1, 1], lambda ids: decode[ids[0]], False, 3)
 
 
 def test_histogram_counts_every_sample():

@@ -68,12 +68,14 @@ def render_sample(ids: Sequence[int], mask: Sequence[int], decode: Callable[[lis
     parts: list[str] = []
     in_masked = False
     for i, (tok, m) in enumerate(zip(ids, mask)):
-        at_boundary = bool(ctx_len) and i > 0 and i % ctx_len == 0
+        # Masks are target-aligned: token i is learned by the chunk whose inputs end at token
+        # i - 1, so chunk c (from 0) learns tokens c*ctx_len+1 .. (c+1)*ctx_len.
+        at_boundary = bool(ctx_len) and i > 1 and (i - 1) % ctx_len == 0
         if at_boundary:
             if in_masked and not color:
                 parts.append("]]")
                 in_masked = False
-            line = f"──── ctx_len boundary: chunk {i // ctx_len + 1} starts at token {i} ────"
+            line = f"──── ctx_len boundary: chunk {(i - 1) // ctx_len + 1} learns from token {i} on ────"
             parts.append("\n" + (click.style(line, fg="yellow", bold=True) if color else line) + "\n")
         piece = visible(decode([int(tok)]))
         if color:

@@ -114,3 +114,22 @@ def test_generate_command_needs_a_tokenizer_for_odd_vocab(tmp_path, capsys):
     assert exc.value.code != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "vocab size 300" in err[0] and "--tokenizer" in err[0]
+
+
+def test_generate_refuses_a_tokenizer_larger_than_the_model_and_warns_on_a_much_smaller_one(
+        tmp_path, capsys, offline_data):
+    from rwkv_plug.core.cli import main
+
+    save_state_dict(init_state_dict(1, 64, 50277, seed=0), tmp_path / "neox.pth")
+    with pytest.raises(SystemExit) as exc:  # "the cat" alone stays within 50277 ids
+        main(["generate", str(tmp_path / "neox.pth"), "--prompt", "the cat", "--tokenizer", "world"])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: tokenizer 'world' has 65536 ids but {tmp_path / 'neox.pth'} has vocab_size 50277; "
+                   "pick the tokenizer the model was trained with (--tokenizer)"]
+
+    save_state_dict(init_state_dict(1, 64, 65536, seed=0), tmp_path / "world.pth")
+    main(["generate", str(tmp_path / "world.pth"), "--prompt", "the cat", "--tokenizer", "neox",
+          "--max-tokens", "2"])
+    err = capsys.readouterr().err
+    assert "warning: tokenizer 'neox' has 50277 ids but" in err and "made for another tokenizer" in err

@@ -119,9 +119,17 @@ def generate_cmd(model_path, prompt, tokenizer, max_tokens, temperature, top_p, 
     from rwkv_plug.data.tokenizer import load_tokenizer
     from rwkv_plug.models import load_model
     from rwkv_plug.models.sampling import StreamDecoder, generate
+    from rwkv_plug.training.vocab import PADDING_ROWS
 
     model = load_model(model_path, kernel=kernel, dtype=torch.float32).eval()
     tok = load_tokenizer(tokenizer or default_tokenizer(model.vocab_size), {})
+    if tok.vocab_size > model.vocab_size:
+        raise TokenizerError(
+            f"tokenizer '{tok.name}' has {tok.vocab_size} ids but {model_path} has vocab_size "
+            f"{model.vocab_size}; pick the tokenizer the model was trained with (--tokenizer)")
+    if model.vocab_size - tok.vocab_size >= PADDING_ROWS:
+        click.echo(f"warning: tokenizer '{tok.name}' has {tok.vocab_size} ids but {model_path} has vocab_size "
+                   f"{model.vocab_size}; the model was most likely made for another tokenizer", err=True)
     ids = tok.encode(prompt)
     if not ids:
         raise TokenizerError("--prompt encodes to no tokens; give some text")

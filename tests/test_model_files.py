@@ -100,6 +100,8 @@ def test_an_old_format_malicious_pickle_is_refused_in_one_line_without_torch_war
     assert res.returncode != 0 and not marker.exists()
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: refused to load '{path}'"), res.stderr
+    assert "it is a raw pickle, not a file torch.save wrote" in lines[0]  # not torch's "Unsupported operand"
+    assert "operand" not in lines[0]
 
 
 def test_save_is_atomic_and_writes_only_the_tensor_data(tmp_path, monkeypatch):

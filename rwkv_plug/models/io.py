@@ -96,6 +96,8 @@ def _unpickle_reason(message: str) -> str:
     found = re.search(r"GLOBAL ([\w.]+)", message)
     if found:
         return f"it references the Python object '{found.group(1)}'"
+    if re.search(r"Unsupported operand \d+", message):  # e.g. protocol 4's FRAME: pickle.dump, not torch.save
+        return "it is a raw pickle, not a file torch.save wrote; re-save the weights with torch.save(state_dict, path)"
     found = re.search(r"WeightsUnpickler error: *\n*\s*(.+)", message)
     return found.group(1).strip()[:160] if found else "unsupported pickle content"
 

@@ -83,6 +83,7 @@ def test_importing_the_core_reads_no_environment_variable():
     # click's option decorators look up gettext's locale variables; those are not ours
     assert read - {"LANGUAGE", "LANG", "LC_ALL", "LC_MESSAGES"} == set(), out.stdout
 
+
 def test_debug_flag_shows_the_traceback(tmp_path):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("data:\n  data_pth: x\n")
@@ -90,8 +91,10 @@ def test_debug_flag_shows_the_traceback(tmp_path):
     assert plain.returncode == 2
     lines = plain.stderr.strip().splitlines()
     assert len(lines) == 1 and "Did you mean 'data_path'?" in lines[0] and str(cfg) in lines[0]
-    debug = run_cli("--debug", "preload", str(cfg))
-    assert debug.returncode == 2 and "Traceback" in debug.stderr
+    for args in (["--debug", "preload", str(cfg)], ["preload", str(cfg), "--debug"]):  # before or after
+        debug = run_cli(*args)
+        assert debug.returncode == 2 and "Traceback" in debug.stderr, args
+    assert "--debug" not in run_cli("preload", "--help").stdout  # hidden: documented once, on the group
 
 
 def test_a_ctrl_c_that_a_library_wrapped_is_reported_as_interrupted(monkeypatch, capsys):

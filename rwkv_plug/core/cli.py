@@ -50,12 +50,22 @@ class PluginGroup(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str):
         self._ensure(ctx)
-        return super().get_command(ctx, cmd_name)
+        command = super().get_command(ctx, cmd_name)
+        if command is not None and not any(p.name == "debug" for p in command.params):
+            # `rwkv-plug fit cfg.yaml --debug` works as well as `rwkv-plug --debug fit cfg.yaml`
+            command.params.append(click.Option(["--debug"], is_flag=True, hidden=True, expose_value=False,
+                                               callback=_debug_flag))
+        return command
+
+
+def _debug_flag(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        _state["debug"] = True
 
 
 @click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="rwkv-plug")
-@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors (also accepted after the command).")
 @click.option(
     "--plugins",
     metavar="all|none|NAME[,NAME]",

@@ -145,6 +145,15 @@ def test_empty_file_names_the_file(tmp_path, capsys):
     assert code == 1 and "empty.jsonl' is empty" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("name, body", [("blank.jsonl", "\n\n\n"), ("header.csv", "text,label\n")])
+def test_a_file_without_rows_says_so(tmp_path, capsys, name, body):
+    (tmp_path / name).write_text(body)
+    code, _, err = run(tmp_path, f"data_path: out\nsource: {name}\n", capsys)
+    assert code == 1 and "Traceback" not in err
+    assert f"source {tmp_path / name}: the file holds no rows (only blank lines, or only a header)" in err
+    assert "Instruction" not in err
+
+
 def test_no_matching_columns_lists_columns_and_expectations(tmp_path, capsys):
     (tmp_path / "a.csv").write_text("question,answer\nhi,there\nyo,man\n")
     code, _, err = run(tmp_path, "data_path: out\nsource: a.csv\n", capsys)

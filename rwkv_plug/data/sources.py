@@ -317,5 +317,9 @@ def _load_error(src: Source, exc: Exception) -> str:
         if found:
             return f"{found}; fix or remove that line"
     where = ", ".join(str(f) for f in src.files[:3]) or src.location
+    if "corresponds to no data" in cause:  # datasets' words for a split with no rows
+        files = "file holds" if len(src.files) == 1 else "files hold"
+        return (f"source {where}: the {files} no rows (only blank lines, or only a header); "
+                "add data or point data.source at another file")
     return (f"could not read source {where} with the '{src.builder}' reader ({cause}); check that the "
             "file is valid and that each column holds one type of value")

@@ -111,6 +111,10 @@ def resolve_layout(options: Mapping[str, Any]) -> Layout:
     return Layout(tuple(keys), prefix, suffix, tuple(mask), separator)
 
 
+_TURNED_OFF = ("data.strategy is multi_column but data.multi_column_keys is [], which turns it off; "
+               "list the columns to join")
+
+
 class MultiColumnStrategy(PieceStrategy):
     """Joins several columns (default instruction/input/output) with prefixes and a separator."""
 
@@ -157,6 +161,16 @@ class MultiColumnStrategy(PieceStrategy):
     )
 
     @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> list[str]:
+        try:
+            layout = resolve_layout(options)
+        except ConfigError as exc:
+            return [str(exc)]
+        if options.get("strategy") == cls.name and not layout.keys:
+            return [_TURNED_OFF]
+        return []
+
+    @classmethod
     def matches(cls, columns: Sequence[str], options: Mapping[str, Any]) -> bool:
         # The seed's rule: used if any of the keys is a column.
         return any(key in columns for key in resolve_layout(options).keys)
@@ -172,10 +186,7 @@ class MultiColumnStrategy(PieceStrategy):
         super().__init__(options, tokenizer)
         self.layout = resolve_layout(self.opts)
         if not self.layout.keys:
-            raise ConfigError(
-                "data.strategy is multi_column but data.multi_column_keys is [], which "
-                "turns it off; list the columns to join"
-            )
+            raise ConfigError(_TURNED_OFF)
         enc = tokenizer.encode
         # Fixed strings are tokenised once, each on its own.
         self._prefix = [enc(p) if p else [] for p in self.layout.prefix]

@@ -84,6 +84,14 @@ class HFTokenizer(Tokenizer):
         self._fingerprint: str | None = None
 
     @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> list[str]:
+        try:
+            resolve_hf_options(options)
+        except TokenizerError as exc:
+            return [str(exc)]
+        return []
+
+    @classmethod
     def load(cls, spec: str, options: Mapping[str, Any]) -> "HFTokenizer":
         if spec == cls.name:
             raise TokenizerError(

@@ -98,6 +98,12 @@ class Tokenizer(ABC):
     def load(cls, spec: str, options: Mapping[str, Any]) -> "Tokenizer":
         """Build the tokenizer; ``spec`` is the user's ``data.tokenizer`` value."""
 
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> list[str]:
+        """Problems with this tokenizer's ``data:`` options that their types cannot show
+        (rules across keys), found when the config is read; none by default."""
+        return []
+
     @property
     @abstractmethod
     def vocab_size(self) -> int:
@@ -145,6 +151,13 @@ class Strategy(ABC):
         """The columns needed, as a verb phrase ("needs prompt and completion"), for errors
         when no strategy fits the columns or a forced one does not."""
         return ""
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> list[str]:
+        """Problems with this strategy's ``data:`` options that their types cannot show (a
+        list that must match another's length), found when the config is read, whichever
+        strategy the data will pick; none by default. Only look at your own keys."""
+        return []
 
     @classmethod
     def priority(cls, options: Mapping[str, Any]) -> int:

@@ -8,6 +8,7 @@ section against all of them at once, so a typo anywhere gets a did-you-mean.
 from __future__ import annotations
 
 import numbers
+import re
 from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Any
@@ -177,9 +178,11 @@ def _check_values(cfg: dict, problems: Problems) -> None:
         from rwkv_plug.data.tokenizer import pick_tokenizer_class
 
         try:  # the name only: nothing is loaded until the build needs it
-            pick_tokenizer_class(cfg["tokenizer"].strip())
+            tokenizer_cls = pick_tokenizer_class(cfg["tokenizer"].strip())
         except RwkvPlugError as exc:
             problems.add(f"data.tokenizer: {exc}")
+        else:
+            _plugin_checks(f"tokenizer '{tokenizer_cls.name}'", tokenizer_cls, cfg, problems)
     params = cfg.get("source_dataset_params")
     if params is None:
         cfg["source_dataset_params"] = {}
@@ -194,10 +197,29 @@ def _check_values(cfg: dict, problems: Problems) -> None:
     if _is_int(low) and _is_int(high) and 0 < high < low:
         problems.add(f"data.max_token_size ({high}) is below data.min_token_size "
                      f"({low}): every document would be dropped")
-    if isinstance(cfg.get("strategy"), str):
-        from rwkv_plug.core import plugins
+    from rwkv_plug.core import plugins
 
+    for entry in plugins.strategies():
+        _plugin_checks(f"strategy '{entry.name}'", entry.cls, cfg, problems)
+    if isinstance(cfg.get("strategy"), str):
         try:
             plugins.strategies().get(cfg["strategy"])
         except RwkvPlugError as exc:
             problems.add(f"data.strategy: {exc}")
+
+
+def _plugin_checks(what: str, cls: type, cfg: dict, problems: Problems) -> None:
+    """A strategy's or tokenizer's own option rules (``check_options``), into ``problems``."""
+    try:
+        found = cls.check_options(cfg)
+    except Exception as exc:  # a plugin's bug: say whose, and go on with the other checks
+        problems.add(f"{what}: its option check failed with {type(exc).__name__}: {exc}")
+        return
+    flagged = {m.group(1) for m in map(_LEADING_KEY.match, problems.items) if m}
+    for problem in found or ():
+        m = _LEADING_KEY.match(str(problem))
+        if not (m and m.group(1) in flagged):  # its type was already reported
+            problems.add(str(problem))
+
+
+_LEADING_KEY = re.compile(r"data\.(\w+)")

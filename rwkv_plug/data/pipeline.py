@@ -87,8 +87,8 @@ def prepare_dataset(data_cfg: dict, *, force: bool = False, log: Log = print):
     if reason is None:
         log(f"reusing the dataset at {data_path} (its fingerprint matches the config, source and tokenizer)")
         return datasets.load_from_disk(str(data_path)), "reused"
-    log(f"building the dataset at {data_path}: {reason}")
     store.check_replaceable(data_path)
+    log(f"building the dataset at {data_path}: {reason}")
     staged = store.build_dir(data_path)
     work = store.build_dir(data_path, kind="work")  # intermediate files, removed below
     old = None

@@ -304,3 +304,15 @@ def test_tokenizer_kernel_and_model_hooks_fill_their_registries():
     out = CliRunner().invoke(cli, ["list-kernels"]).output
     line = next(line for line in out.splitlines() if line.startswith("never"))
     assert "unavailable (needs a quantum computer)" in line and "all-kinds" in line
+
+
+def test_strict_plugins_variable_takes_on_or_off_and_refuses_anything_else():
+    from rwkv_plug.core.env import settings
+    from rwkv_plug.core.errors import ConfigError
+
+    assert settings({"RWKV_PLUG_STRICT_PLUGINS": "1"}).strict_plugins is True
+    assert settings({"RWKV_PLUG_STRICT_PLUGINS": "yes"}).strict_plugins is True
+    assert settings({"RWKV_PLUG_STRICT_PLUGINS": "0"}).strict_plugins is False
+    assert settings({}).strict_plugins is False
+    with pytest.raises(ConfigError, match="RWKV_PLUG_STRICT_PLUGINS must be 1 or 0, got 'maybe'"):
+        settings({"RWKV_PLUG_STRICT_PLUGINS": "maybe"})

@@ -40,6 +40,10 @@ def _unescape_value(value: Any) -> Any:
     return value
 
 
+#: PyYAML's context words -> what a user wrote and did not close.
+_UNCLOSED = {"flow sequence": "the [ list", "flow mapping": "the { mapping", "quoted scalar": "the quoted string"}
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping safely; errors name the file and line."""
     import yaml
@@ -53,6 +57,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        opened = getattr(exc, "context_mark", None)
+        if opened is not None and ("<stream end>" in problem or "end of stream" in problem):
+            # the file ended inside something: PyYAML points past the last line; say where it began
+            context = str(getattr(exc, "context", "") or "")
+            what = next((w for k, w in _UNCLOSED.items() if k in context), "a value")
+            raise ConfigError(f"{p}: line {opened.line + 1} is not valid YAML: {what} begun there is never "
+                              "closed") from None
         raise ConfigError(f"{p}:{where} is not valid YAML: {problem}") from None
     if data is None:
         return {}

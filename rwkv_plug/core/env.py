@@ -40,13 +40,25 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _switch(name: str, value: str | None) -> bool:
+    """An on/off variable of ours; anything but the usual spellings is an error, not 'off'."""
+    word = (value or "").strip().lower()
+    if word in {"", "0", "false", "no", "off"}:
+        return False
+    if word in {"1", "true", "yes", "on"}:
+        return True
+    from rwkv_plug.core.errors import ConfigError
+
+    raise ConfigError(f"environment variable {name} must be 1 or 0, got {value!r}")
+
+
 def settings(environ: dict[str, str] | None = None) -> Settings:
     """Read the documented variables from ``environ`` (default ``os.environ``)."""
     env = os.environ if environ is None else environ
     cache = env.get("RWKV_PLUG_CACHE")
     return Settings(
         plugins=env.get("RWKV_PLUG_PLUGINS", "all").strip() or "all",
-        strict_plugins=_truthy(env.get("RWKV_PLUG_STRICT_PLUGINS")),
+        strict_plugins=_switch("RWKV_PLUG_STRICT_PLUGINS", env.get("RWKV_PLUG_STRICT_PLUGINS")),
         neox_tokenizer=env.get("RWKV_PLUG_NEOX_TOKENIZER") or None,
         cache_dir=Path(cache) if cache else _default_cache(),
         triton_interpret=_truthy(env.get("TRITON_INTERPRET")),

@@ -327,10 +327,19 @@ class CrashOnBoom(Strategy):
         return Sample(ids, [1] * len(ids))
 
 
+class ListOnBoom(CrashOnBoom):
+    """Third-party test strategy with another bug: a list instead of a Sample."""
+
+    name = "list_on_boom"
+
+    def encode(self, row):
+        return [1, 2, 3] if "boom" in row["text"] else super().encode(row.copy() | {"text": "fine"})
+
+
 class CrashPlugin:
     @hookimpl
     def register_strategies(self):
-        return [CrashOnBoom]
+        return [CrashOnBoom, ListOnBoom]
 
 
 @pytest.mark.parametrize("rows_per_file", [3, 4000], ids=["in-process", "worker-processes"])
@@ -354,3 +363,17 @@ def test_a_strategy_that_raises_names_the_rows_file_and_line(tmp_path, rows_per_
     assert str(info.value) == (f"{tmp_path / 'd' / 'b.jsonl'}:2: train row {rows_per_file + 1} (0-based): strategy "
                                "'crash_on_boom' failed with ZeroDivisionError: division by zero")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_strategy_that_returns_no_sample_is_named_with_the_row(tmp_path):
+    from rwkv_plug.core import plugins
+    from rwkv_plug.core.errors import DataError
+    from rwkv_plug.data.pipeline import prepare_dataset
+
+    plugins.current().register(CrashPlugin(), name="crash")
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in ["one", "two", "boom"]))
+    cfg = {"source": str(tmp_path / "a.jsonl"), "data_path": str(tmp_path / "out"), "strategy": "list_on_boom"}
+    with pytest.raises(DataError) as info:
+        prepare_dataset(cfg, log=lambda _msg: None)
+    assert str(info.value) == (f"{tmp_path / 'a.jsonl'}:3: train row 2 (0-based): strategy 'list_on_boom' "
+                               "returned list, not a Sample(input_ids, loss_mask)")

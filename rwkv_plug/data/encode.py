@@ -245,7 +245,7 @@ class Encoder:
             if len(results) != len(rows):
                 raise DataError(f"strategy '{strategy.name}' returned {len(results)} samples "
                                 f"for {len(rows)} rows")
-            return results
+            return self._checked(results, indices)
         except (BadRow, DataError):
             raise
         except Exception:
@@ -260,6 +260,15 @@ class Encoder:
                 row = idx + self.row_offset
                 raise StrategyFailed(f"row {row} (0-based): strategy '{strategy.name}' failed with "
                                      f"{type(exc).__name__}: {exc}", row) from None
+        return self._checked(results, indices)
+
+    def _checked(self, results: list, indices: list[int]) -> list[Sample | BadRow]:
+        """``results``, once each is a Sample or a BadRow (a plugin may return anything)."""
+        for idx, res in zip(indices, results):
+            if not isinstance(res, (Sample, BadRow)):
+                row = idx + self.row_offset
+                raise StrategyFailed(f"row {row} (0-based): strategy '{self.strategy.name}' returned "
+                                     f"{type(res).__name__}, not a Sample(input_ids, loss_mask)", row)
         return results
 
 

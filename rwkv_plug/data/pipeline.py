@@ -299,4 +299,5 @@ def _check_ids(dd, vocab_size: int) -> None:
             top = pc.max(pc.list_flatten(t.column("input_ids"))).as_py()
             if top is not None and top >= vocab_size:
                 raise DataError(f"the {name} split holds token id {top}, outside the tokenizer's "
-                                f"vocab of {vocab_size}; the tokenizer plugin is inconsistent")
+                                f"vocab of {vocab_size}; the tokenizer or the strategy made it (a strategy "
+                                "must only emit ids its tokenizer gives)")

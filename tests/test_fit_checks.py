@@ -124,6 +124,7 @@ def test_a_tokenizer_with_more_ids_than_the_model_has_rows_is_refused(tmp_path):
     assert len(errors) == 1, res.stderr[-2000:]
     assert "data.tokenizer 'tok' has 16 ids but model.load_model" in errors[0]
     assert "has vocab_size 8; use a model initialised with `rwkv-plug init-model --vocab_size 16`" in errors[0]
+    assert not (tmp_path / "datapath").exists()  # refused before the data was built
 
 
 def test_token_ids_past_the_model_are_refused_even_without_a_recorded_tokenizer(tmp_path):

@@ -114,7 +114,7 @@ def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None])
 
     from rwkv_plug.training.checkpoint import check_resume, checkpoint_folders, find_resume
     from rwkv_plug.training.module import RwkvTrainingModule, TrainSettings
-    from rwkv_plug.training.vocab import check_vocab
+    from rwkv_plug.training.vocab import check_tokenizer_fits, check_vocab
 
     cfg = load_fit_config(config)
     from rwkv_plug.data.sources import missing_local_source
@@ -135,6 +135,7 @@ def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None])
     model = load_training_model(m)
     if ckpt is not None:
         check_resume(ckpt, model)
+    check_tokenizer_fits(cfg.data, model.vocab_size, m["load_model"])  # before building the data
     from rwkv_plug.data.pipeline import prepare_dataset
 
     dataset, status = prepare_dataset(cfg.data, log=log)

@@ -47,18 +47,35 @@ def max_token_id(dataset: Mapping[str, Any]) -> int | None:
     return top
 
 
+def check_tokenizer_fits(data_cfg: Mapping[str, Any], model_vocab: int, model_file: str) -> None:
+    """Before the data is built: refuse a tokenizer with more ids than the model has rows.
+
+    The tokenizer is loaded here once; the build reuses it (``load_tokenizer`` caches).
+    """
+    from rwkv_plug.data.tokenizer import load_tokenizer
+
+    spec = str(data_cfg.get("tokenizer"))
+    tok_vocab = load_tokenizer(spec, data_cfg).vocab_size
+    if tok_vocab > model_vocab:
+        raise _too_many_ids(spec, tok_vocab, model_vocab, model_file)
+
+
+def _too_many_ids(spec: str, tok_vocab: int, model_vocab: int, model_file: str) -> ConfigError:
+    named = spec if spec in ("neox", "world") else str(tok_vocab)
+    return ConfigError(
+        f"data.tokenizer '{spec}' has {tok_vocab} ids but model.load_model '{model_file}' has "
+        f"vocab_size {model_vocab}; use a model initialised with `rwkv-plug init-model --vocab_size "
+        f"{named}`, or the tokenizer this model was made for"
+    )
+
+
 def check_vocab(data_cfg: Mapping[str, Any], dataset: Mapping[str, Any], model_vocab: int,
                 model_file: str, log: Callable[[str], None] = print) -> None:
     """Raise ``ConfigError`` if an id can reach past the model's rows; warn on a clear mismatch."""
     spec, tok_vocab = dataset_tokenizer(data_cfg["data_path"])
     spec = spec or str(data_cfg.get("tokenizer"))
-    named = spec if spec in ("neox", "world") else str(tok_vocab)
     if tok_vocab is not None and tok_vocab > model_vocab:
-        raise ConfigError(
-            f"data.tokenizer '{spec}' has {tok_vocab} ids but model.load_model '{model_file}' has "
-            f"vocab_size {model_vocab}; use a model initialised with `rwkv-plug init-model --vocab_size "
-            f"{named}`, or the tokenizer this model was made for"
-        )
+        raise _too_many_ids(spec, tok_vocab, model_vocab, model_file)
     top = max_token_id(dataset)
     if top is not None and top >= model_vocab:
         raise ConfigError(

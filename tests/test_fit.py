@@ -116,14 +116,15 @@ def test_fit_cli_with_ddp_spawn_trains_validates_and_prints_the_log_folder_it_wr
     save_state_dict(init_state_dict(2, 64, 64, seed=0), tmp_path / "model.pth")
     cfg = _setup(tmp_path, max_steps=2)
     cfg.write_text(cfg.read_text().replace(
-        "  enable_progress_bar: false\n",
-        "  enable_progress_bar: false\n  accelerator: cpu\n  devices: 2\n  strategy: ddp_spawn\n  val_check_interval: 2\n"))
+        "  enable_progress_bar: false\n",  # the bar on: ddp_spawn pickles it into the workers
+        "  enable_progress_bar: true\n  accelerator: cpu\n  devices: 2\n  strategy: ddp_spawn\n  val_check_interval: 2\n"))
     assert vocab <= 64
     res = run_cli("fit", str(cfg), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     # no library noise from the main process or the spawned workers; 48 unused rows are padding
     assert "LeafSpec" not in res.stderr and "litlogger" not in res.stderr, res.stderr[-2000:]
     assert "warning:" not in res.stderr, res.stderr[-2000:]
+    assert "training: 100%" in res.stderr and "step 2: validation/loss" in res.stderr, res.stderr[-2000:]
     logs = [line.split("logs: ", 1)[1] for line in res.stderr.splitlines() if line.startswith("logs: ")]
     assert len(logs) == 1, res.stderr[-2000:]
     with (tmp_path / logs[0] / "metrics.csv").open() as fh:

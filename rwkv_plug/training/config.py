@@ -121,6 +121,13 @@ def _check_model(m: dict[str, Any], problems: Problems, config_dir: Path) -> Non
             problems.add("model.lr_period must be > 0, or -1 for the whole run")
     if isinstance(m["lr_final"], float) and m["lr_final"] < 0:
         m["lr_final"] = m["lr_init"]
+    if m["bptt_learning"] is False:  # one plain graph: neither option has a meaning there
+        if isinstance(m["bptt_learning_range"], int) and m["bptt_learning_range"] > 0:
+            problems.add("model.bptt_learning_range applies only with bptt_learning: true; set it to -1 "
+                         "or turn bptt_learning on")
+        if m["bptt_truncated_learning"] is True:
+            problems.add("model.bptt_truncated_learning applies only with bptt_learning: true; set it to "
+                         "false or turn bptt_learning on")
     if isinstance(m["dropout"], float) and m["dropout"] >= 1:
         problems.add(f"model.dropout must be < 1, got {m['dropout']}")
     _check_kernel(m["kernel"], problems)

@@ -9,7 +9,11 @@ with the loss, learning rate and tokens/s from the progress-bar metrics.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
+
+from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
+from tqdm.auto import tqdm
 
 
 def run_total_steps(max_steps: int, max_epochs: int | None, batches_per_epoch: float, accumulate: int) -> int | None:
@@ -22,57 +26,65 @@ def run_total_steps(max_steps: int, max_epochs: int | None, batches_per_epoch: f
 
 
 def step_progress_bar():
-    """Build the callback lazily, so importing this module stays cheap."""
-    from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
-    from tqdm.auto import tqdm
-
-    class StepProgressBar(ProgressBar):
-        def __init__(self) -> None:
-            super().__init__()
-            self._enabled = True
-            self._bar: Any = None
-
-        def disable(self) -> None:
-            self._enabled = False
-
-        def enable(self) -> None:
-            self._enabled = True
-
-        @property
-        def is_enabled(self) -> bool:
-            return self._enabled and self.trainer.is_global_zero
-
-        def on_train_start(self, trainer, pl_module) -> None:
-            if not self.is_enabled:
-                return
-            total = run_total_steps(
-                trainer.max_steps, trainer.max_epochs, trainer.num_training_batches,
-                trainer.accumulate_grad_batches,
-            )
-            self._bar = tqdm(total=total, initial=trainer.global_step, desc="training",
-                             unit="step", dynamic_ncols=True)
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            if self._bar is None:
-                return
-            metrics = self.get_metrics(trainer, pl_module)
-            shown = {k.removeprefix("train/"): v for k, v in metrics.items() if k != "v_num"}
-            self._bar.set_postfix(shown, refresh=False)
-            self._bar.update(trainer.global_step - self._bar.n)
-            if self._bar.total is not None and self._bar.n >= self._bar.total:
-                # the last step: close now, before Lightning says why it stopped
-                self._bar.close()
-                self._bar = None
-
-        def on_validation_end(self, trainer, pl_module) -> None:
-            if self.is_enabled and not trainer.sanity_checking and "validation/loss" in trainer.progress_bar_metrics:
-                # tqdm.write keeps an open bar below the line (after the last step it is closed)
-                tqdm.write(f"step {trainer.global_step}: validation/loss "
-                           f"{float(trainer.progress_bar_metrics['validation/loss']):.4f}")
-
-        def on_train_end(self, trainer, pl_module) -> None:
-            if self._bar is not None:
-                self._bar.close()
-                self._bar = None
-
+    """The run's step progress bar (a Lightning callback)."""
     return StepProgressBar()
+
+
+class StepProgressBar(ProgressBar):
+    """Steps done out of the run's total, with the loss, LR and tokens/s.
+
+    A module-level class: ``ddp_spawn`` pickles the trainer's callbacks into its workers.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._enabled = True
+        self._bar: Any = None
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled and self.trainer.is_global_zero
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not self.is_enabled:
+            return
+        total = run_total_steps(
+            trainer.max_steps, trainer.max_epochs, trainer.num_training_batches,
+            trainer.accumulate_grad_batches,
+        )
+        self._bar = tqdm(total=total, initial=trainer.global_step, desc="training",
+                         unit="step", dynamic_ncols=True)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._bar is None:
+            return
+        metrics = self.get_metrics(trainer, pl_module)
+        shown = {k.removeprefix("train/"): v for k, v in metrics.items() if k != "v_num"}
+        self._bar.set_postfix(shown, refresh=False)
+        self._bar.update(trainer.global_step - self._bar.n)
+        if self._bar.total is not None and self._bar.n >= self._bar.total:
+            # the last step: close now, before Lightning says why it stopped
+            self._bar.close()
+            self._bar = None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self.is_enabled and not trainer.sanity_checking and "validation/loss" in trainer.progress_bar_metrics:
+            # tqdm.write keeps an open bar below the line (after the last step it is closed)
+            tqdm.write(f"step {trainer.global_step}: validation/loss "
+                       f"{float(trainer.progress_bar_metrics['validation/loss']):.4f}", file=sys.stderr)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_bar"] = None  # an open bar (a terminal handle) stays in this process
+        return state

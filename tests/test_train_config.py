@@ -270,3 +270,18 @@ def test_simple_trainer_values_are_type_checked_and_numeric_strings_converted(tm
     assert cfg.trainer["max_epochs"] == 4 and cfg.trainer["precision"] == "bf16-mixed"
     assert cfg.checkpoint["every_n_train_steps"] == 100 and cfg.checkpoint["save_last"] == "link"
     assert cfg.checkpoint["save_top_k"] == 1  # the default: the newest checkpoint (plus last.ckpt)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("bptt_learning_range: 2", "model.bptt_learning_range applies only with bptt_learning: true"),
+    ("bptt_truncated_learning: true", "model.bptt_truncated_learning applies only with bptt_learning: true"),
+])
+def test_bptt_options_without_bptt_learning_are_refused_not_ignored(tmp_path, extra, message):
+    body = f"""
+    model: {{load_model: m.pth, lr_init: 1e-4, bptt_learning: false, {extra}}}
+    data: {{data_path: {tmp_path}/d, source: x.txt}}
+    """
+    with pytest.raises(ConfigError, match=message):
+        load_fit_config(_write(tmp_path, body))
+    plain = body.replace(f", {extra}", "")
+    assert load_fit_config(_write(tmp_path, plain)).model["bptt_learning"] is False

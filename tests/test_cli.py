@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -63,6 +64,18 @@ def test_import_is_cheap_and_silent():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "HEAVY=" and out.stderr == ""
 
+
+@pytest.mark.parametrize("command", ["list-strategies", "list-tokenizers"])
+def test_listing_strategies_or_tokenizers_imports_no_heavy_library(command):
+    code = (
+        "import sys\nfrom rwkv_plug.core.cli import main\n"
+        f"try:\n    main([{command!r}])\nexcept SystemExit as e:\n    assert not e.code\n"
+        "heavy = [m for m in ('torch', 'triton', 'transformers', 'datasets', 'lightning') if m in sys.modules]\n"
+        "print('HEAVY=' + ','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "RWKV_PLUG_PLUGINS": "none"})
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY=", out.stdout + out.stderr
 
 
 def test_importing_the_core_reads_no_environment_variable():

@@ -84,7 +84,7 @@ def cli(debug: bool, plugins: str | None, strict_plugins: bool) -> None:
 
 
 def _listing(kind: str, extra=None) -> None:
-    reg = plugin_api.current().registries()[kind]
+    reg = plugin_api.current().registry(kind)
     rows = []
     for entry in reg:
         note = f" (overrides {', '.join(entry.overrides)})" if entry.overrides else ""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
@@ -62,7 +61,7 @@ class Plugins:
         self.pm = pluggy.PluginManager(GROUP)
         self.pm.add_hookspecs(hookspecs)
         self.info: dict[str, PluginInfo] = {}
-        self._registries: dict[str, Registry] | None = None
+        self._registries: dict[str, Registry] = {}  # built per kind, on first use
 
     # -- loading -----------------------------------------------------------
     def load_builtins(self) -> None:
@@ -71,7 +70,7 @@ class Plugins:
             name = modname.removesuffix(".hooks")
             self.pm.register(module, name=name)
             self.info[name] = PluginInfo(name, "rwkv-plug", _own_version(), True)
-        self._registries = None
+        self._registries = {}
 
     def load_entry_points(self, only: str = "all") -> None:
         """Load third-party plugins: ``all``, ``none`` or a comma list of names."""
@@ -98,7 +97,7 @@ class Plugins:
                 self.pm.register(ep.load(), name=ep.name)
             except Exception as exc:  # a broken plugin must not break the rest
                 self._broken(info, f"failed to load: {type(exc).__name__}: {exc}")
-        self._registries = None
+        self._registries = {}
 
     def _check_wanted(self, wanted: set[str], installed: list[str]) -> None:
         """A name asked for (``--plugins`` / RWKV_PLUG_PLUGINS) that no installed plugin has."""
@@ -113,12 +112,12 @@ class Plugins:
         """Register an in-process plugin object (used by tests and embedders)."""
         self.pm.register(plugin, name=name)
         self.info[name] = PluginInfo(name, None, None, builtin=False)
-        self._registries = None
+        self._registries = {}
 
     def unregister(self, name: str) -> None:
         self.pm.unregister(name=name)
         self.info.pop(name, None)
-        self._registries = None
+        self._registries = {}
 
     def _broken(self, info: PluginInfo, error: str) -> None:
         info.error = error
@@ -142,16 +141,24 @@ class Plugins:
                     raise
                 self._broken(info, f"failed in {hook_name}: {type(exc).__name__}: {exc}")
 
+    def registry(self, kind: str) -> Registry:
+        """The registry of ``kind`` ("strategy", "tokenizer", "kernel", "model"), built on first use.
+
+        Each kind is built alone, so listing strategies never imports the kernels' or
+        models' modules (and torch with them).
+        """
+        if kind not in self._registries:
+            reg = Registry(kind)
+            for plugin, classes in self._call_each(_KINDS[kind]):
+                builtin = self.info.get(plugin, PluginInfo(plugin, None, None, False)).builtin
+                for cls in classes or ():
+                    reg.add(cls, plugin, builtin)
+            self._registries[kind] = reg
+        return self._registries[kind]
+
     def registries(self) -> dict[str, Registry]:
-        if self._registries is None:
-            regs = {kind: Registry(kind) for kind in _KINDS}
-            for kind, hook_name in _KINDS.items():
-                for plugin, classes in self._call_each(hook_name):
-                    builtin = self.info.get(plugin, PluginInfo(plugin, None, None, False)).builtin
-                    for cls in classes or ():
-                        regs[kind].add(cls, plugin, builtin)
-            self._registries = regs
-        return self._registries
+        """Every kind's registry (runs every register hook)."""
+        return {kind: self.registry(kind) for kind in _KINDS}
 
     def add_commands(self, cli: Any) -> None:
         for _ in self._call_each("register_commands", cli=cli):
@@ -165,7 +172,6 @@ def _own_version() -> str:
 
 
 _current: Plugins | None = None
-_factory: Callable[[], Plugins] | None = None
 
 
 def configure(only: str = "all", strict: bool = False) -> Plugins:
@@ -195,16 +201,16 @@ def reset() -> None:
 
 # -- typed access, the only way the rest of the code reaches hooks ----------
 def strategies() -> Registry:
-    return current().registries()["strategy"]
+    return current().registry("strategy")
 
 
 def tokenizers() -> Registry:
-    return current().registries()["tokenizer"]
+    return current().registry("tokenizer")
 
 
 def kernels() -> Registry:
-    return current().registries()["kernel"]
+    return current().registry("kernel")
 
 
 def models() -> Registry:
-    return current().registries()["model"]
+    return current().registry("model")

@@ -185,8 +185,13 @@ def test_auto_picks_torch_on_cpu():
     assert isinstance(resolve_kernel("auto", torch.device("cpu"), torch.bfloat16), TorchKernel)
 
 
-def test_auto_picks_the_fastest_available_kernel(with_plugin):
+def test_auto_picks_the_fastest_available_kernel(with_plugin, capsys):
     assert resolve_kernel("auto", "cpu", torch.float32).name == "fastcpu"
+    # the faster 'missing' kernel was passed over: said once, with its reason
+    assert capsys.readouterr().err == ("warning: model.kernel auto: using 'fastcpu' for cpu / float32, because "
+                                       "faster kernels cannot run here (missing: libfoo is not installed)\n")
+    resolve_kernel("auto", "cpu", torch.float32)
+    assert capsys.readouterr().err == ""
     # fastcpu does not list float64, so auto goes back to torch for it.
     assert resolve_kernel("auto", "cpu", torch.float64).name == "torch"
 

@@ -9,14 +9,13 @@ the typed functions at the bottom and never calls ``pm.hook.*`` itself.
 from __future__ import annotations
 
 import importlib
-import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
 import pluggy
 
-from rwkv_plug.core import hookspecs
+from rwkv_plug.core import hookspecs, notice
 from rwkv_plug.core.errors import PluginError, did_you_mean
 from rwkv_plug.core.registry import Registry
 
@@ -47,10 +46,6 @@ class PluginInfo:
     version: str | None
     builtin: bool
     error: str | None = None
-
-
-def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
 
 
 class Plugins:
@@ -106,7 +101,7 @@ class Plugins:
                        f"installed plugins: {', '.join(installed) or 'none'}.{did_you_mean(name, installed)}")
             if self.strict:
                 raise PluginError(message + " [strict plugin mode]")
-            _warn(message)
+            notice.warn(message)
 
     def register(self, plugin: Any, name: str) -> None:
         """Register an in-process plugin object (used by tests and embedders)."""
@@ -124,7 +119,7 @@ class Plugins:
         message = f"plugin '{info.name}' (distribution {info.distribution or '?'}) {error}"
         if self.strict:
             raise PluginError(message + " [strict plugin mode]")
-        _warn(message + "; skipped")
+        notice.warn(message + "; skipped")
 
     # -- hooks, each impl called in isolation --------------------------------
     def _call_each(self, hook_name: str, **kwargs: Any):

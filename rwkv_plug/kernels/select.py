@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from rwkv_plug.core import plugins
+from rwkv_plug.core import notice, plugins
 from rwkv_plug.core.errors import KernelError
 from rwkv_plug.core.interfaces import Kernel, kernel_availability
 
@@ -65,21 +65,26 @@ def resolve_kernel(name: str, device: torch.device | str, dtype: torch.dtype) ->
         return cls()
 
     best = None
-    skipped = []
+    skipped: list[tuple[int, str]] = []  # (speed rank, "name: reason")
     for entry in registry:
         cls = entry.cls
         if device_type not in cls.caps.devices or dt not in cls.caps.dtypes:
             continue
         ok, reason = kernel_availability(cls)
         if not ok:
-            skipped.append(f"{entry.name}: {reason}")
+            skipped.append((cls.caps.speed_rank, f"{entry.name}: {reason}"))
             continue
         if best is None or cls.caps.speed_rank > best.caps.speed_rank:
             best = cls
     if best is None:
-        why = "; ".join(skipped) or "none lists this device and dtype in its caps"
+        why = "; ".join(text for _, text in skipped) or "none lists this device and dtype in its caps"
         raise KernelError(
             f"no wkv5 kernel is available for {device_type} / {dt} ({why}). "
             "Run rwkv-plug list-kernels to see why."
         )
+    faster = [text for rank, text in skipped if rank > best.caps.speed_rank]
+    if faster:  # never a silent fallback: say once why a faster kernel was passed over
+        notice.warn_once(("kernel auto", device_type, dt, best.name),
+                         f"model.kernel auto: using '{best.name}' for {device_type} / {dt}, because faster "
+                         f"kernels cannot run here ({'; '.join(faster)})")
     return best()

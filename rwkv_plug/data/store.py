@@ -112,8 +112,12 @@ def stale_reason(data_path: Path, parts: dict[str, Any], strategies) -> str | No
     old = meta.get("parts") or {}
     if old.get("tokenizer") != parts["tokenizer"]:
         return "tokenizer changed"
-    if old.get("source") != parts["source"]:
-        return _source_change(old.get("source") or {}, parts["source"])
+    old_source, source = old.get("source") or {}, parts["source"]
+    if source.get("kind") == "hub" and None in (old_source.get("revision"), source.get("revision")):
+        # a hub revision is unknown offline (or was when built): the name and params decide
+        old_source = {**old_source, "revision": source.get("revision")}
+    if old_source != source:
+        return _source_change(old_source, source)
     if old.get("config") != parts["config"]:
         return f"data config changed ({config_change(old.get('config') or {}, parts['config'])})"
     if old.get("rwkv_plug") != parts["rwkv_plug"]:

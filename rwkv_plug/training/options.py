@@ -25,7 +25,8 @@ MODEL_OPTIONS: tuple[Option, ...] = (
     Option("beta2", 0.99, "Adam beta2."),
     Option("adam_eps", 1e-8, "Adam epsilon."),
     Option("weight_decay", 0.001, "AdamW weight decay on >=2-D weight matrices (0 = Adam, no decay)."),
-    Option("layerwise_lr", True, "time_decay learns at 2x the LR; everything else, the v5 bonus time_faaaa included, at 1x (a v4-style time_first would get 3x, as in the earlier trainer)."),
+    Option("layerwise_lr", True, "time_decay learns at 2x the LR; everything else, the v5 bonus time_faaaa "
+           "included, at 1x (a v4-style time_first would get 3x, as in the earlier trainer)."),
     Option("grad_cp", False, "Activation checkpointing per block (less memory per chunk, ~30% more compute)."),
     Option("dropout", 0.0, "Dropout on the embedding and residual sums."),
     Option("bptt_learning", True, "Backprop across chunks with the memory-bounded engine; false = one plain autograd graph."),

@@ -18,6 +18,7 @@ from rwkv_plug.builtin_tokenizers.hf import HFTokenizer
 from rwkv_plug.builtin_tokenizers.neox import NeoxTokenizer, find_neox_file
 from rwkv_plug.builtin_tokenizers.world import EOT, WorldTokenizer, find_vocab
 from rwkv_plug.core import plugins
+from rwkv_plug.models.sampling import StreamDecoder
 from rwkv_plug.core.errors import TokenizerError, UnknownNameError
 from rwkv_plug.core.hookspecs import hookimpl
 from rwkv_plug.core.interfaces import Option, Tokenizer
@@ -143,8 +144,8 @@ def test_world_decode_is_lenient_and_streams():
     with pytest.raises(TokenizerError, match="UTF-8"):
         tok.decode(ids[:1], errors="strict")
     text = "Hi 😀 日本語!"
-    stream = tok.stream_decoder()
-    pieces = [stream.feed([i]) for i in tok.encode(text)]
+    stream = StreamDecoder(tok.decode)  # what `generate` streams with
+    pieces = [stream.push(i) for i in tok.encode(text)]
     assert "".join(pieces) + stream.flush() == text
     assert all("\ufffd" not in p for p in pieces)
     with pytest.raises(TokenizerError, match="not in the world vocab"):

@@ -13,7 +13,6 @@ same rule and the fallback when the extension is missing.
 from __future__ import annotations
 
 import ast
-import codecs
 import hashlib
 import importlib.util
 import os
@@ -245,10 +244,6 @@ class WorldTokenizer(Tokenizer):
         except UnicodeDecodeError as exc:
             raise TokenizerError(f"tokens do not decode to valid UTF-8: {exc}") from None
 
-    def stream_decoder(self) -> "StreamDecoder":
-        """For generation: feed ids one step at a time, get only complete characters back."""
-        return StreamDecoder(self)
-
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             h = hashlib.sha256(f"world-trie-v1|eot={self.add_endoftext}|".encode())
@@ -265,19 +260,3 @@ class WorldTokenizer(Tokenizer):
 
     def __repr__(self) -> str:
         return f"WorldTokenizer({str(self.vocab_path)!r}, add_endoftext={self.add_endoftext})"
-
-
-class StreamDecoder:
-    """Incremental decode: bytes of a character split across tokens are held back."""
-
-    def __init__(self, tokenizer: WorldTokenizer) -> None:
-        self.tokenizer = tokenizer
-        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def feed(self, ids: Sequence[int]) -> str:
-        return self._utf8.decode(self.tokenizer.decode_bytes(ids))
-
-    def flush(self) -> str:
-        """Whatever is left; an unfinished character becomes U+FFFD."""
-        return self._utf8.decode(b"", final=True)
-

@@ -155,9 +155,3 @@ class RWKV5Arch(ModelArch):
         weights = {k: v.to(dtype, copy=copy) for k, v in state_dict.items()}
         model.load_state_dict(weights, strict=True, assign=True)
         return model
-
-    @classmethod
-    def init_state_dict(cls, n_layer: int, n_embd: int, vocab_size: int, **kwargs: Any) -> dict:
-        from rwkv_plug.models.init import init_state_dict
-
-        return init_state_dict(n_layer, n_embd, vocab_size, **kwargs)

@@ -378,9 +378,7 @@ def load_fit_config(path: str | Path) -> FitConfig:
 
 
 def _data_section(raw: Any, problems: Problems) -> dict[str, Any]:
-    """Validated by the data area; kept raw if that area is not installed."""
-    try:
-        from rwkv_plug.data.options import resolve_data_config
-    except ImportError:
-        return dict(raw or {})
-    return resolve_data_config(dict(raw or {}), problems)
+    """The ``data:`` section, validated by the data area."""
+    from rwkv_plug.data.options import resolve_data_config
+
+    return resolve_data_config(raw if raw is None or not isinstance(raw, dict) else dict(raw), problems)

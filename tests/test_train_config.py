@@ -285,3 +285,10 @@ def test_bptt_options_without_bptt_learning_are_refused_not_ignored(tmp_path, ex
         load_fit_config(_write(tmp_path, body))
     plain = body.replace(f", {extra}", "")
     assert load_fit_config(_write(tmp_path, plain)).model["bptt_learning"] is False
+
+
+def test_a_section_that_is_not_a_mapping_is_one_problem(tmp_path):
+    body = f"model: {{load_model: m.pth, lr_init: 1e-4}}\ndata: [{tmp_path}/d, x.txt]\n"
+    with pytest.raises(ConfigError) as info:
+        load_fit_config(_write(tmp_path, body))
+    assert str(info.value).endswith("cfg.yaml: section 'data' must be a mapping of keys, got list")

@@ -325,13 +325,15 @@ def load_fit_config(path: str | Path) -> FitConfig:
     for section in raw:
         if section not in O.TOP_LEVEL:
             problems.add(f"unknown section '{section}'.{did_you_mean(section, O.TOP_LEVEL)}")
+    malformed = set()
     for section in ("trainer", "model", "data"):
         if raw.get(section) is not None and not isinstance(raw[section], dict):
-            problems.add(f"section '{section}' must be a mapping")
+            problems.add(f"section '{section}' must be a mapping of keys, got {type(raw[section]).__name__}")
             raw[section] = {}
-    if not raw.get("model"):
+            malformed.add(section)
+    if not raw.get("model") and "model" not in malformed:
         problems.add("section 'model' is required (at least load_model and lr_init)")
-    if not raw.get("data"):
+    if not raw.get("data") and "data" not in malformed:
         problems.add("section 'data' is required")
     model = _model_section(raw.get("model"), problems, path.parent)
     trainer = _trainer_section(raw.get("trainer"), problems, path)
@@ -342,7 +344,8 @@ def load_fit_config(path: str | Path) -> FitConfig:
     if ckpt_spec and _callbacks_checkpoint(trainer.get("callbacks")):
         problems.add("trainer.checkpoint and a ModelCheckpoint in trainer.callbacks both configure "
                      "checkpoints; keep one (the callback would silently win)")
-    data = _data_section(raw.get("data"), problems)
+    # a malformed data section was reported above: its keys' problems would only repeat it
+    data = _data_section(raw.get("data"), Problems(str(path)) if "data" in malformed else problems)
     seed = raw.get("seed_everything", 42)
     if seed is True:
         seed = 42

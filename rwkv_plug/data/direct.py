@@ -168,7 +168,7 @@ def _json_tables(path: Path) -> list:
     as one block (as datasets does); batches are parsed on parallel threads."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from rwkv_plug.data.pipeline import cpu_count
+    from rwkv_plug.data.workers import cpu_count
 
     workers = max(1, min(4, cpu_count()))
     out, pending = [], []

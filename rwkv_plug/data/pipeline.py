@@ -7,7 +7,6 @@ logging which it did and why.
 
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,7 @@ from rwkv_plug.data.locate import RowLocator, no_locator
 from rwkv_plug.data.options import DATA_OPTIONS, resolve_data_config
 from rwkv_plug.data.sources import Source, load_source, resolve_source
 from rwkv_plug.data.summary import SplitStats, Summary, split_stats
-from rwkv_plug.data.workers import main_handles_ctrl_c
+from rwkv_plug.data.workers import cpu_count, main_handles_ctrl_c
 
 Log = Callable[[str], None]
 #: Below this much source data (Arrow bytes) one process is faster than a pool.
@@ -41,13 +40,6 @@ def _resolved(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
     cfg = resolve_data_config(data_cfg, problems)
     problems.raise_if_any()
     return cfg
-
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def load_summary(data_path: str | Path) -> Summary | None:

@@ -1,4 +1,4 @@
-"""Worker processes that leave Ctrl-C to the main process.
+"""Worker processes: how many this process may use, and leaving Ctrl-C to the main process.
 
 A Ctrl-C in a terminal reaches every process of the foreground group. The
 worker processes that ``datasets`` forks for ``num_proc`` would each die
@@ -19,6 +19,14 @@ from contextlib import contextmanager
 _state = threading.local()
 _hook_lock = threading.Lock()
 _hook_installed = False
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity set, where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _ignore_sigint_in_child() -> None:

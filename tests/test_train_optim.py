@@ -41,6 +41,37 @@ def test_schedule_length():
     assert schedule_steps(2, "epoch", 100, None, 3) == 6
     assert schedule_steps(-1, "epoch", 100, None, 3) == 100
     assert schedule_steps(-1, "epoch", -1, 4, 3) == 12
+    # the whole run ends at the first limit reached
+    assert schedule_steps(-1, "step", 100, 2, 20) == 40
+    assert schedule_steps(-1, "step", 30, 2, 20) == 30
+
+
+@pytest.mark.parametrize("limits", [
+    {"max_epochs": 2, "limit_train_batches": 2},  # 2 of the 8 batches an epoch
+    {"max_epochs": 2, "limit_train_batches": 0.25},
+    {"max_steps": 100, "max_epochs": 2, "limit_train_batches": 2},  # the epochs end it first
+])
+def test_the_decay_ends_at_lr_final_when_the_run_ends(limits):
+    import warnings
+
+    import lightning as L
+
+    from rwkv_plug.training.module import RwkvTrainingModule, TrainSettings
+    from rwkv_plug.training.testing import ToyRWKV
+
+    warnings.filterwarnings("ignore")
+    model = {"ctx_len": 4, "bptt_learning": True, "bptt_truncated_learning": False, "bptt_learning_range": -1,
+             "lr_init": 1e-2, "lr_final": 1e-3, "lr_period": -1, "lr_period_type": "step", "lr_type": "linear",
+             "warmup_steps": -1, "weight_decay": 0.0, "layerwise_lr": False, "beta1": 0.9, "beta2": 0.99,
+             "adam_eps": 1e-8, "consolidated_logging": True}
+    rows = [{"input_ids": list(range(1, 7)), "loss_mask": [1] * 6} for _ in range(8)]
+    module = RwkvTrainingModule(ToyRWKV(), TrainSettings(model=model, microbatch_size=1), rows, None)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
+                        use_distributed_sampler=False, **limits)
+    trainer.fit(module)
+    assert trainer.global_step == 4
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3)
 
 
 class _Named(torch.nn.Module):

@@ -143,7 +143,15 @@ class RwkvTrainingModule(L.LightningModule):
         return -(-(len(self.train_data) // world) // self.settings.microbatch_size)
 
     def steps_per_epoch(self) -> int:
-        batches = self.batches_per_epoch(self.trainer.world_size if self._trainer is not None else 1)
+        """Optimizer steps per epoch, after ``trainer.limit_train_batches`` (an epoch's last
+        partial accumulation still steps, as in Lightning)."""
+        trainer = self._trainer
+        batches = self.batches_per_epoch(trainer.world_size if trainer is not None else 1)
+        limit = getattr(trainer, "limit_train_batches", None)
+        if isinstance(limit, int) and not isinstance(limit, bool):
+            batches = min(batches, limit)
+        elif isinstance(limit, float):
+            batches = int(batches * limit)
         return max(1, -(-batches // self.settings.accumulate_grad_batches))
 
     def setup(self, stage: str) -> None:

@@ -46,13 +46,17 @@ class LrSchedule:
 def schedule_steps(
     lr_period: int, lr_period_type: str, max_steps: int | None, max_epochs: int | None, steps_per_epoch: int
 ) -> int:
-    """Optimizer steps the decay lasts: lr_period, or the whole run when it is -1."""
+    """Optimizer steps the decay lasts: lr_period, or the whole run when it is -1.
+
+    The whole run ends at whichever limit comes first, ``max_steps`` or
+    ``max_epochs`` epochs of ``steps_per_epoch`` (as Lightning stops).
+    """
     if lr_period > 0:
         return lr_period if lr_period_type == "step" else lr_period * steps_per_epoch
-    if max_steps is not None and max_steps > 0:
-        return max_steps
-    if max_epochs is not None and max_epochs > 0:
-        return max_epochs * steps_per_epoch
+    limits = [n for n in (max_steps, max_epochs * steps_per_epoch if max_epochs and max_epochs > 0 else None)
+              if n is not None and n > 0]
+    if limits:
+        return min(limits)
     warnings.warn("neither max_steps nor max_epochs is set: the LR decays over 10 epochs", stacklevel=2)
     return 10 * steps_per_epoch
 

@@ -306,3 +306,11 @@ def test_export_real_lightning_checkpoint(tmp_path):
     trained = module.model.state_dict()
     assert set(got) == set(trained)
     assert all(torch.equal(got[k], trained[k]) for k in got)
+
+
+@pytest.mark.parametrize("scale", ["-1", "nan"])
+def test_init_model_refuses_a_bad_embedding_scale_in_one_line(tmp_path, scale):
+    res = run_cli("init-model", "--n_layer", "1", "--n_embd", "64", "--vocab_size", "100",
+                  "--emb-scale", scale, str(tmp_path / "m.pth"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "looks like a bug" not in res.stderr
+    assert "--emb-scale" in res.stderr and not (tmp_path / "m.pth").exists()

@@ -292,3 +292,21 @@ def test_a_section_that_is_not_a_mapping_is_one_problem(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_fit_config(_write(tmp_path, body))
     assert str(info.value).endswith("cfg.yaml: section 'data' must be a mapping of keys, got list")
+
+
+def test_lr_final_takes_minus_one_or_a_rate_and_is_said_unused_with_warmup(tmp_path, capsys):
+    def load(extra):
+        body = f"""
+        model: {{load_model: m.pth, lr_init: 1e-3, {extra}}}
+        data: {{data_path: {tmp_path}/d, source: x.txt}}
+        """
+        return load_fit_config(_write(tmp_path, body))
+
+    assert load("lr_final: -1").model["lr_final"] == pytest.approx(1e-3)
+    with pytest.raises(ConfigError, match=r"model.lr_final must be >= 0, or -1 for lr_init .*got -0.5"):
+        load("lr_final: -0.5")
+    capsys.readouterr()
+    load("lr_final: 1e-4, warmup_steps: 10")
+    assert "warning: model.lr_final (0.0001) is not used: with warmup_steps" in capsys.readouterr().err
+    load("warmup_steps: 10")
+    assert capsys.readouterr().err == ""

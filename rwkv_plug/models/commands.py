@@ -6,6 +6,8 @@ the CLI turns them into one line and a non-zero exit.
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import click
@@ -31,6 +33,12 @@ def parse_vocab(value: str) -> int:
     return n
 
 
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number")
+    return value
+
+
 @click.command("init-model", short_help="Write a freshly initialised model file.")
 @click.option("--n_layer", "--n-layer", "n_layer", type=int, required=True, help="Number of blocks.")
 @click.option("--n_embd", "--n-embd", "n_embd", type=int, required=True, help="Width C (multiple of 64).")
@@ -39,8 +47,8 @@ def parse_vocab(value: str) -> int:
     help="neox (50277), world (65536) or a number of tokens.",
 )
 @click.option("--skip-if-exists/--no-skip-if-exists", default=False, help="Leave an existing OUT untouched.")
-@click.option("--emb-scale", "--emb_scale", "emb_scale", type=float, default=1e-4, show_default=True,
-              help="Embeddings start uniform in [-F, F].")
+@click.option("--emb-scale", "--emb_scale", "emb_scale", type=click.FloatRange(min=0), default=1e-4, show_default=True,
+              callback=lambda ctx, param, value: _finite(value), help="Embeddings start uniform in [-F, F].")
 @click.option("--seed", type=int, default=None, help="Random seed, for a reproducible file.")
 @click.option("--safe-init/--no-safe-init", default=True, hidden=True,
               help="Accepted for compatibility; writes are always atomic.")

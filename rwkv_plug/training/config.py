@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rwkv_plug.core import notice
 from rwkv_plug.core.config import Problems, load_yaml, resolve_options
 from rwkv_plug.core.errors import ConfigError, did_you_mean
 from rwkv_plug.core.option_types import yaml_number
@@ -120,7 +121,13 @@ def _check_model(m: dict[str, Any], problems: Problems, config_dir: Path) -> Non
         if m["lr_period"] == 0:
             problems.add("model.lr_period must be > 0, or -1 for the whole run")
     if isinstance(m["lr_final"], float) and m["lr_final"] < 0:
+        if m["lr_final"] != -1:
+            problems.add(f"model.lr_final must be >= 0, or -1 for lr_init (a constant LR), got {m['lr_final']}")
         m["lr_final"] = m["lr_init"]
+    if (isinstance(m["warmup_steps"], int) and m["warmup_steps"] > 0 and isinstance(m["lr_final"], float)
+            and isinstance(m["lr_init"], float) and m["lr_final"] != m["lr_init"]):
+        notice.warn(f"model.lr_final ({m['lr_final']:g}) is not used: with warmup_steps the LR rises to lr_init "
+                    "and stays there, as in the earlier trainer; set lr_final: -1 to silence this")
     if m["bptt_learning"] is False:  # one plain graph: neither option has a meaning there
         if isinstance(m["bptt_learning_range"], int) and m["bptt_learning_range"] > 0:
             problems.add("model.bptt_learning_range applies only with bptt_learning: true; set it to -1 "

@@ -30,7 +30,7 @@ MODEL_OPTIONS: tuple[Option, ...] = (
     Option("grad_cp", False, "Activation checkpointing per block (less memory per chunk, ~30% more compute)."),
     Option("dropout", 0.0, "Dropout on the embedding and residual sums."),
     Option("bptt_learning", True, "Backprop across chunks with the memory-bounded engine; false = one plain autograd graph."),
-    Option("bptt_learning_range", AUTO, "If > 0: only the last N chunks' losses are trained; -1 = all chunks."),
+    Option("bptt_learning_range", AUTO, "If > 0: only the last N chunks' losses are trained; -1 (or any value <= 0) = all chunks."),
     Option("bptt_truncated_learning", False, "Detach the state between chunks (truncated BPTT); false = exact gradients."),
     Option("kernel", "auto", "WKV kernel: auto, torch, triton, cuda or a plugin's kernel name."),
     Option("n_embd", AUTO, "Model width; -1 = read from the checkpoint (given values are checked against it)."),

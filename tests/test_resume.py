@@ -253,3 +253,30 @@ def test_resume_auto_finds_a_model_checkpoint_given_in_callbacks(tmp_path, offli
     assert f"resume auto: continuing from {first}/epoch=0-step=2.ckpt" in out, out
     assert f"checkpoints: {folder.format(1)}" in out, out
     assert torch.load(next((tmp_path / folder.format(1)).glob("*step=3.ckpt")), weights_only=True)["global_step"] == 3
+
+
+def test_resuming_inside_an_epoch_with_another_microbatch_size_is_refused(tmp_path, offline_data):
+    from test_fit import _setup, _tokenizer
+
+    from rwkv_plug.core.errors import TrainingError
+    from rwkv_plug.models.init import init_state_dict
+    from rwkv_plug.models.io import save_state_dict
+    from rwkv_plug.training.fit import run_fit
+
+    _tokenizer(tmp_path / "tok")
+    save_state_dict(init_state_dict(2, 64, 64, seed=0), tmp_path / "model.pth")
+    text = _setup(tmp_path, max_steps=4).read_text()  # 6 optimizer steps an epoch: stops inside it
+    (tmp_path / "cut.yaml").write_text(text)
+    run_fit(tmp_path / "cut.yaml", log=lambda m: None)
+    (tmp_path / "cut.yaml").write_text(text.replace("max_steps: 4", "max_steps: 8").replace(
+        "microbatch_size: 2", "microbatch_size: 1"))
+    with pytest.raises(TrainingError, match=r"stopped inside an epoch with microbatch_size 2 on 1 rank\(s\), but "
+                                            r"this run has microbatch_size 1 on 1"):
+        run_fit(tmp_path / "cut.yaml", resume="auto", log=lambda m: None)
+    # a checkpoint at an epoch end resumes with any batch layout
+    (tmp_path / "epoch.yaml").write_text(text.replace("max_steps: 4", "max_steps: 6"))
+    run_fit(tmp_path / "epoch.yaml", log=lambda m: None)
+    (tmp_path / "epoch.yaml").write_text(text.replace("max_steps: 4", "max_steps: 8").replace(
+        "microbatch_size: 2", "microbatch_size: 1"))
+    run_fit(tmp_path / "epoch.yaml", resume="auto", log=lambda m: None)
+    assert torch.load(tmp_path / "runs" / "epoch" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8

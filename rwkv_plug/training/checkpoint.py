@@ -110,12 +110,16 @@ def find_resume(resume: str | None, folders: Path | Sequence[Path | CheckpointFo
 _CHECKPOINT_KEYS = ("pytorch-lightning_version", "state_dict")
 
 
-def check_resume(path: str, model: torch.nn.Module, prefix: str = "model.") -> None:
+def check_resume(path: str, model: torch.nn.Module, prefix: str = "model.",
+                 batches: tuple[int, int] | None = None) -> None:
     """Refuse a ``--resume`` file that is not a training checkpoint of ``model``, in one line.
 
     The file is read safely (``weights_only``, mmap) before Lightning reads it,
     so a model file, a foreign or malicious file, or a checkpoint of another
-    model size is named as such instead of failing inside Lightning.
+    model size is named as such instead of failing inside Lightning. With
+    ``batches`` (this run's microbatch size and rank count), a checkpoint that
+    stopped inside an epoch with another batch layout is refused too: the
+    data already trained in that epoch could not be skipped exactly.
     """
     from rwkv_plug.models.export import checkpoint_safe_types
     from rwkv_plug.models.io import read_torch_file
@@ -151,6 +155,22 @@ def check_resume(path: str, model: torch.nn.Module, prefix: str = "model.") -> N
         raise TrainingError(
             f"checkpoint {path} was saved from a different model: {differences[0]}{more}; "
             "resume from a checkpoint of this model.load_model, or start without --resume"
+        )
+    if batches is not None:
+        _check_batch_layout(path, raw.get("rwkv_plug"), batches)
+
+
+def _check_batch_layout(path: str, pos: Any, batches: tuple[int, int]) -> None:
+    if (not isinstance(pos, Mapping) or not pos.get("epoch_batches") or pos.get("epoch_complete")
+            or "microbatch_size" not in pos):
+        return  # at an epoch boundary any layout resumes exactly (older checkpoints: not recorded)
+    saved = (int(pos["microbatch_size"]), int(pos.get("world_size", 1)))
+    if saved != tuple(batches):
+        raise TrainingError(
+            f"checkpoint {path} stopped inside an epoch with microbatch_size {saved[0]} on {saved[1]} rank(s), "
+            f"but this run has microbatch_size {batches[0]} on {batches[1]}; the rest of that epoch could not "
+            "be found exactly. Resume with the same trainer.microbatch_size and devices, or from a checkpoint "
+            "saved at an epoch end"
         )
 
 

@@ -142,9 +142,8 @@ class RwkvTrainingModule(L.LightningModule):
         """Microbatches per rank in one epoch (the train loader's length)."""
         return -(-(len(self.train_data) // world) // self.settings.microbatch_size)
 
-    def steps_per_epoch(self) -> int:
-        """Optimizer steps per epoch, after ``trainer.limit_train_batches`` (an epoch's last
-        partial accumulation still steps, as in Lightning)."""
+    def trained_batches_per_epoch(self) -> int:
+        """Microbatches per rank an epoch really trains, after ``trainer.limit_train_batches``."""
         trainer = self._trainer
         batches = self.batches_per_epoch(trainer.world_size if trainer is not None else 1)
         limit = getattr(trainer, "limit_train_batches", None)
@@ -152,7 +151,11 @@ class RwkvTrainingModule(L.LightningModule):
             batches = min(batches, limit)
         elif isinstance(limit, float):
             batches = int(batches * limit)
-        return max(1, -(-batches // self.settings.accumulate_grad_batches))
+        return batches
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch (an epoch's last partial accumulation still steps, as in Lightning)."""
+        return max(1, -(-self.trained_batches_per_epoch() // self.settings.accumulate_grad_batches))
 
     def setup(self, stage: str) -> None:
         # A ddp_spawn worker does not inherit run_fit's warning filters; it only ever trains.
@@ -218,6 +221,10 @@ class RwkvTrainingModule(L.LightningModule):
             "epoch_batches": int(self._epoch_batches),
             "tokens": int(self._tokens),
             "trained_tokens": int(self._trained),
+            # what epoch_batches counts in: a resume inside an epoch needs the same
+            "microbatch_size": int(self.settings.microbatch_size),
+            "world_size": int(self.trainer.world_size),
+            "epoch_complete": bool(self._epoch_batches >= self.trained_batches_per_epoch()),
             # every rank's random state (Lightning calls this hook on all ranks; rank 0 writes):
             # dropout after a resume draws the same masks as an uninterrupted run
             "rng": rng.gather(rng.capture(self.device)),

@@ -280,3 +280,24 @@ def test_resuming_inside_an_epoch_with_another_microbatch_size_is_refused(tmp_pa
         "microbatch_size: 2", "microbatch_size: 1"))
     run_fit(tmp_path / "epoch.yaml", resume="auto", log=lambda m: None)
     assert torch.load(tmp_path / "runs" / "epoch" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
+
+
+def test_fit_says_when_the_last_steps_are_not_in_a_checkpoint(tmp_path, offline_data):
+    from test_fit import _setup, _tokenizer
+
+    from rwkv_plug.models.init import init_state_dict
+    from rwkv_plug.models.io import save_state_dict
+    from rwkv_plug.training.fit import run_fit
+
+    _tokenizer(tmp_path / "tok")
+    save_state_dict(init_state_dict(2, 64, 64, seed=0), tmp_path / "model.pth")
+    text = _setup(tmp_path, max_steps=5).read_text()
+    (tmp_path / "odd.yaml").write_text(text.replace("trainer:\n", "trainer:\n  checkpoint: {every_n_train_steps: 2}\n"))
+    out: list[str] = []
+    run_fit(tmp_path / "odd.yaml", log=out.append)
+    assert any(line.startswith("note: the newest checkpoint, ") and "holds step 4 of the 5 trained; the last 1 "
+               "are not saved" in line for line in out), out
+    out.clear()
+    (tmp_path / "even.yaml").write_text(text.replace("trainer:\n", "trainer:\n  checkpoint: {every_n_train_steps: 5}\n"))
+    run_fit(tmp_path / "even.yaml", log=out.append)
+    assert not [line for line in out if line.startswith("note:")], out

@@ -207,3 +207,25 @@ def epoch_end_as_batch_end(checkpoint: dict[str, Any]) -> bool:
     except (KeyError, TypeError):  # not a Lightning loop state we know: let Lightning restore it as it is
         return False
     return True
+
+
+def unsaved_steps_note(trainer) -> str | None:
+    """A note when the newest checkpoint holds fewer optimizer steps than the run trained
+    (``every_n_train_steps`` that does not divide it, or steps after the last validation)."""
+    from rwkv_plug.models.export import checkpoint_safe_types
+    from rwkv_plug.models.io import read_torch_file
+
+    cb = trainer.checkpoint_callback
+    newest = (cb.last_model_path or cb.best_model_path) if cb is not None else ""
+    if not newest or not Path(newest).is_file():
+        return None
+    try:
+        saved = int(read_torch_file(newest, safe_types=checkpoint_safe_types())["global_step"])
+    except Exception:  # unreadable now: nothing to compare, and the run itself went fine
+        return None
+    trained = int(trainer.global_step)
+    if saved >= trained:
+        return None
+    return (f"note: the newest checkpoint, {newest}, holds step {saved} of the {trained} trained; the last "
+            f"{trained - saved} are not saved (checkpoints are written every trainer.checkpoint.every_n_train_steps "
+            "steps, else at epoch ends; see docs/config.md)")

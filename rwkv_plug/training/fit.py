@@ -112,7 +112,7 @@ def run_fit(config: str | Path, resume: str | None = None, log: Callable[[str], 
 def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None]) -> FitConfig:
     import torch
 
-    from rwkv_plug.training.checkpoint import check_resume, checkpoint_folders, find_resume
+    from rwkv_plug.training.checkpoint import check_resume, checkpoint_folders, find_resume, unsaved_steps_note
     from rwkv_plug.training.module import RwkvTrainingModule, TrainSettings
     from rwkv_plug.training.vocab import check_tokenizer_fits, check_vocab
 
@@ -183,6 +183,9 @@ def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None])
     if trainer.global_rank == 0:
         for folder in checkpoint_folders(trainer):
             log(f"checkpoints: {folder}")
+        note = unsaved_steps_note(trainer)
+        if note:
+            log(note)
         for lg in trainer.loggers:
             log(f"logs: {getattr(lg, 'log_dir', None) or lg.save_dir}")
     return cfg

@@ -76,7 +76,7 @@ def test_fit_loss_goes_down_then_resume_auto_continues(tmp_path, monkeypatch):
     out: list[str] = []
     run_fit(cfg, log=out.append)
     text = "\n".join(out)
-    assert "data: built dataset" in text
+    assert "building the dataset at" in text
     assert "accumulate 2 = 4 samples per optimizer step" in text
     ckpts = tmp_path / "runs" / "cfg" / "checkpoints"
     assert (ckpts / "last.ckpt").is_file()
@@ -89,7 +89,7 @@ def test_fit_loss_goes_down_then_resume_auto_continues(tmp_path, monkeypatch):
     out.clear()
     run_fit(cfg, resume="auto", log=out.append)
     text = "\n".join(out)
-    assert "data: reused" in text
+    assert "reusing the dataset at" in text and "building the dataset" not in text
     assert "resume auto: continuing from" in text
     assert len(_losses(tmp_path / "runs" / "cfg")) == 8
 
@@ -169,3 +169,21 @@ def test_ctrl_c_during_training_says_where_the_checkpoints_are(tmp_path, monkeyp
     msg = str(exc.value)
     assert "training interrupted at step 2" in msg and "--resume auto" in msg
     assert "runs/cfg/checkpoints" in msg
+
+
+def test_fit_cli_with_ddp_runs_each_rank_once_and_only_rank_zero_speaks(tmp_path):
+    """`ddp` re-runs the command line for rank 1: it must find rank 0's dataset and stay quiet."""
+    from rwkv_plug.models.init import init_state_dict
+    from rwkv_plug.models.io import save_state_dict
+
+    _tokenizer(tmp_path / "tok")
+    save_state_dict(init_state_dict(2, 64, 64, seed=0), tmp_path / "model.pth")
+    cfg = _setup(tmp_path, max_steps=2)
+    cfg.write_text(cfg.read_text().replace(
+        "  enable_progress_bar: false\n", "  enable_progress_bar: false\n  accelerator: cpu\n  devices: 2\n  strategy: ddp\n"))
+    res = run_cli("fit", str(cfg), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = res.stdout + res.stderr
+    assert out.count("samples per optimizer step") == 1 and out.count("the dataset at") == 1, out[-2000:]
+    assert out.count("checkpoints: ") == 1
+    assert len(_losses(tmp_path / "runs" / "cfg")) == 2

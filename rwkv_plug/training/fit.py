@@ -17,6 +17,10 @@ from rwkv_plug.training.quiet import library_noise_filtered
 from rwkv_plug.training.worker_errors import worker_failure
 
 
+def _silent(_message: str) -> None:
+    pass
+
+
 def _instantiate(spec: dict[str, Any], key: str):
     """Build ``class_path`` with ``init_args`` (LightningCLI form)."""
     path = str(spec["class_path"])
@@ -125,6 +129,8 @@ def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None])
     m = cfg.model
     # Fail fast, cheapest first: every trainer setting, the resume file, the model file; then the data.
     trainer = build_trainer(cfg, log=log)
+    if trainer.global_rank != 0:  # a `ddp` rank re-running this command: rank 0 says it all once
+        log = _silent
     log(
         f"batch: microbatch {cfg.microbatch_size} x devices {cfg.num_devices} x nodes "
         f"{cfg.trainer.get('num_nodes', 1)} x accumulate {cfg.accumulate_grad_batches} = "
@@ -138,8 +144,7 @@ def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None])
     check_tokenizer_fits(cfg.data, model.vocab_size, m["load_model"])  # before building the data
     from rwkv_plug.data.pipeline import prepare_dataset
 
-    dataset, status = prepare_dataset(cfg.data, log=log)
-    log(f"data: {status} dataset at {cfg.data.get('data_path')}")
+    dataset, _ = prepare_dataset(cfg.data, log=log)  # it says whether it built or reused
     if "train" not in dataset or len(dataset["train"]) == 0:
         raise TrainingError(f"the dataset at {cfg.data.get('data_path')} has no training rows")
     check_vocab(cfg.data, dataset, model.vocab_size, m["load_model"], log)

@@ -301,3 +301,22 @@ def test_fit_says_when_the_last_steps_are_not_in_a_checkpoint(tmp_path, offline_
     (tmp_path / "even.yaml").write_text(text.replace("trainer:\n", "trainer:\n  checkpoint: {every_n_train_steps: 5}\n"))
     run_fit(tmp_path / "even.yaml", log=out.append)
     assert not [line for line in out if line.startswith("note:")], out
+
+
+def test_resuming_a_run_that_reached_max_steps_says_there_is_nothing_to_train(tmp_path, offline_data):
+    from test_fit import _setup, _tokenizer
+
+    from rwkv_plug.models.init import init_state_dict
+    from rwkv_plug.models.io import save_state_dict
+    from rwkv_plug.training.fit import run_fit
+
+    _tokenizer(tmp_path / "tok")
+    save_state_dict(init_state_dict(2, 64, 64, seed=0), tmp_path / "model.pth")
+    cfg = _setup(tmp_path, max_steps=2)
+    run_fit(cfg, log=lambda m: None)
+    logs = sorted((tmp_path / "runs" / "cfg" / "logs").iterdir())
+    out: list[str] = []
+    run_fit(cfg, resume="auto", log=out.append)
+    assert any(line.startswith("nothing to train: ") and "is at step 2 and trainer.max_steps is 2" in line
+               for line in out), out
+    assert sorted((tmp_path / "runs" / "cfg" / "logs").iterdir()) == logs  # no empty log version

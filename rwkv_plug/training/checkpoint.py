@@ -111,7 +111,7 @@ _CHECKPOINT_KEYS = ("pytorch-lightning_version", "state_dict")
 
 
 def check_resume(path: str, model: torch.nn.Module, prefix: str = "model.",
-                 batches: tuple[int, int] | None = None) -> None:
+                 batches: tuple[int, int] | None = None) -> int:
     """Refuse a ``--resume`` file that is not a training checkpoint of ``model``, in one line.
 
     The file is read safely (``weights_only``, mmap) before Lightning reads it,
@@ -119,7 +119,8 @@ def check_resume(path: str, model: torch.nn.Module, prefix: str = "model.",
     model size is named as such instead of failing inside Lightning. With
     ``batches`` (this run's microbatch size and rank count), a checkpoint that
     stopped inside an epoch with another batch layout is refused too: the
-    data already trained in that epoch could not be skipped exactly.
+    data already trained in that epoch could not be skipped exactly. Returns the
+    optimizer steps the checkpoint holds.
     """
     from rwkv_plug.models.export import checkpoint_safe_types
     from rwkv_plug.models.io import read_torch_file
@@ -158,6 +159,8 @@ def check_resume(path: str, model: torch.nn.Module, prefix: str = "model.",
         )
     if batches is not None:
         _check_batch_layout(path, raw.get("rwkv_plug"), batches)
+    step = raw.get("global_step")
+    return int(step) if isinstance(step, int) else 0
 
 
 def _check_batch_layout(path: str, pos: Any, batches: tuple[int, int]) -> None:

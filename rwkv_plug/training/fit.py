@@ -140,7 +140,11 @@ def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None])
     ckpt = find_resume(resume, checkpoint_folders(trainer, every_version=True) or [cfg.checkpoint_dir], log)
     model = load_training_model(m)
     if ckpt is not None:
-        check_resume(ckpt, model, batches=(cfg.microbatch_size, cfg.world_size))
+        step = check_resume(ckpt, model, batches=(cfg.microbatch_size, cfg.world_size))
+        if 0 < trainer.max_steps <= step:
+            log(f"nothing to train: {ckpt} is at step {step} and trainer.max_steps is {trainer.max_steps}; "
+                "raise trainer.max_steps to train further")
+            return cfg
     check_tokenizer_fits(cfg.data, model.vocab_size, m["load_model"])  # before building the data
     from rwkv_plug.data.pipeline import prepare_dataset
 

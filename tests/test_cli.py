@@ -124,3 +124,17 @@ def test_a_ctrl_c_that_a_library_wrapped_is_reported_as_interrupted(monkeypatch,
         cli_module.main(["preload", "cfg.yaml"])
     assert exc.value.code == 130
     assert capsys.readouterr().err.strip() == "interrupted"
+
+
+def test_a_stop_the_user_asked_for_is_not_printed_as_an_error(monkeypatch, capsys):
+    from rwkv_plug.core import cli as cli_module
+    from rwkv_plug.core.errors import Interrupted
+
+    def stopped(*args, **kwargs):
+        raise Interrupted("training interrupted at step 3; checkpoints are in runs/x/checkpoints")
+
+    monkeypatch.setattr(cli_module.cli, "main", stopped)
+    with pytest.raises(SystemExit) as exc:
+        cli_module.main(["fit", "cfg.yaml"])
+    assert exc.value.code == 130
+    assert capsys.readouterr().err == "training interrupted at step 3; checkpoints are in runs/x/checkpoints\n"

@@ -16,7 +16,7 @@ import click
 
 from rwkv_plug import __version__
 from rwkv_plug.core import plugins as plugin_api
-from rwkv_plug.core.errors import RwkvPlugError
+from rwkv_plug.core.errors import Interrupted, RwkvPlugError
 from rwkv_plug.core.interfaces import describe, kernel_availability
 
 _state = {"debug": False}
@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     except RwkvPlugError as exc:
         if _state["debug"]:
             traceback.print_exc()
-        click.echo(f"error: {exc}", err=True)
+        # a stop the user asked for is no error: its line says what was kept
+        click.echo(str(exc) if isinstance(exc, Interrupted) else f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except Exception as exc:
         if _state["debug"]:

@@ -168,7 +168,7 @@ def test_ctrl_c_during_training_says_where_the_checkpoints_are(tmp_path, monkeyp
     assert exc.value.exit_code == 130
     msg = str(exc.value)
     assert "training interrupted at step 2" in msg and "--resume auto" in msg
-    assert "runs/cfg/checkpoints" in msg
+    assert "runs/cfg/checkpoints (none written yet)" in msg
 
 
 def test_fit_cli_with_ddp_runs_each_rank_once_and_only_rank_zero_speaks(tmp_path):

@@ -212,9 +212,8 @@ def epoch_end_as_batch_end(checkpoint: dict[str, Any]) -> bool:
     return True
 
 
-def unsaved_steps_note(trainer) -> str | None:
-    """A note when the newest checkpoint holds fewer optimizer steps than the run trained
-    (``every_n_train_steps`` that does not divide it, or steps after the last validation)."""
+def newest_checkpoint(trainer) -> tuple[str, int] | None:
+    """``(path, optimizer steps it holds)`` of the newest checkpoint this run wrote, if any."""
     from rwkv_plug.models.export import checkpoint_safe_types
     from rwkv_plug.models.io import read_torch_file
 
@@ -223,12 +222,19 @@ def unsaved_steps_note(trainer) -> str | None:
     if not newest or not Path(newest).is_file():
         return None
     try:
-        saved = int(read_torch_file(newest, safe_types=checkpoint_safe_types())["global_step"])
-    except Exception:  # unreadable now: nothing to compare, and the run itself went fine
+        return newest, int(read_torch_file(newest, safe_types=checkpoint_safe_types())["global_step"])
+    except Exception:  # unreadable now: there is nothing to tell about it
         return None
+
+
+def unsaved_steps_note(trainer) -> str | None:
+    """A note when the newest checkpoint holds fewer optimizer steps than the run trained
+    (``every_n_train_steps`` that does not divide it, or steps after the last validation)."""
+    found = newest_checkpoint(trainer)
     trained = int(trainer.global_step)
-    if saved >= trained:
+    if found is None or found[1] >= trained:
         return None
+    newest, saved = found
     return (f"note: the newest checkpoint, {newest}, holds step {saved} of the {trained} trained; the last "
             f"{trained - saved} are not saved (checkpoints are written every trainer.checkpoint.every_n_train_steps "
             "steps, else at epoch ends; see docs/config.md)")

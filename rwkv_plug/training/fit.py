@@ -116,7 +116,9 @@ def run_fit(config: str | Path, resume: str | None = None, log: Callable[[str], 
 def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None]) -> FitConfig:
     import torch
 
-    from rwkv_plug.training.checkpoint import check_resume, checkpoint_folders, find_resume, unsaved_steps_note
+    from rwkv_plug.training.checkpoint import (
+        check_resume, checkpoint_folders, find_resume, newest_checkpoint, unsaved_steps_note,
+    )
     from rwkv_plug.training.module import RwkvTrainingModule, TrainSettings
     from rwkv_plug.training.vocab import check_tokenizer_fits, check_vocab
 
@@ -182,8 +184,10 @@ def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None])
             if not trainer.interrupted:
                 raise
             where = " or ".join(str(f) for f in checkpoint_folders(trainer)) or "no checkpoint folder"
+            newest = newest_checkpoint(trainer)
+            kept = f" (the newest holds step {newest[1]})" if newest else " (none written yet)"
             raise Interrupted(f"training interrupted at step {trainer.global_step}; checkpoints are in "
-                              f"{where}; continue with `rwkv-plug fit {cfg.path} --resume auto`") from None
+                              f"{where}{kept}; continue with `rwkv-plug fit {cfg.path} --resume auto`") from None
         except Exception as exc:
             failure = worker_failure(exc)  # a ddp_spawn rank's failure, as one line
             if failure is None:

@@ -78,6 +78,7 @@ def test_fit_loss_goes_down_then_resume_auto_continues(tmp_path, monkeypatch):
     text = "\n".join(out)
     assert "building the dataset at" in text
     assert "accumulate 2 = 4 samples per optimizer step" in text
+    assert "model: " in text and "RWKV5 L2-D64, vocab 64, " in text and "M parameters" in text
     ckpts = tmp_path / "runs" / "cfg" / "checkpoints"
     assert (ckpts / "last.ckpt").is_file()
     losses = _losses(tmp_path / "runs" / "cfg")

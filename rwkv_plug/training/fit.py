@@ -17,6 +17,17 @@ from rwkv_plug.training.quiet import library_noise_filtered
 from rwkv_plug.training.worker_errors import worker_failure
 
 
+def _describe_model(model) -> str:
+    """``RWKV5 L2-D64, vocab 65536, 4.33M parameters`` (the sizes a model class has)."""
+    sizes = f"L{model.n_layer}-D{model.n_embd}" if hasattr(model, "n_layer") and hasattr(model, "n_embd") else ""
+    params = sum(p.numel() for p in model.parameters())
+    return ", ".join(part for part in (
+        f"{type(model).__name__} {sizes}".strip(),
+        f"vocab {model.vocab_size}" if hasattr(model, "vocab_size") else "",
+        f"{params / 1e6:.2f}M parameters",
+    ) if part)
+
+
 def _silent(_message: str) -> None:
     pass
 
@@ -141,6 +152,7 @@ def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None])
     # where this config's checkpoints are: trainer.checkpoint's folder or a ModelCheckpoint's in trainer.callbacks
     ckpt = find_resume(resume, checkpoint_folders(trainer, every_version=True) or [cfg.checkpoint_dir], log)
     model = load_training_model(m)
+    log(f"model: {m['load_model']}: {_describe_model(model)}")
     if ckpt is not None:
         step = check_resume(ckpt, model, batches=(cfg.microbatch_size, cfg.world_size))
         if 0 < trainer.max_steps <= step:
@@ -177,6 +189,8 @@ def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None])
         # our sampler skips the consumed microbatches itself
         warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        if ckpt is not None:  # resuming writes into the folder it resumes from, as it should
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         try:
             fit_naming_refusals(trainer, str(cfg.path), cfg.trainer, module, ckpt_path=ckpt, weights_only=True)
         except SystemExit:

@@ -98,6 +98,7 @@ TRAINER_DEFAULTS: dict[str, object] = {
     "strategy": "auto",
     "num_sanity_val_steps": 0,
     "log_every_n_steps": 1,
+    "enable_model_summary": False,  # fit prints one line about the model instead
 }
 
 #: ``trainer.logger`` names: class path, the packages it can use (any one), the extra that installs one.

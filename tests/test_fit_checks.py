@@ -140,6 +140,29 @@ def test_token_ids_past_the_model_are_refused_even_without_a_recorded_tokenizer(
     check_vocab({"data_path": str(tmp_path / "none")}, dd, 21, "m.pth", log=print)
 
 
+def test_the_largest_id_is_recorded_at_build_and_read_back_without_a_pass_over_the_data(tmp_path, monkeypatch):
+    from rwkv_plug.core.errors import ConfigError
+    from rwkv_plug.data.pipeline import prepare_dataset
+    from rwkv_plug.training import vocab
+
+    (tmp_path / "a.jsonl").write_text("".join(f'{{"text": "row {i} of some text"}}\n' for i in range(8)))
+    cfg = {"source": str(tmp_path / "a.jsonl"), "data_path": str(tmp_path / "out"), "tokenizer": "world",
+           "test_split": 2}
+    dd, _ = prepare_dataset(cfg, log=lambda m: None)
+    top = max(max(ids) for split in dd.values() for ids in split["input_ids"])
+    assert vocab.dataset_record(tmp_path / "out") == ("world", 65536, top)
+
+    def no_pass(_dataset):
+        raise AssertionError("the ids were read again")
+
+    monkeypatch.setattr(vocab, "max_token_id", no_pass)
+    vocab.check_vocab(cfg, dd, 65536, "m.pth", log=print)
+    # the recorded id still guards a model with fewer rows than the data needs
+    monkeypatch.setattr(vocab, "dataset_record", lambda _p: (None, None, top))
+    with pytest.raises(ConfigError, match=f"holds token id {top} but model.load_model 'm.pth' has vocab_size {top}"):
+        vocab.check_vocab(cfg, dd, top, "m.pth", log=print)
+
+
 def test_an_unpadded_larger_model_vocab_warns_once_and_output_has_no_library_noise(tmp_path):
     cfg = _project(tmp_path, vocab=16 + 1024)
     res = run_cli("fit", str(cfg), cwd=tmp_path)

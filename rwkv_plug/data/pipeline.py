@@ -184,8 +184,11 @@ def _build(cfg: dict, src: Source, tokenizer, work: Path, log: Log):
 def _finish_summary(dd, summary: Summary, vocab_size: int) -> None:
     """Per-split statistics into ``summary``; raises if an id is outside the vocab."""
     for name, ds in dd.items():
-        summary.splits[name] = _split_stats(ds)
-    _check_ids(dd, vocab_size)
+        stats = summary.splits[name] = _split_stats(ds)
+        if stats.max_id >= vocab_size:
+            raise DataError(f"the {name} split holds token id {stats.max_id}, outside the tokenizer's "
+                            f"vocab of {vocab_size}; the tokenizer or the strategy made it (a strategy "
+                            "must only emit ids its tokenizer gives)")
 
 
 def _encode_split(name: str, ds, strategy_cls, cfg: dict, tokenizer, row_offset: int,
@@ -281,15 +284,3 @@ def in_process(encoder, tokenizer) -> bool:
 
 def _split_stats(ds) -> SplitStats:
     return split_stats(ds)[0]
-
-
-def _check_ids(dd, vocab_size: int) -> None:
-    import pyarrow.compute as pc
-
-    for name, ds in dd.items():
-        for t in ds.with_format("arrow").iter(batch_size=10_000):
-            top = pc.max(pc.list_flatten(t.column("input_ids"))).as_py()
-            if top is not None and top >= vocab_size:
-                raise DataError(f"the {name} split holds token id {top}, outside the tokenizer's "
-                                f"vocab of {vocab_size}; the tokenizer or the strategy made it (a strategy "
-                                "must only emit ids its tokenizer gives)")

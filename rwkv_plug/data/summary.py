@@ -21,6 +21,7 @@ class SplitStats:
     samples: int = 0
     tokens: int = 0
     trained_tokens: int = 0
+    max_id: int = -1  # the largest token id (-1: no tokens, or a record from before it was kept)
 
 
 @dataclass
@@ -83,7 +84,7 @@ def _per_split(d: dict[str, int]) -> str:
 
 
 def split_stats(ds, batch_rows: int = 10_000) -> tuple[SplitStats, np.ndarray]:
-    """Samples, tokens and trained tokens of a split, plus every sample's length."""
+    """Samples, tokens, trained tokens and the largest id of a split, plus every sample's length."""
     import pyarrow.compute as pc
 
     stats = SplitStats()
@@ -95,5 +96,8 @@ def split_stats(ds, batch_rows: int = 10_000) -> tuple[SplitStats, np.ndarray]:
         stats.tokens += int(lens.sum())
         # Arrow sums int8 into int64 already: no per-token int64 copy needed
         stats.trained_tokens += int(pc.sum(pc.list_flatten(t.column("loss_mask"))).as_py() or 0)
+        top = pc.max(pc.list_flatten(t.column("input_ids"))).as_py()
+        if top is not None:
+            stats.max_id = max(stats.max_id, int(top))
     all_lengths = np.concatenate(lengths).astype(np.int64) if lengths else np.zeros(0, np.int64)
     return stats, all_lengths

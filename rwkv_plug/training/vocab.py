@@ -21,17 +21,18 @@ from rwkv_plug.core.errors import ConfigError
 PADDING_ROWS = 1024
 
 
-def dataset_tokenizer(data_path: str | Path) -> tuple[str | None, int | None]:
-    """``(data.tokenizer, its vocab size)`` as recorded by the data build, if recorded."""
+def dataset_record(data_path: str | Path) -> tuple[str | None, int | None, int | None]:
+    """``(data.tokenizer, its vocab size, the largest id in the data)`` as the data build
+    recorded them; each None where not recorded (an older or unreadable record)."""
     from rwkv_plug.data.store import read_meta
 
-    try:
-        meta = read_meta(Path(data_path).expanduser())
-    except Exception:  # an unreadable record: the id check below still holds
-        meta = None
-    tok = ((meta or {}).get("parts") or {}).get("tokenizer") or {}
+    meta = read_meta(Path(data_path).expanduser()) or {}
+    tok = (meta.get("parts") or {}).get("tokenizer") or {}
     spec, size = tok.get("spec"), tok.get("vocab_size")
-    return (str(spec) if spec is not None else None), (size if isinstance(size, int) else None)
+    splits = ((meta.get("summary") or {}).get("splits") or {}).values()
+    tops = [s.get("max_id") for s in splits if isinstance(s, dict) and s.get("samples")]
+    top = max(tops) if tops and all(isinstance(t, int) and t >= 0 for t in tops) else None
+    return (str(spec) if spec is not None else None), (size if isinstance(size, int) else None), top
 
 
 def max_token_id(dataset: Mapping[str, Any]) -> int | None:
@@ -72,11 +73,12 @@ def _too_many_ids(spec: str, tok_vocab: int, model_vocab: int, model_file: str) 
 def check_vocab(data_cfg: Mapping[str, Any], dataset: Mapping[str, Any], model_vocab: int,
                 model_file: str, log: Callable[[str], None] = print) -> None:
     """Raise ``ConfigError`` if an id can reach past the model's rows; warn on a clear mismatch."""
-    spec, tok_vocab = dataset_tokenizer(data_cfg["data_path"])
+    spec, tok_vocab, top = dataset_record(data_cfg["data_path"])
     spec = spec or str(data_cfg.get("tokenizer"))
     if tok_vocab is not None and tok_vocab > model_vocab:
         raise _too_many_ids(spec, tok_vocab, model_vocab, model_file)
-    top = max_token_id(dataset)
+    if top is None:  # not recorded: one pass over the ids
+        top = max_token_id(dataset)
     if top is not None and top >= model_vocab:
         raise ConfigError(
             f"the dataset at {data_cfg['data_path']} holds token id {top} but model.load_model "

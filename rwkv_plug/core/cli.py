@@ -23,8 +23,9 @@ _state = {"debug": False}
 
 
 def _plugins(ctx: click.Context | None) -> plugin_api.Plugins:
-    if plugin_api._current is not None:
-        return plugin_api._current
+    loaded = plugin_api.configured()
+    if loaded is not None:
+        return loaded
     from rwkv_plug.core.env import settings
 
     s = settings()

@@ -179,6 +179,11 @@ def configure(only: str = "all", strict: bool = False) -> Plugins:
     return plugins
 
 
+def configured() -> Plugins | None:
+    """The process-wide plugin set if one is loaded, without loading it."""
+    return _current
+
+
 def current() -> Plugins:
     """The process-wide plugin set, loaded on first use from the environment."""
     if _current is None:

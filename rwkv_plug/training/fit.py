@@ -65,7 +65,7 @@ def _loggers(spec: Any, root: Path) -> Any:
     return out
 
 
-def build_trainer(cfg: FitConfig, extra_callbacks: list | None = None, log: Callable[[str], None] = print):
+def build_trainer(cfg: FitConfig, extra_callbacks: list | None = None):
     """A ``lightning.Trainer`` from the validated config (also used by tests)."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
@@ -125,23 +125,12 @@ def run_fit(config: str | Path, resume: str | None = None, log: Callable[[str], 
 
 
 def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None]) -> FitConfig:
-    import torch
-
-    from rwkv_plug.training.checkpoint import (
-        check_resume, checkpoint_folders, find_resume, newest_checkpoint, unsaved_steps_note,
-    )
-    from rwkv_plug.training.module import RwkvTrainingModule, TrainSettings
-    from rwkv_plug.training.vocab import check_tokenizer_fits, check_vocab
+    from rwkv_plug.training.checkpoint import check_resume, checkpoint_folders, find_resume
 
     cfg = load_fit_config(config)
-    from rwkv_plug.data.sources import missing_local_source
-
-    missing = missing_local_source(str(cfg.data.get("source") or ""))
-    if missing:  # one stat: a typo in the path fails before the trainer, model and tokenizer load
-        raise ConfigError(f"{cfg.path}: {missing}")
-    m = cfg.model
+    _check_source_exists(cfg)
     # Fail fast, cheapest first: every trainer setting, the resume file, the model file; then the data.
-    trainer = build_trainer(cfg, log=log)
+    trainer = build_trainer(cfg)
     if trainer.global_rank != 0:  # a `ddp` rank re-running this command: rank 0 says it all once
         log = _silent
     log(
@@ -151,17 +140,40 @@ def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None])
     )
     # where this config's checkpoints are: trainer.checkpoint's folder or a ModelCheckpoint's in trainer.callbacks
     ckpt = find_resume(resume, checkpoint_folders(trainer, every_version=True) or [cfg.checkpoint_dir], log)
-    model = load_training_model(m)
-    log(f"model: {m['load_model']}: {_describe_model(model)}")
+    model = load_training_model(cfg.model)
+    log(f"model: {cfg.model['load_model']}: {_describe_model(model)}")
     if ckpt is not None:
         step = check_resume(ckpt, model, batches=(cfg.microbatch_size, cfg.world_size))
         if 0 < trainer.max_steps <= step:
             log(f"nothing to train: {ckpt} is at step {step} and trainer.max_steps is {trainer.max_steps}; "
                 "raise trainer.max_steps to train further")
             return cfg
-    check_tokenizer_fits(cfg.data, model.vocab_size, m["load_model"])  # before building the data
-    from rwkv_plug.data.pipeline import prepare_dataset
+    module = _training_module(cfg, trainer, model, log)
+    _fit(trainer, module, cfg, ckpt)
+    if trainer.global_rank == 0:
+        _report(trainer, log)
+    return cfg
 
+
+def _check_source_exists(cfg: FitConfig) -> None:
+    """One stat: a typo in a local data.source fails before the trainer, model and tokenizer load."""
+    from rwkv_plug.data.sources import missing_local_source
+
+    missing = missing_local_source(str(cfg.data.get("source") or ""))
+    if missing:
+        raise ConfigError(f"{cfg.path}: {missing}")
+
+
+def _training_module(cfg: FitConfig, trainer, model, log: Callable[[str], None]):
+    """The data (built or reused, checked against the model's vocabulary) and the LightningModule."""
+    import torch
+
+    from rwkv_plug.data.pipeline import prepare_dataset
+    from rwkv_plug.training.module import RwkvTrainingModule, TrainSettings
+    from rwkv_plug.training.vocab import check_tokenizer_fits, check_vocab
+
+    m = cfg.model
+    check_tokenizer_fits(cfg.data, model.vocab_size, m["load_model"])  # before building the data
     dataset, _ = prepare_dataset(cfg.data, log=log)  # it says whether it built or reused
     if "train" not in dataset or len(dataset["train"]) == 0:
         raise TrainingError(f"the dataset at {cfg.data.get('data_path')} has no training rows")
@@ -181,9 +193,16 @@ def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None])
     )
     module = RwkvTrainingModule(model, settings, dataset["train"], dataset.get("test"))
     check_epoch_batches(trainer, module.batches_per_epoch(trainer.world_size), str(cfg.path))
+    return module
+
+
+def _fit(trainer, module, cfg: FitConfig, ckpt: str | None) -> None:
+    """``trainer.fit``, with Ctrl-C, a failed ddp_spawn rank and Lightning's refusals as one line each."""
+    from rwkv_plug.training.checkpoint import checkpoint_folders, newest_checkpoint
+
     for lg in trainer.loggers:
         # Fix each logger's version folder now: ddp_spawn workers get a copy with it resolved, so
-        # the folder printed below is the one they wrote (resolved later it would be the next one).
+        # the folder printed afterwards is the one they wrote (resolved later it would be the next one).
         getattr(lg, "version", None)
     with warnings.catch_warnings():
         # our sampler skips the consumed microbatches itself
@@ -207,12 +226,16 @@ def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None])
             if failure is None:
                 raise
             raise failure from exc
-    if trainer.global_rank == 0:
-        for folder in checkpoint_folders(trainer):
-            log(f"checkpoints: {folder}")
-        note = unsaved_steps_note(trainer)
-        if note:
-            log(note)
-        for lg in trainer.loggers:
-            log(f"logs: {getattr(lg, 'log_dir', None) or lg.save_dir}")
-    return cfg
+
+
+def _report(trainer, log: Callable[[str], None]) -> None:
+    """Where the checkpoints and logs went, and any trained steps no checkpoint holds."""
+    from rwkv_plug.training.checkpoint import checkpoint_folders, unsaved_steps_note
+
+    for folder in checkpoint_folders(trainer):
+        log(f"checkpoints: {folder}")
+    note = unsaved_steps_note(trainer)
+    if note:
+        log(note)
+    for lg in trainer.loggers:
+        log(f"logs: {getattr(lg, 'log_dir', None) or lg.save_dir}")

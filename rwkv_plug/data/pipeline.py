@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import shutil
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,20 @@ def prepare_dataset(data_cfg: dict, *, force: bool = False, log: Log = print):
             remover.join()
 
 
+@dataclass
+class _Build:
+    """What every step of one build shares."""
+
+    cfg: dict
+    tokenizer: Any
+    work: Path  # folder for intermediate files
+    nproc: int
+    summary: Summary
+    locate: Callable[[str, int], str] = no_locator  # a row's file:line, or ""
+    strategy: type | None = None
+    rechunk: tuple[int, list[int]] | None = None  # (text_rechunk_size, separator ids) when rechunking
+
+
 def _build(cfg: dict, src: Source, tokenizer, work: Path, log: Log):
     import datasets
 
@@ -121,53 +136,71 @@ def _build(cfg: dict, src: Source, tokenizer, work: Path, log: Log):
 
     nproc = cfg.get("num_proc") or cpu_count()
     dd, ignored = load_source(src, cfg, cache_dir=str(work / "hf"), num_proc=nproc)
-    summary = Summary(tokenizer=f"{cfg['tokenizer']} (vocab {tokenizer.vocab_size})")
+    b = _Build(cfg, tokenizer, work, nproc, Summary(tokenizer=f"{cfg['tokenizer']} (vocab {tokenizer.vocab_size})"),
+               _locator(src, cfg))
     if ignored:
-        summary.notes.append(f"source splits not used: {', '.join(ignored)}")
-    row_offset = 0
-    if cfg["dataset_offset"] > 0 or cfg["dataset_length"] > 0:
-        n = len(dd["train"])
-        start, stop = splitting.offset_length(n, cfg["dataset_offset"], cfg["dataset_length"])
-        if stop <= start:
-            raise DataError(f"data.dataset_offset/dataset_length select no rows of the {n} source rows")
-        dd["train"] = dd["train"].select(range(start, stop))
-        row_offset = start
-        summary.notes.append(f"dataset_offset/length: source train rows {start}..{stop - 1} of {n}")
-    locate = _locator(src, cfg)
-    strategy_cls = pick_strategy(dd["train"].column_names, cfg, cfg.get("strategy"))
-    summary.strategy = strategy_cls.name
-    log(f"strategy '{strategy_cls.name}' for columns {', '.join(dd['train'].column_names)}")
-
-    size = cfg["text_rechunk_size"]
-    rechunking = size > 0 and (cfg["text_rechunk_force"] or (cfg["text_rechunk_auto"] and src.is_text))
-    sep: list[int] = []
-    if rechunking:
-        sep_text = cfg["text_rechunk_separator"]
-        sep = tokenizer.encode(sep_text) if sep_text else []
-        summary.rechunk_size = size
+        b.summary.notes.append(f"source splits not used: {', '.join(ignored)}")
+    row_offset = _select_rows(dd, cfg, b.summary)
+    b.strategy = pick_strategy(dd["train"].column_names, cfg, cfg.get("strategy"))
+    b.summary.strategy = b.strategy.name
+    log(f"strategy '{b.strategy.name}' for columns {', '.join(dd['train'].column_names)}")
+    b.rechunk = _rechunk_plan(cfg, src, tokenizer, b.summary)
     encoded = {}
     for name, ds in dd.items():
-        summary.rows_in[name] = len(ds)
+        b.summary.rows_in[name] = len(ds)
         try:
-            encoded[name] = _encode_split(name, ds, strategy_cls, cfg, tokenizer,
-                                          row_offset if name == "train" else 0, nproc, work, summary,
-                                          (size, sep) if rechunking else None, locate)
+            encoded[name] = _encode_split(b, name, ds, row_offset if name == "train" else 0)
         except StrategyFailed as exc:
-            where = locate(name, exc.row)
+            where = b.locate(name, exc.row)
             raise DataError(f"{where + ': ' if where else ''}{name} {exc}") from None
-    if rechunking:
-        from rwkv_plug.data.rechunk import RechunkResult, rechunk
+    if b.rechunk is not None:
+        encoded = _rechunked(b, encoded)
+    train, test = _arrange(encoded, cfg, b.summary)
+    return datasets.DatasetDict({"train": train, "test": test}), b.summary
 
-        for name in list(encoded):
-            res = encoded[name]
-            if not isinstance(res, RechunkResult):  # encoded by a pool: rechunk it now
-                res = rechunk(res, size, sep, cfg["data_prefix_skip_mask"], str(work / f"rechunk-{name}.arrow"))
-            summary.rechunk_remainder[name] = res.remainder
-            if res.chunks == 0:
-                raise DataError(f"the {name} split has fewer than text_rechunk_size={size} tokens "
-                                f"({res.remainder}); lower data.text_rechunk_size or add data")
-            encoded[name] = res.dataset
 
+def _select_rows(dd, cfg: dict, summary: Summary) -> int:
+    """Apply ``dataset_offset``/``dataset_length`` to the train split; its first source row."""
+    if cfg["dataset_offset"] <= 0 and cfg["dataset_length"] <= 0:
+        return 0
+    n = len(dd["train"])
+    start, stop = splitting.offset_length(n, cfg["dataset_offset"], cfg["dataset_length"])
+    if stop <= start:
+        raise DataError(f"data.dataset_offset/dataset_length select no rows of the {n} source rows")
+    dd["train"] = dd["train"].select(range(start, stop))
+    summary.notes.append(f"dataset_offset/length: source train rows {start}..{stop - 1} of {n}")
+    return start
+
+
+def _rechunk_plan(cfg: dict, src: Source, tokenizer, summary: Summary) -> tuple[int, list[int]] | None:
+    """``(chunk size, separator ids)`` when the documents are rechunked, else None."""
+    size = cfg["text_rechunk_size"]
+    if not (size > 0 and (cfg["text_rechunk_force"] or (cfg["text_rechunk_auto"] and src.is_text))):
+        return None
+    summary.rechunk_size = size
+    sep_text = cfg["text_rechunk_separator"]
+    return size, (tokenizer.encode(sep_text) if sep_text else [])
+
+
+def _rechunked(b: _Build, encoded: dict) -> dict:
+    """Each split as fixed-size chunks (those the in-process encoder already chunked as it went)."""
+    from rwkv_plug.data.rechunk import RechunkResult, rechunk
+
+    size, sep = b.rechunk
+    out = {}
+    for name, res in encoded.items():
+        if not isinstance(res, RechunkResult):  # encoded by a pool: rechunk it now
+            res = rechunk(res, size, sep, b.cfg["data_prefix_skip_mask"], str(b.work / f"rechunk-{name}.arrow"))
+        b.summary.rechunk_remainder[name] = res.remainder
+        if res.chunks == 0:
+            raise DataError(f"the {name} split has fewer than text_rechunk_size={size} tokens "
+                            f"({res.remainder}); lower data.text_rechunk_size or add data")
+        out[name] = res.dataset
+    return out
+
+
+def _arrange(encoded: dict, cfg: dict, summary: Summary):
+    """``(train, test)``: the source's test split or one cut from train, then sorted or reversed."""
     if "test" in encoded:
         summary.notes.append("the source has a test split; data.test_split is not used")
         train, test = encoded["train"], encoded["test"]
@@ -178,7 +211,7 @@ def _build(cfg: dict, src: Source, tokenizer, work: Path, log: Log):
         train = splitting.sort_by_length(train, cfg["sort_asc"])
     if cfg["reverse_train_dataset_before_save"]:
         train = splitting.reverse(train)
-    return datasets.DatasetDict({"train": train, "test": test}), summary
+    return train, test
 
 
 def _finish_summary(dd, summary: Summary, vocab_size: int) -> None:
@@ -191,31 +224,29 @@ def _finish_summary(dd, summary: Summary, vocab_size: int) -> None:
                             "must only emit ids its tokenizer gives)")
 
 
-def _encode_split(name: str, ds, strategy_cls, cfg: dict, tokenizer, row_offset: int,
-                  nproc: int, work: Path, summary: Summary, rechunk: tuple[int, list[int]] | None,
-                  locate: Callable[[str, int], str] = no_locator):
+def _encode_split(b: _Build, name: str, ds, row_offset: int):
     """The split's kept samples: a Dataset, or a RechunkResult when encoding fed
-    the rechunk directly (the in-process path with ``rechunk`` set)."""
+    the rechunk directly (the in-process path with ``b.rechunk`` set)."""
     from rwkv_plug.data.encode import Encoder, encoded_features
 
-    fn = Encoder(strategy_cls, cfg, tokenizer, row_offset)
-    if in_process(fn, tokenizer) or ds.data.nbytes < SMALL_BYTES or min(nproc, len(ds)) <= 1:
+    fn = Encoder(b.strategy, b.cfg, b.tokenizer, row_offset)
+    if in_process(fn, b.tokenizer) or ds.data.nbytes < SMALL_BYTES or min(b.nproc, len(ds)) <= 1:
         from rwkv_plug.data.encode import encode_in_process
 
-        result, table = encode_in_process(name, ds, fn, cfg, work, rechunk)
-        _account(name, table, cfg, summary, locate)
+        result, table = encode_in_process(name, ds, fn, b.cfg, b.work, b.rechunk)
+        _account(name, table, b.cfg, b.summary, b.locate)
         return result
-    procs = max(1, min(nproc, len(ds)))
+    procs = max(1, min(b.nproc, len(ds)))
     batch = max(1, min(MAP_BATCH_ROWS, -(-len(ds) // procs)))
     with main_handles_ctrl_c():
         enc = ds.map(fn, batched=True, batch_size=batch, with_indices=True,
                      remove_columns=ds.column_names, features=encoded_features(),
-                     num_proc=procs, cache_file_name=str(work / f"encoded-{name}.arrow"),
+                     num_proc=procs, cache_file_name=str(b.work / f"encoded-{name}.arrow"),
                      load_from_cache_file=False,
-                     new_fingerprint=store.digest([name, repr(work), strategy_cls.name]),
+                     new_fingerprint=store.digest([name, repr(b.work), b.strategy.name]),
                      desc=f"tokenising {name}")
     table = enc.select_columns(["_drop", "_row", "_bad"]).with_format("arrow")[:]
-    keep = _account(name, table, cfg, summary, locate)
+    keep = _account(name, table, b.cfg, b.summary, b.locate)
     return enc.select(keep).remove_columns(["_drop", "_bad", "_row"])
 
 

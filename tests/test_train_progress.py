@@ -21,19 +21,27 @@ def test_total_unknown_for_unbounded_runs():
     assert run_total_steps(-1, 2, math.inf, accumulate=1) is None
 
 
-def test_bar_follows_global_step_and_shows_short_metric_names():
-    class FakeTrainer:
-        max_steps, max_epochs, num_training_batches, accumulate_grad_batches = 10, -1, 8, 2
-        is_global_zero = True
-        loggers = []
-        global_step = 0
-        progress_bar_metrics = {"train/loss": 2.5, "train/lr": 0.001}
-        callback_metrics = progress_bar_metrics
+class FakeTrainer:
+    """The trainer attributes the bar reads."""
 
+    def __init__(self, max_steps: int, accumulate: int, metrics: dict) -> None:
+        self.max_steps, self.max_epochs, self.num_training_batches = max_steps, -1, 8
+        self.accumulate_grad_batches = accumulate
+        self.is_global_zero, self.sanity_checking = True, False
+        self.loggers, self.global_step = [], 0
+        self.progress_bar_metrics = self.callback_metrics = metrics
+
+
+def started_bar(trainer: FakeTrainer):
     bar = step_progress_bar()
-    trainer = FakeTrainer()
     bar._trainer = trainer  # what Lightning's setup would set
     bar.on_train_start(trainer, None)
+    return bar
+
+
+def test_bar_follows_global_step_and_shows_short_metric_names():
+    trainer = FakeTrainer(10, 2, {"train/loss": 2.5, "train/lr": 0.001})
+    bar = started_bar(trainer)
     assert bar._bar.total == 10
     for step in (0, 1, 1, 2):  # microbatches: the step advances every second one
         trainer.global_step = step
@@ -45,18 +53,8 @@ def test_bar_follows_global_step_and_shows_short_metric_names():
 
 
 def test_bar_closes_at_the_last_step_and_validation_after_it_is_still_shown(capsys):
-    class FakeTrainer:
-        max_steps, max_epochs, num_training_batches, accumulate_grad_batches = 2, -1, 8, 1
-        is_global_zero, sanity_checking = True, False
-        loggers = []
-        global_step = 0
-        progress_bar_metrics = {"train/loss": 2.5, "validation/loss": 2.25}
-        callback_metrics = progress_bar_metrics
-
-    bar = step_progress_bar()
-    trainer = FakeTrainer()
-    bar._trainer = trainer
-    bar.on_train_start(trainer, None)
+    trainer = FakeTrainer(2, 1, {"train/loss": 2.5, "validation/loss": 2.25})
+    bar = started_bar(trainer)
     trainer.global_step = 1
     bar.on_train_batch_end(trainer, None, None, None, 0)
     bar.on_validation_end(trainer, None)
@@ -66,6 +64,14 @@ def test_bar_closes_at_the_last_step_and_validation_after_it_is_still_shown(caps
     assert bar._bar is None  # closed, so Lightning's "stopped" line starts a line of its own
     bar.on_validation_end(trainer, None)  # the final validation runs after the last step
     bar.on_train_end(trainer, None)
-    err = capsys.readouterr()
-    shown = err.out + err.err
-    assert "step 1: validation/loss 2.2500" in shown and "step 2: validation/loss 2.2500" in shown
+    err = capsys.readouterr().err  # with the bar, on stderr
+    assert "step 1: validation/loss 2.2500" in err and "step 2: validation/loss 2.2500" in err
+
+
+def test_the_bar_pickles_without_its_terminal_handle():
+    import pickle
+
+    bar = started_bar(FakeTrainer(2, 1, {}))
+    bar._trainer = None
+    clone = pickle.loads(pickle.dumps(bar))  # ddp_spawn sends the callbacks to its workers
+    assert clone._bar is None and bar._bar is not None

@@ -182,6 +182,19 @@ def test_init_model_skip_if_exists_leaves_file_untouched(tmp_path, capsys):
     assert out.read_bytes() == b"precious" and out.stat().st_mtime_ns == before
 
 
+def test_init_model_skip_if_exists_says_when_the_kept_file_has_other_sizes(tmp_path, capsys):
+    out = tmp_path / "m.pth"
+    save_state_dict(init_state_dict(2, 64, 100, seed=0), out)
+    code, _, err = invoke(capsys, "init-model", "--n_layer", "2", "--n_embd", "64", "--vocab_size", "100",
+                          "--skip-if-exists", out)
+    assert code == 0 and err == ""  # the same sizes: nothing to say
+    code, _, err = invoke(capsys, "init-model", "--n_layer", "3", "--n_embd", "64", "--vocab_size", "world",
+                          "--skip-if-exists", out)
+    assert code == 0
+    assert err.strip() == (f"warning: {out} has n_layer 2 (not 3), vocab_size 100 (not 65536); delete it, or "
+                           "drop --skip-if-exists, to write the model asked for")
+
+
 def test_init_model_creates_missing_folders_but_not_under_a_file(tmp_path, capsys):
     code, _, err = invoke(capsys, "init-model", "--n_layer", "1", "--n_embd", "64",
                           "--vocab_size", "10", tmp_path / "new" / "deeper" / "m.pth")

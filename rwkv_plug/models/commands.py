@@ -62,6 +62,10 @@ def init_model_cmd(n_layer, n_embd, vocab_size, skip_if_exists, emb_scale, seed,
     vocab = parse_vocab(vocab_size)
     if Path(out).exists() and skip_if_exists:
         click.echo(f"{out} already exists; left untouched (--skip-if-exists)")
+        differs = _size_difference(out, {"n_layer": n_layer, "n_embd": n_embd, "vocab_size": vocab})
+        if differs:
+            click.echo(f"warning: {out} {differs}; delete it, or drop --skip-if-exists, to write the model "
+                       "asked for", err=True)
         return
     try:
         check_sizes(n_layer, n_embd, vocab)
@@ -73,6 +77,19 @@ def init_model_cmd(n_layer, n_embd, vocab_size, skip_if_exists, emb_scale, seed,
         f"wrote {path}: RWKV-v5 L{n_layer}-D{n_embd}, vocab {vocab}, "
         f"{count_params(sd) / 1e6:.2f}M parameters, bf16"
     )
+
+
+def _size_difference(path: str, asked: dict[str, int]) -> str:
+    """How the model file at ``path`` differs from the sizes ``asked`` for ("" when it does not)."""
+    from rwkv_plug.models.arch import RWKV5Arch
+    from rwkv_plug.models.io import load_state_dict
+
+    try:
+        dims = RWKV5Arch.dims(load_state_dict(path))
+    except (ModelError, ConfigError) as exc:
+        return f"is not a model file it can check ({exc})"
+    diff = [f"{key} {dims[key]} (not {want})" for key, want in asked.items() if dims[key] != want]
+    return "has " + ", ".join(diff) if diff else ""
 
 
 @click.command("export", short_help="Turn a training checkpoint into a model file.")

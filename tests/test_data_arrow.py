@@ -165,7 +165,7 @@ def test_rechunker_stream_loop_matches_join_documents(sep, monkeypatch):
 def test_whole_build_same_with_and_without_the_arrow_path(tmp_path, monkeypatch, data, batch_rows):
     """One batch, or many (the helper thread with batches queued), against one
     batch without the Arrow path."""
-    from rwkv_plug.data import encode
+    from rwkv_plug.data import in_process
     from rwkv_plug.data.pipeline import prepare_dataset
 
     rows = [{"text": t} for t in texts(5, 3000, 120)]
@@ -184,14 +184,14 @@ def test_whole_build_same_with_and_without_the_arrow_path(tmp_path, monkeypatch,
         dd, _ = prepare_dataset(cfg, force=True, log=lines.append)
         return {s: dd[s].with_format("arrow")[:] for s in ("train", "test")}, lines[1:]
 
-    sizes = encode.BATCH_BYTES, encode.MIN_BATCH_ROWS
+    sizes = in_process.BATCH_BYTES, in_process.MIN_BATCH_ROWS
     if batch_rows:
-        monkeypatch.setattr(encode, "BATCH_BYTES", 1)
-        monkeypatch.setattr(encode, "MIN_BATCH_ROWS", batch_rows)
+        monkeypatch.setattr(in_process, "BATCH_BYTES", 1)
+        monkeypatch.setattr(in_process, "MIN_BATCH_ROWS", batch_rows)
     fast, fast_log = build("fast")
     assert len(calls) == (-(-3000 // batch_rows) if batch_rows else 1)
-    monkeypatch.setattr(encode, "BATCH_BYTES", sizes[0])  # one batch
-    monkeypatch.setattr(encode, "MIN_BATCH_ROWS", sizes[1])
+    monkeypatch.setattr(in_process, "BATCH_BYTES", sizes[0])  # one batch
+    monkeypatch.setattr(in_process, "MIN_BATCH_ROWS", sizes[1])
     monkeypatch.setattr(TextStrategy, "encode_arrow", lambda self, t: None)
     slow, slow_log = build("slow")
     for split in ("train", "test"):

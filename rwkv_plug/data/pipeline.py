@@ -231,7 +231,7 @@ def _encode_split(b: _Build, name: str, ds, row_offset: int):
 
     fn = Encoder(b.strategy, b.cfg, b.tokenizer, row_offset)
     if in_process(fn, b.tokenizer) or ds.data.nbytes < SMALL_BYTES or min(b.nproc, len(ds)) <= 1:
-        from rwkv_plug.data.encode import encode_in_process
+        from rwkv_plug.data.in_process import encode_in_process
 
         result, table = encode_in_process(name, ds, fn, b.cfg, b.work, b.rechunk)
         _account(name, table, b.cfg, b.summary, b.locate)

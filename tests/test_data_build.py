@@ -269,3 +269,21 @@ def test_rebuild_reason_names_a_key_a_plugin_added(tmp_path):
     assert any(m.endswith("data config changed (text_suffix (added))") for m in logs), logs
     assert prepare_dataset(dict(cfg), log=logs.append)[1] == "built"  # plugin gone: the key is removed
     assert any(m.endswith("data config changed (text_suffix (removed))") for m in logs), logs
+
+
+def test_a_samples_first_token_is_never_counted_or_kept_as_trained(tmp_path):
+    """Masks are target-aligned: nothing predicts token 0, so its mask bit trains nothing."""
+    import numpy as np
+
+    from rwkv_plug.data.encode import FILTER_NO_MASK, filter_reason
+    from rwkv_plug.data.pipeline import prepare_dataset
+
+    assert filter_reason(np.array([5, 6, 7]), np.array([1, 0, 0], np.int8), -1, -1) == FILTER_NO_MASK
+    assert filter_reason(np.array([5, 6, 7]), np.array([0, 0, 1], np.int8), -1, -1) == ""
+    (tmp_path / "a.jsonl").write_text("".join(f'{{"text": "row {i} of some text"}}\n' for i in range(6)))
+    lines: list[str] = []
+    dd, _ = prepare_dataset({"source": str(tmp_path / "a.jsonl"), "data_path": str(tmp_path / "out"),
+                             "tokenizer": "world", "test_split": 2}, log=lines.append)
+    tokens = sum(len(ids) for split in dd.values() for ids in split["input_ids"])
+    samples = sum(len(split) for split in dd.values())
+    assert f"tokens: {tokens}; trained tokens: {tokens - samples} " in "\n".join(lines) + " "

@@ -68,7 +68,7 @@ def filter_reason(ids: np.ndarray, mask: np.ndarray, min_size: int, max_size: in
         return f"shorter than min_token_size ({min_size})"
     if max_size > 0 and n > max_size:
         return f"longer than max_token_size ({max_size})"
-    if not mask.any():
+    if not mask[1:].any():  # target-aligned: token 0 is never a target
         return FILTER_NO_MASK
     return ""
 
@@ -209,11 +209,11 @@ class Encoder:
             within = np.arange(len(ids), dtype=np.int64) - np.repeat(starts, lengths)
             mask[within < skip] = 0
         if mask is None:
-            learned = lengths > 0
-        else:
+            learned = lengths > 1
+        else:  # a mask bit past each sample's first token (token 0 is never a target)
             total = np.zeros(len(mask) + 1, dtype=np.int64)
             np.cumsum(mask, out=total[1:])
-            learned = total[offsets[1:]] > total[starts]
+            learned = total[offsets[1:]] > total[np.minimum(starts + 1, offsets[1:])]
         # the same checks in the same order as filter_reason()
         codes = np.zeros(len(lengths), dtype=np.int8)  # 0 keep, else index into reasons
         reasons = ["", FILTER_TOO_SHORT, f"shorter than min_token_size ({min_size})",

@@ -78,7 +78,7 @@ def inspect_cmd(config: str, samples: int, split: str, color: bool | None, ctx_l
         ids, mask = row["input_ids"], row["loss_mask"]
         shown = min(len(ids), max_tokens)
         more = f", first {shown} shown" if shown < len(ids) else ""
-        click.echo(f"\n── {split} sample {i}: {len(ids)} tokens, {sum(mask)} learned{more} ──")
+        click.echo(f"\n── {split} sample {i}: {len(ids)} tokens, {sum(mask[1:])} learned{more} ──")
         text = view.render_sample(ids[:shown], mask[:shown], tokenizer.decode, color, ctx_len)
         click.echo(text, color=color)
 

@@ -94,8 +94,11 @@ def split_stats(ds, batch_rows: int = 10_000) -> tuple[SplitStats, np.ndarray]:
         lengths.append(lens)
         stats.samples += len(lens)
         stats.tokens += int(lens.sum())
-        # Arrow sums int8 into int64 already: no per-token int64 copy needed
-        stats.trained_tokens += int(pc.sum(pc.list_flatten(t.column("loss_mask"))).as_py() or 0)
+        # Arrow sums int8 into int64 already: no per-token int64 copy needed. A sample's
+        # first token is never a target (masks are target-aligned), so its bit does not count.
+        masks = t.column("loss_mask")
+        stats.trained_tokens += int(pc.sum(pc.list_flatten(masks)).as_py() or 0)
+        stats.trained_tokens -= int(pc.sum(pc.list_flatten(pc.list_slice(masks, 0, 1))).as_py() or 0)
         top = pc.max(pc.list_flatten(t.column("input_ids"))).as_py()
         if top is not None:
             stats.max_id = max(stats.max_id, int(top))

@@ -68,6 +68,7 @@ def render_sample(ids: Sequence[int], mask: Sequence[int], decode: Callable[[lis
     parts: list[str] = []
     in_masked = False
     for i, (tok, m) in enumerate(zip(ids, mask)):
+        m = m if i > 0 else 0  # the first token is only context: nothing predicts it
         # Masks are target-aligned: token i is learned by the chunk whose inputs end at token
         # i - 1, so chunk c (from 0) learns tokens c*ctx_len+1 .. (c+1)*ctx_len.
         at_boundary = bool(ctx_len) and i > 1 and (i - 1) % ctx_len == 0

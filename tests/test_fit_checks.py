@@ -173,6 +173,7 @@ def test_an_unpadded_larger_model_vocab_warns_once_and_output_has_no_library_noi
                       "tokenizer? (see docs/training.md, Vocabulary)"]
     assert "litlogger" not in res.stderr
     assert "LeafSpec" not in res.stderr
+    assert "GPU available" not in res.stderr and "x devices 1 (cpu) x" in res.stdout + res.stderr
 
 
 def _resume_files(tmp_path: Path) -> dict[str, Path]:

@@ -133,8 +133,9 @@ def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None])
     trainer = build_trainer(cfg)
     if trainer.global_rank != 0:  # a `ddp` rank re-running this command: rank 0 says it all once
         log = _silent
+    device = type(trainer.accelerator).__name__.removesuffix("Accelerator").lower() or "?"
     log(
-        f"batch: microbatch {cfg.microbatch_size} x devices {cfg.num_devices} x nodes "
+        f"batch: microbatch {cfg.microbatch_size} x devices {cfg.num_devices} ({device}) x nodes "
         f"{cfg.trainer.get('num_nodes', 1)} x accumulate {cfg.accumulate_grad_batches} = "
         f"{cfg.microbatch_size * cfg.world_size * cfg.accumulate_grad_batches} samples per optimizer step"
     )

@@ -1,11 +1,12 @@
-"""Keep two known pieces of library noise out of ``fit``'s output.
+"""Keep known pieces of library noise out of ``fit``'s output.
 
 * Lightning's advertisement for ``litlogger`` (an info log line at Trainer
-  construction that says nothing about the run).
+  construction that says nothing about the run), and its "GPU available" /
+  "TPU available" lines (``fit``'s batch line says which device kind runs).
 * torch's ``FutureWarning`` that ``isinstance(treespec, LeafSpec)`` is
   deprecated, raised from inside Lightning's own ``_pytree`` helper.
 
-Both are dropped by their exact text only, and only while ``fit`` runs;
+Each is dropped by its exact text only, and only while ``fit`` runs;
 every other warning and log line still shows.
 """
 
@@ -23,7 +24,10 @@ _RANK_ZERO_LOGGER = "lightning.pytorch.utilities.rank_zero"
 class _DropLitloggerTip(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not (message.startswith("💡 Tip") and "litlogger" in message)
+        if message.startswith("💡 Tip") and "litlogger" in message:
+            return False
+        # fit's own batch line names the device kind in use
+        return not message.startswith(("GPU available: ", "TPU available: "))
 
 
 def ignore_known_warnings() -> None:
@@ -34,7 +38,7 @@ def ignore_known_warnings() -> None:
 
 @contextmanager
 def library_noise_filtered() -> Iterator[None]:
-    """While active: no litlogger tip, no LeafSpec deprecation warning."""
+    """While active: no litlogger tip or device-availability lines, no LeafSpec deprecation warning."""
     log = logging.getLogger(_RANK_ZERO_LOGGER)
     tip = _DropLitloggerTip()
     log.addFilter(tip)

@@ -63,13 +63,13 @@ def test_alias_and_escapes():
 
 def test_every_problem_reported_at_once():
     with pytest.raises(ConfigError) as exc:
-        resolve({"data_path": "x", "source": "a.jsonl", "min_tokn_size": 3, "packing_enable": True,
+        resolve({"data_path": "x", "source": "a.jsonl", "min_tokn_size": 3, "is_random_datapack": True,
                  "conversation_format": "iopairs", "test_split": "lots", "num_proc": 0,
                  "strategy": "txt", "tokenizer": "binidx"})
     msg = str(exc.value)
     assert "7 problems" in msg
     assert "unknown key data.min_tokn_size. Did you mean 'min_token_size'?" in msg
-    assert "data.packing_enable is not supported yet: packing comes" in msg
+    assert "data.is_random_datapack is not supported yet: datapacks come" in msg
     assert "data.conversation_format is not supported yet" in msg
     assert "data.test_split must be a number, got 'lots'" in msg
     assert "data.num_proc must be an integer of 1 or more, got 0" in msg
@@ -232,10 +232,10 @@ def test_plugin_option_values_are_checked_all_at_once(tmp_path):
 
 
 def test_noop_values_of_unsupported_keys_are_accepted():
-    cfg = resolve({"data_path": "x", "source": "a.jsonl", "packing_enable": False,
+    cfg = resolve({"data_path": "x", "source": "a.jsonl", "is_random_datapack": False,
                    "conversation_format": None, "skip_datapath_setup": False})
-    assert "packing_enable" not in cfg and "conversation_format" not in cfg
-    for key, value in (("packing_enable", True), ("packing_enable", 0), ("conversation_format", "iopairs")):
+    assert "is_random_datapack" not in cfg and "conversation_format" not in cfg
+    for key, value in (("is_random_datapack", True), ("is_random_datapack", 0), ("conversation_format", "iopairs")):
         with pytest.raises(ConfigError, match=f"data.{key} is not supported yet"):
             resolve({"data_path": "x", "source": "a.jsonl", key: value})
 

@@ -80,20 +80,23 @@ DATA_OPTIONS: tuple[Option, ...] = (
     Option("dataloader_shuffle_training", False, "Shuffle the train split every epoch "
            "(ignored with sort_by_length); read by fit, not by the build."),
     Option("strict", False, "Fail the build on the first bad row instead of skipping it."),
+    Option("packing_enable", False, "Pack short train samples into longer ones (not with rechunking, whose "
+           "samples already have one size)."),
+    Option("packing_chunksize", 4096, "Packed samples are capped at a multiple of this many tokens.",
+           check=_at_least(1)),
+    Option("packing_min_ctx_len", -1, "The smallest cap of a packed sample; -1 or 0 means packing_chunksize."),
+    Option("packing_in_sequence", False, "Pack the train samples in their order; false shuffles them "
+           "(seed 101) first."),
+    Option("packing_batchsize", 20160, "No effect: the earlier trainer read it but never used it; packing "
+           "needs no batch size."),
 )
 
-_LATER_PACKING = "packing comes in a later release; use text_rechunk_* for fixed-length samples"
 _LATER_CONVERSATION = "conversation formats come in a later release; flatten turns into columns " \
     "and use multi_column_keys"
 _DATAPACK = "datapacks come in a later release; build each dataset with `rwkv-plug preload`"
 
 #: Keys of the reference trainer that rwkv-plug rejects for now, with why.
 UNSUPPORTED: dict[str, str] = {
-    "packing_enable": _LATER_PACKING,
-    "packing_batchsize": _LATER_PACKING,
-    "packing_chunksize": _LATER_PACKING,
-    "packing_min_ctx_len": _LATER_PACKING,
-    "packing_in_sequence": _LATER_PACKING,
     "conversation_format": _LATER_CONVERSATION,
     "conversation_key": _LATER_CONVERSATION,
     "conversation_input_key_prefix_map": _LATER_CONVERSATION,
@@ -120,8 +123,7 @@ UNSUPPORTED: dict[str, str] = {
 
 #: Flags of :data:`UNSUPPORTED` that do nothing when false; every other
 #: unsupported key does nothing when null. At that value a key is accepted.
-_NOOP_FALSE = ("packing_enable", "packing_in_sequence", "is_random_datapack", "skip_datapath_setup",
-               "dataloader_swap_train_test_split")
+_NOOP_FALSE = ("is_random_datapack", "skip_datapath_setup", "dataloader_swap_train_test_split")
 DATA_NOOP: dict[str, Any] = {key: False if key in _NOOP_FALSE else None for key in UNSUPPORTED}
 
 

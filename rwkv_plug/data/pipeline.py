@@ -155,7 +155,7 @@ def _build(cfg: dict, src: Source, tokenizer, work: Path, log: Log):
             raise DataError(f"{where + ': ' if where else ''}{name} {exc}") from None
     if b.rechunk is not None:
         encoded = _rechunked(b, encoded)
-    train, test = _arrange(encoded, cfg, b.summary)
+    train, test = _arrange(b, encoded)
     return datasets.DatasetDict({"train": train, "test": test}), b.summary
 
 
@@ -182,6 +182,20 @@ def _rechunk_plan(cfg: dict, src: Source, tokenizer, summary: Summary) -> tuple[
     return size, (tokenizer.encode(sep_text) if sep_text else [])
 
 
+def _packed(b: _Build, train):
+    """The train split packed (see data/pack.py); rechunked samples are left as they are."""
+    from rwkv_plug.data.pack import pack
+
+    if b.rechunk is not None:
+        b.summary.notes.append("packing_enable: not applied, the samples are rechunked to one size")
+        return train
+    chunk = b.cfg["packing_chunksize"]
+    result = pack(train, chunk, b.cfg["packing_min_ctx_len"] if b.cfg["packing_min_ctx_len"] > 0 else chunk,
+                  b.cfg["packing_in_sequence"])
+    b.summary.notes.append(f"packing: {result.records} train samples packed into {result.samples}")
+    return result.dataset
+
+
 def _rechunked(b: _Build, encoded: dict) -> dict:
     """Each split as fixed-size chunks (those the in-process encoder already chunked as it went)."""
     from rwkv_plug.data.rechunk import RechunkResult, rechunk
@@ -199,14 +213,18 @@ def _rechunked(b: _Build, encoded: dict) -> dict:
     return out
 
 
-def _arrange(encoded: dict, cfg: dict, summary: Summary):
-    """``(train, test)``: the source's test split or one cut from train, then sorted or reversed."""
+def _arrange(b: _Build, encoded: dict):
+    """``(train, test)``: the source's test split or one cut from train, then train packed,
+    sorted or reversed."""
+    cfg, summary = b.cfg, b.summary
     if "test" in encoded:
         summary.notes.append("the source has a test split; data.test_split is not used")
         train, test = encoded["train"], encoded["test"]
     else:
         train, test = splitting.split_train_test(encoded["train"], cfg["test_split"],
                                                  cfg["test_split_shuffle"], _why_few(summary))
+    if cfg["packing_enable"]:
+        train = _packed(b, train)
     if cfg["sort_by_length"]:
         train = splitting.sort_by_length(train, cfg["sort_asc"])
     if cfg["reverse_train_dataset_before_save"]:

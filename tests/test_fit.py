@@ -79,6 +79,8 @@ def test_fit_loss_goes_down_then_resume_auto_continues(tmp_path, monkeypatch):
     assert "building the dataset at" in text
     assert "accumulate 2 = 4 samples per optimizer step" in text
     assert "model: " in text and "RWKV5 L2-D64, vocab 64, " in text and "M parameters" in text
+    kept = list((tmp_path / "runs" / "cfg" / "logs").glob("version_*/config.yaml"))
+    assert len(kept) == 1 and kept[0].read_text() == cfg.read_text()  # the run's config, as written
     ckpts = tmp_path / "runs" / "cfg" / "checkpoints"
     assert (ckpts / "last.ckpt").is_file()
     losses = _losses(tmp_path / "runs" / "cfg")

@@ -150,7 +150,11 @@ def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None])
                 "raise trainer.max_steps to train further")
             return cfg
     module = _training_module(cfg, trainer, model, log)
-    _fit(trainer, module, cfg, ckpt)
+    try:
+        _fit(trainer, module, cfg, ckpt)
+    finally:  # after Lightning made the log folder (a CSV logger warns about one it did not make)
+        if trainer.global_rank == 0:
+            _keep_config(trainer, cfg)
     if trainer.global_rank == 0:
         _report(trainer, log)
     return cfg
@@ -195,6 +199,16 @@ def _training_module(cfg: FitConfig, trainer, model, log: Callable[[str], None])
     module = RwkvTrainingModule(model, settings, dataset["train"], dataset.get("test"))
     check_epoch_batches(trainer, module.batches_per_epoch(trainer.world_size), str(cfg.path))
     return module
+
+
+def _keep_config(trainer, cfg: FitConfig) -> None:
+    """A copy of the config file, as written, next to the run's logs (``config.yaml``)."""
+    from rwkv_plug.core.atomic import atomic_write
+
+    logger = trainer.loggers[0] if trainer.loggers else None
+    folder = getattr(logger, "log_dir", None) or (logger.save_dir if logger else None) or cfg.root_dir
+    text = Path(cfg.path).read_bytes()
+    atomic_write(Path(folder) / "config.yaml", lambda f: f.write(text))
 
 
 def _fit(trainer, module, cfg: FitConfig, ckpt: str | None) -> None:

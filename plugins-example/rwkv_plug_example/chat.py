@@ -47,6 +47,16 @@ class ChatStrategy(Strategy):
         self.separator = tokenizer.encode(self.opts["chat_turn_separator"] or "")
 
     @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> list[str]:
+        # a rule across two keys, found when the config is read: a trained role needs a label
+        roles = options.get("chat_role_names") or DEFAULT_ROLES
+        unknown = [r for r in options.get("chat_train_roles") or () if r not in roles]
+        if not unknown:
+            return []
+        return [f"data.chat_train_roles names {', '.join(map(repr, unknown))}, which data.chat_role_names "
+                f"does not have ({', '.join(roles)})"]
+
+    @classmethod
     def matches(cls, columns: Sequence[str], options: Mapping[str, Any]) -> bool:
         return options.get("chat_messages_key", "messages") in columns
 

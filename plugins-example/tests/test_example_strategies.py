@@ -67,6 +67,16 @@ def test_chat_rejects_bad_rows_with_a_reason():
         strategy.encode({"messages": [{"role": "robot", "content": "x"}]})
 
 
+def test_chat_checks_its_trained_roles_when_the_config_is_read(example_plugin):
+    from rwkv_plug.core.config import Problems
+    from rwkv_plug.data.options import resolve_data_config
+
+    problems = Problems("cfg.yaml")
+    resolve_data_config({"source": "a.jsonl", "data_path": "out", "chat_train_roles": ["asistant"]}, problems)
+    assert problems.items == ["data.chat_train_roles names 'asistant', which data.chat_role_names does not "
+                              "have (system, user, assistant)"]
+
+
 def test_chat_is_detected_from_the_messages_column(example_plugin):
     from rwkv_plug.data.strategy_select import pick_strategy
 

@@ -64,13 +64,13 @@ def test_alias_and_escapes():
 def test_every_problem_reported_at_once():
     with pytest.raises(ConfigError) as exc:
         resolve({"data_path": "x", "source": "a.jsonl", "min_tokn_size": 3, "is_random_datapack": True,
-                 "conversation_format": "iopairs", "test_split": "lots", "num_proc": 0,
+                 "data_path_storage_options": {"anon": True}, "test_split": "lots", "num_proc": 0,
                  "strategy": "txt", "tokenizer": "binidx"})
     msg = str(exc.value)
     assert "7 problems" in msg
     assert "unknown key data.min_tokn_size. Did you mean 'min_token_size'?" in msg
     assert "data.is_random_datapack is not supported yet: datapacks come" in msg
-    assert "data.conversation_format is not supported yet" in msg
+    assert "data.data_path_storage_options is not supported yet" in msg
     assert "data.test_split must be a number, got 'lots'" in msg
     assert "data.num_proc must be an integer of 1 or more, got 0" in msg
     assert "unknown strategy 'txt'. Did you mean 'text'?" in msg
@@ -233,9 +233,9 @@ def test_plugin_option_values_are_checked_all_at_once(tmp_path):
 
 def test_noop_values_of_unsupported_keys_are_accepted():
     cfg = resolve({"data_path": "x", "source": "a.jsonl", "is_random_datapack": False,
-                   "conversation_format": None, "skip_datapath_setup": False})
-    assert "is_random_datapack" not in cfg and "conversation_format" not in cfg
-    for key, value in (("is_random_datapack", True), ("is_random_datapack", 0), ("conversation_format", "iopairs")):
+                   "data_path_storage_options": None, "skip_datapath_setup": False})
+    assert "is_random_datapack" not in cfg and "data_path_storage_options" not in cfg
+    for key, value in (("is_random_datapack", True), ("is_random_datapack", 0), ("data_path_storage_options", {})):
         with pytest.raises(ConfigError, match=f"data.{key} is not supported yet"):
             resolve({"data_path": "x", "source": "a.jsonl", key: value})
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rwkv_plug.builtin_strategies.conversation import ConversationStrategy
 from rwkv_plug.builtin_strategies.multi_column import MultiColumnStrategy
 from rwkv_plug.builtin_strategies.prompt_completion import PromptCompletionStrategy
 from rwkv_plug.builtin_strategies.text import TextStrategy
@@ -23,7 +24,7 @@ from rwkv_plug.core.interfaces import BadRow, Sample, Strategy, Tokenizer
 from rwkv_plug.data.strategy_select import pick_strategy
 
 REPO = Path(__file__).resolve().parents[1]
-BUILTINS = (TextStrategy, PromptCompletionStrategy, MultiColumnStrategy)
+BUILTINS = (TextStrategy, PromptCompletionStrategy, MultiColumnStrategy, ConversationStrategy)
 
 
 class ByteTokenizer(Tokenizer):

@@ -1,12 +1,13 @@
-"""Built-in plugin: registers the text, prompt_completion and multi_column strategies."""
+"""Built-in plugin: registers the text, prompt_completion, multi_column and conversation strategies."""
 
 from rwkv_plug.core.hookspecs import hookimpl
 
 
 @hookimpl
 def register_strategies():
+    from rwkv_plug.builtin_strategies.conversation import ConversationStrategy
     from rwkv_plug.builtin_strategies.multi_column import MultiColumnStrategy
     from rwkv_plug.builtin_strategies.prompt_completion import PromptCompletionStrategy
     from rwkv_plug.builtin_strategies.text import TextStrategy
 
-    return [TextStrategy, PromptCompletionStrategy, MultiColumnStrategy]
+    return [TextStrategy, PromptCompletionStrategy, MultiColumnStrategy, ConversationStrategy]

@@ -37,6 +37,8 @@ def _unescape_value(value: Any) -> Any:
         return unescape(value)
     if isinstance(value, list):
         return [_unescape_value(v) for v in value]
+    if isinstance(value, dict):  # e.g. a key -> prefix map: the texts are the values
+        return {k: _unescape_value(v) for k, v in value.items()}
     return value
 
 

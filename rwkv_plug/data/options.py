@@ -91,22 +91,10 @@ DATA_OPTIONS: tuple[Option, ...] = (
            "needs no batch size."),
 )
 
-_LATER_CONVERSATION = "conversation formats come in a later release; flatten turns into columns " \
-    "and use multi_column_keys"
 _DATAPACK = "datapacks come in a later release; build each dataset with `rwkv-plug preload`"
 
 #: Keys of the reference trainer that rwkv-plug rejects for now, with why.
 UNSUPPORTED: dict[str, str] = {
-    "conversation_format": _LATER_CONVERSATION,
-    "conversation_key": _LATER_CONVERSATION,
-    "conversation_input_key_prefix_map": _LATER_CONVERSATION,
-    "conversation_input_key_mask": _LATER_CONVERSATION,
-    "conversation_sender_key": _LATER_CONVERSATION,
-    "conversation_sender_value_map": _LATER_CONVERSATION,
-    "conversation_input_key_map": _LATER_CONVERSATION,
-    "conversation_sender_suffix": _LATER_CONVERSATION,
-    "conversation_sender_mask": _LATER_CONVERSATION,
-    "conversation_end_of_conversation": _LATER_CONVERSATION,
     "datapack_config_path": _DATAPACK,
     "dataset_name": _DATAPACK,
     "dataset_index": _DATAPACK,

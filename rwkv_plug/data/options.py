@@ -80,6 +80,11 @@ DATA_OPTIONS: tuple[Option, ...] = (
     Option("dataloader_shuffle_training", False, "Shuffle the train split every epoch "
            "(ignored with sort_by_length); read by fit, not by the build."),
     Option("strict", False, "Fail the build on the first bad row instead of skipping it."),
+    Option("dataloader_prefetch_factor", 0, "DataLoader worker processes, each prefetching this many batches "
+           "(0: the main process collates, enough for tokenised data); read by fit.", check=_at_least(0)),
+    Option("dataloader_pin_memory", True, "Pin the batches' memory when training on a CUDA device; read by fit."),
+    Option("dataloader_swap_train_test_split", False, "Debug: train on the test split and validate on the "
+           "train split; read by fit."),
     Option("packing_enable", False, "Pack short train samples into longer ones (not with rechunking, whose "
            "samples already have one size)."),
     Option("packing_chunksize", 4096, "Packed samples are capped at a multiple of this many tokens.",
@@ -104,14 +109,11 @@ UNSUPPORTED: dict[str, str] = {
     "when fresh; delete the key (use `rwkv-plug preload --force` to rebuild)",
     "processing_max_batch_size": "rechunking streams each split, so no batch size is needed; "
     "delete the key",
-    "dataloader_prefetch_factor": "not read by the data loader yet; delete the key",
-    "dataloader_pin_memory": "not read by the data loader yet; delete the key",
-    "dataloader_swap_train_test_split": "not read by the data loader yet; delete the key",
 }
 
 #: Flags of :data:`UNSUPPORTED` that do nothing when false; every other
 #: unsupported key does nothing when null. At that value a key is accepted.
-_NOOP_FALSE = ("is_random_datapack", "skip_datapath_setup", "dataloader_swap_train_test_split")
+_NOOP_FALSE = ("is_random_datapack", "skip_datapath_setup")
 DATA_NOOP: dict[str, Any] = {key: False if key in _NOOP_FALSE else None for key in UNSUPPORTED}
 
 

@@ -21,7 +21,8 @@ from rwkv_plug.data import tempdirs
 META_FILE = "rwkv_plug_dataset.json"
 META_VERSION = 1
 #: Config keys that do not change the built rows, so they stay out of the fingerprint.
-NOT_CONTENT = ("data_path", "num_proc", "strict", "dataloader_shuffle_training")
+NOT_CONTENT = ("data_path", "num_proc", "strict", "dataloader_shuffle_training", "dataloader_prefetch_factor",
+               "dataloader_pin_memory", "dataloader_swap_train_test_split")
 
 
 def plugin_version(registry, name: str) -> dict[str, Any]:

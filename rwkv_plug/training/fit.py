@@ -195,8 +195,14 @@ def _training_module(cfg: FitConfig, trainer, model, log: Callable[[str], None])
         accumulate_grad_batches=cfg.accumulate_grad_batches,
         shuffle=bool(cfg.data.get("dataloader_shuffle_training", False)) and not cfg.data.get("sort_by_length"),
         seed=cfg.seed or 0,
+        prefetch=int(cfg.data.get("dataloader_prefetch_factor") or 0),
+        pin_memory=bool(cfg.data.get("dataloader_pin_memory", True)),
     )
-    module = RwkvTrainingModule(model, settings, dataset["train"], dataset.get("test"))
+    train, test = dataset["train"], dataset.get("test")
+    if cfg.data.get("dataloader_swap_train_test_split"):  # a debugging aid of the earlier trainer
+        log("data.dataloader_swap_train_test_split: training on the test split, validating on the train split")
+        train, test = test, train
+    module = RwkvTrainingModule(model, settings, train, test)
     check_epoch_batches(trainer, module.batches_per_epoch(trainer.world_size), str(cfg.path))
     return module
 

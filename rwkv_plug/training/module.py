@@ -31,7 +31,9 @@ class TrainSettings:
     accumulate_grad_batches: int = 1
     shuffle: bool = False
     seed: int = 0
-    num_workers: int = 0
+    #: DataLoader worker processes, each prefetching this many batches (0: the main process collates)
+    prefetch: int = 0
+    pin_memory: bool = False
 
     @property
     def bptt(self) -> BpttSettings:
@@ -192,8 +194,8 @@ class RwkvTrainingModule(L.LightningModule):
             batch_size=self.settings.microbatch_size,
             sampler=sampler,
             collate_fn=_Collate(self.bptt.ctx_len),
-            num_workers=self.settings.num_workers,
             generator=self._loader_generator(),
+            **self._loader_workers(),
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -202,8 +204,15 @@ class RwkvTrainingModule(L.LightningModule):
         sampler = EvalSampler(len(data), t.world_size, t.global_rank)
         return DataLoader(
             data, batch_size=self.settings.microbatch_size, sampler=sampler, collate_fn=_Collate(self.bptt.ctx_len),
-            generator=self._loader_generator(),
+            generator=self._loader_generator(), **self._loader_workers(),
         )
+
+    def _loader_workers(self) -> dict[str, Any]:
+        """Worker processes and memory pinning of both loaders (data.dataloader_prefetch_factor /
+        data.dataloader_pin_memory); pinning only where a CUDA device will read the batches."""
+        n = self.settings.prefetch
+        pin = self.settings.pin_memory and self.device.type == "cuda"
+        return {"num_workers": n, "prefetch_factor": n, "pin_memory": pin} if n > 0 else {"pin_memory": pin}
 
     def _loader_generator(self) -> torch.Generator:
         # Each loader has its own generator: starting an iterator draws a worker seed, and drawn

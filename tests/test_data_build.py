@@ -287,3 +287,30 @@ def test_a_samples_first_token_is_never_counted_or_kept_as_trained(tmp_path):
     tokens = sum(len(ids) for split in dd.values() for ids in split["input_ids"])
     samples = sum(len(split) for split in dd.values())
     assert f"tokens: {tokens}; trained tokens: {tokens - samples} " in "\n".join(lines) + " "
+
+
+def test_skip_datapath_setup_uses_the_folder_as_it_is_and_preload_still_checks(tmp_path, capsys):
+    from rwkv_plug.core.errors import DataError
+    from rwkv_plug.data.pipeline import prepare_dataset
+
+    (tmp_path / "a.jsonl").write_text("".join(f'{{"text": "row {i} of some text"}}\n' for i in range(8)))
+    cfg = {"source": str(tmp_path / "a.jsonl"), "data_path": str(tmp_path / "out"), "tokenizer": "world",
+           "test_split": 2, "processing_max_batch_size": 1000}  # accepted, no effect
+    with pytest.raises(DataError, match="data.skip_datapath_setup is true but .* holds no built dataset"):
+        prepare_dataset({**cfg, "skip_datapath_setup": True}, log=lambda m: None)
+    prepare_dataset(cfg, log=lambda m: None)
+    changed = {**cfg, "test_split": 3}  # stale for a checked load
+    logs: list[str] = []
+    dd, status = prepare_dataset({**changed, "skip_datapath_setup": True}, log=logs.append)
+    assert status == "reused" and len(dd["test"]) == 2 and "as it is" in logs[0]
+    assert prepare_dataset(changed, log=logs.append)[1] == "built"  # without the key: rebuilt
+
+
+def test_preload_checks_even_with_skip_datapath_setup(tmp_path):
+    from conftest import run_cli
+
+    (tmp_path / "a.jsonl").write_text("".join(f'{{"text": "row {i} of some text"}}\n' for i in range(8)))
+    (tmp_path / "c.yaml").write_text("data:\n  source: a.jsonl\n  data_path: out\n  tokenizer: world\n"
+                                     "  test_split: 2\n  skip_datapath_setup: true\n")
+    res = run_cli("preload", "c.yaml", cwd=tmp_path)
+    assert res.returncode == 0 and "dataset built" in res.stdout, res.stderr[-2000:]

@@ -33,6 +33,7 @@ def preload(config: str, force: bool) -> None:
     from rwkv_plug.data.pipeline import load_summary, prepare_dataset
 
     cfg, _ = load_data_config(config)
+    cfg["skip_datapath_setup"] = False  # preload's job is the check (as in the earlier trainer)
     _, status = prepare_dataset(cfg, force=force, log=click.echo)
     if status == "reused":
         summary = load_summary(cfg["data_path"])

@@ -80,6 +80,10 @@ DATA_OPTIONS: tuple[Option, ...] = (
     Option("dataloader_shuffle_training", False, "Shuffle the train split every epoch "
            "(ignored with sort_by_length); read by fit, not by the build."),
     Option("strict", False, "Fail the build on the first bad row instead of skipping it."),
+    Option("skip_datapath_setup", False, "Use data_path as it is, without checking it against the config "
+           "or building it (fit and inspect); preload always checks."),
+    Option("processing_max_batch_size", 100000, "No effect: rechunking and packing stream whole splits; "
+           "accepted for the earlier trainer's configs."),
     Option("dataloader_prefetch_factor", 0, "DataLoader worker processes, each prefetching this many batches "
            "(0: the main process collates, enough for tokenised data); read by fit.", check=_at_least(0)),
     Option("dataloader_pin_memory", True, "Pin the batches' memory when training on a CUDA device; read by fit."),
@@ -105,15 +109,11 @@ UNSUPPORTED: dict[str, str] = {
     "dataset_index": _DATAPACK,
     "is_random_datapack": _DATAPACK,
     "data_path_storage_options": "remote storage for data_path comes later; use a local folder",
-    "skip_datapath_setup": "rwkv-plug builds data_path when it is missing or stale and reuses it "
-    "when fresh; delete the key (use `rwkv-plug preload --force` to rebuild)",
-    "processing_max_batch_size": "rechunking streams each split, so no batch size is needed; "
-    "delete the key",
 }
 
 #: Flags of :data:`UNSUPPORTED` that do nothing when false; every other
 #: unsupported key does nothing when null. At that value a key is accepted.
-_NOOP_FALSE = ("is_random_datapack", "skip_datapath_setup")
+_NOOP_FALSE = ("is_random_datapack",)
 DATA_NOOP: dict[str, Any] = {key: False if key in _NOOP_FALSE else None for key in UNSUPPORTED}
 
 

@@ -63,6 +63,8 @@ def prepare_dataset(data_cfg: dict, *, force: bool = False, log: Log = print):
 
     cfg = _resolved(data_cfg)
     data_path = Path(cfg["data_path"]).expanduser().resolve()
+    if cfg["skip_datapath_setup"] and not force:
+        return _as_it_is(data_path, log), "reused"
     tokenizer = load_tokenizer(cfg["tokenizer"], cfg)
     src = resolve_source(cfg)
     parts = {
@@ -127,6 +129,17 @@ class _Build:
     locate: Callable[[str, int], str] = no_locator  # a row's file:line, or ""
     strategy: type | None = None
     rechunk: tuple[int, list[int]] | None = None  # (text_rechunk_size, separator ids) when rechunking
+
+
+def _as_it_is(data_path: Path, log: Log):
+    """``data_path`` loaded without a freshness check (``data.skip_datapath_setup``)."""
+    import datasets
+
+    if not (data_path / "dataset_dict.json").is_file():
+        raise DataError(f"data.skip_datapath_setup is true but {data_path} holds no built dataset; build it "
+                        "with `rwkv-plug preload`, or remove the key")
+    log(f"using the dataset at {data_path} as it is (data.skip_datapath_setup: no check against the config)")
+    return datasets.load_from_disk(str(data_path))
 
 
 def _build(cfg: dict, src: Source, tokenizer, work: Path, log: Log):

@@ -22,7 +22,8 @@ META_FILE = "rwkv_plug_dataset.json"
 META_VERSION = 1
 #: Config keys that do not change the built rows, so they stay out of the fingerprint.
 NOT_CONTENT = ("data_path", "num_proc", "strict", "dataloader_shuffle_training", "dataloader_prefetch_factor",
-               "dataloader_pin_memory", "dataloader_swap_train_test_split")
+               "dataloader_pin_memory", "dataloader_swap_train_test_split", "skip_datapath_setup",
+               "processing_max_batch_size")
 
 
 def plugin_version(registry, name: str) -> dict[str, Any]:

@@ -164,6 +164,8 @@ def _check_source_exists(cfg: FitConfig) -> None:
     """One stat: a typo in a local data.source fails before the trainer, model and tokenizer load."""
     from rwkv_plug.data.sources import missing_local_source
 
+    if cfg.data.get("skip_datapath_setup"):  # the source is not read
+        return
     missing = missing_local_source(str(cfg.data.get("source") or ""))
     if missing:
         raise ConfigError(f"{cfg.path}: {missing}")

@@ -69,7 +69,7 @@ def test_every_problem_reported_at_once():
     msg = str(exc.value)
     assert "7 problems" in msg
     assert "unknown key data.min_tokn_size. Did you mean 'min_token_size'?" in msg
-    assert "data.is_random_datapack is not supported yet: datapacks come" in msg
+    assert "data.is_random_datapack is not supported yet: build the pack with `rwkv-plug datapack" in msg
     assert "data.data_path_storage_options is not supported yet" in msg
     assert "data.test_split must be a number, got 'lots'" in msg
     assert "data.num_proc must be an integer of 1 or more, got 0" in msg

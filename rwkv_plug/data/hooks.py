@@ -1,4 +1,4 @@
-"""Built-in plugin: the ``preload`` and ``inspect`` commands of the data pipeline."""
+"""Built-in plugin: the ``preload``, ``datapack`` and ``inspect`` commands of the data pipeline."""
 
 from __future__ import annotations
 
@@ -41,6 +41,18 @@ def preload(config: str, force: bool) -> None:
             for line in summary.lines():
                 click.echo(line)
     click.echo(f"dataset {status}: {cfg['data_path']}")
+
+
+@click.command("datapack", short_help="Build several datasets and mix them into one.")
+@click.argument("pack", metavar="PACK.yaml", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Rebuild every dataset and the mix even if up to date.")
+def datapack(pack: str, force: bool) -> None:
+    """Build each dataset of a datapack file (datapack/default/dataset sections), then mix them
+    into datapack.data_path (see docs/config.md, Datapacks)."""
+    from rwkv_plug.data.datapack import build_pack
+
+    _, status = build_pack(pack, force=force, log=click.echo)
+    click.echo(f"datapack {status}")
 
 
 @click.command("inspect", short_help="Dataset statistics and rendered samples.")
@@ -87,4 +99,5 @@ def inspect_cmd(config: str, samples: int, split: str, color: bool | None, ctx_l
 @hookimpl
 def register_commands(cli):
     cli.add_command(preload)
+    cli.add_command(datapack)
     cli.add_command(inspect_cmd)

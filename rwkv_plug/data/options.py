@@ -100,7 +100,8 @@ DATA_OPTIONS: tuple[Option, ...] = (
            "needs no batch size."),
 )
 
-_DATAPACK = "datapacks come in a later release; build each dataset with `rwkv-plug preload`"
+_DATAPACK = ("build the pack with `rwkv-plug datapack PACK.yaml`, then train with data_path set to its "
+             "datapack.data_path and skip_datapath_setup: true")
 
 #: Keys of the reference trainer that rwkv-plug rejects for now, with why.
 UNSUPPORTED: dict[str, str] = {
@@ -154,7 +155,7 @@ def _is_int(v: Any) -> bool:
 
 def _check_values(cfg: dict, problems: Problems) -> None:
     """What the options' types cannot say: required keys and rules across keys."""
-    for key in ("data_path", "source"):
+    for key in ("data_path",) if cfg.get("skip_datapath_setup") is True else ("data_path", "source"):
         if cfg.get(key) in (None, ""):
             problems.add(f"data.{key} is required")
     source = cfg.get("source")

@@ -1,0 +1,149 @@
+"""Datapacks: several datasets, each built as its own ``data:`` section, mixed into one.
+
+A datapack file has the earlier trainer's three sections::
+
+    datapack:              # where the mix goes and how it mixes
+      data_path: packs/mix/
+      mixing_mode: shuffle # or concat (train splits in list order)
+    default:               # data: keys every dataset starts from
+      tokenizer: world
+      data_path: packs/parts/   # a dataset without its own data_path gets <this>/<index>/
+    dataset:               # one data: section per dataset (plus an optional name)
+      - source: a.jsonl
+      - source: b.parquet
+        name: b
+
+Each dataset is built or reused exactly as ``preload`` would; the mix is
+rebuilt only when a part or the mixing mode changed. Train with it by
+pointing ``data.data_path`` at ``datapack.data_path`` with
+``skip_datapath_setup: true``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rwkv_plug.core.config import Problems, load_yaml
+from rwkv_plug.core.errors import ConfigError, DataError
+from rwkv_plug.data import store
+
+MIXING_MODES = ("concat", "shuffle")
+#: Seed of the shuffled mix (the earlier trainer's).
+SHUFFLE_SEED = 101
+_PACK_KEYS = ("data_path", "mixing_mode")
+
+Log = Callable[[str], None]
+
+
+def load_pack(path: str | Path) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
+    """``(datapack section, [(name, resolved data: section) ...])``, every problem reported at once."""
+    from rwkv_plug.data.options import resolve_data_config
+
+    raw = load_yaml(path)
+    problems = Problems(str(path))
+    for section in raw:
+        if section not in ("datapack", "default", "dataset"):
+            problems.add(f"unknown section '{section}'; a datapack file has datapack, default and dataset")
+    pack = raw.get("datapack") or {}
+    default = raw.get("default") or {}
+    entries = raw.get("dataset")
+    if not isinstance(pack, dict) or not isinstance(default, dict):
+        raise ConfigError(f"{path}: the datapack and default sections must be mappings of keys")
+    for key in pack:
+        if key not in _PACK_KEYS:
+            problems.add(f"unknown key datapack.{key} (datapack takes {', '.join(_PACK_KEYS)})")
+    if not pack.get("data_path"):
+        problems.add("datapack.data_path is required: the folder the mix is saved to")
+    mode = pack.setdefault("mixing_mode", "concat")
+    if mode not in MIXING_MODES:
+        problems.add(f"datapack.mixing_mode must be one of {', '.join(MIXING_MODES)}, got {mode!r}")
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+        problems.add("dataset must be a list of data: sections (one mapping per dataset)")
+        entries = []
+    parts = []
+    for i, entry in enumerate(entries):
+        section = {k: v for k, v in {**default, **entry}.items() if k != "name"}
+        if "data_path" not in entry and default.get("data_path"):
+            section["data_path"] = str(Path(default["data_path"]) / str(i))
+        sub = Problems(f"dataset[{i}]")
+        cfg = resolve_data_config(section, sub)
+        problems.items.extend(f"dataset[{i}]: {item}" for item in sub.items)
+        parts.append((str(entry.get("name") or f"dataset_{i}"), cfg))
+    problems.raise_if_any()
+    return pack, parts
+
+
+def build_pack(path: str | Path, force: bool = False, log: Log = print):
+    """Build (or reuse) every dataset of the pack, then the mix; returns ``(DatasetDict, status)``."""
+    import datasets
+
+    from rwkv_plug.data.pipeline import prepare_dataset
+
+    pack, parts = load_pack(path)
+    built = []
+    for name, cfg in parts:
+        log(f"datapack: dataset {name}")
+        dd, _ = prepare_dataset(cfg, force=force, log=log)
+        built.append((name, cfg, dd, store.read_meta(Path(cfg["data_path"]).expanduser().resolve())))
+    _check_same_tokenizer(built)
+    out = Path(pack["data_path"]).expanduser().resolve()
+    recipe = store.roundtrip({"mixing_mode": pack["mixing_mode"],
+                              "parts": [(name, (meta or {}).get("fingerprint")) for name, _, _, meta in built]})
+    old = store.read_meta(out)
+    if not force and old is not None and old.get("parts", {}).get("datapack") == recipe:
+        log(f"datapack: reusing the mix at {out} (its parts and mixing mode are unchanged)")
+        return datasets.load_from_disk(str(out)), "reused"
+    store.check_replaceable(out)
+    mixed = _mix([dd for _, _, dd, _ in built], pack["mixing_mode"])
+    _save(out, mixed, recipe, built, log)
+    return datasets.load_from_disk(str(out)), "built"
+
+
+def _check_same_tokenizer(built: list) -> None:
+    seen = {}
+    for name, _, _, meta in built:
+        tok = ((meta or {}).get("parts") or {}).get("tokenizer") or {}
+        seen[name] = (tok.get("spec"), tok.get("vocab_size"))
+    if len(set(seen.values())) > 1:
+        listed = "; ".join(f"{name}: {spec} ({vocab} ids)" for name, (spec, vocab) in seen.items())
+        raise DataError(f"the datasets of a datapack must share one tokenizer, but {listed}; set tokenizer "
+                        "in the default section")
+
+
+def _mix(parts: list, mode: str):
+    import datasets
+
+    train = datasets.concatenate_datasets([dd["train"] for dd in parts])
+    if mode == "shuffle":
+        train = train.shuffle(seed=SHUFFLE_SEED)
+    test = datasets.concatenate_datasets([dd["test"] for dd in parts])
+    return datasets.DatasetDict({"train": train, "test": test})
+
+
+def _save(out: Path, mixed, recipe: Any, built: list, log: Log) -> None:
+    from rwkv_plug.data.summary import Summary, split_stats
+
+    summary = Summary(strategy="datapack", tokenizer=str(((built[0][3] or {}).get("parts") or {})
+                                                         .get("tokenizer", {}).get("spec")))
+    for name, _, dd, _ in built:
+        summary.notes.append(f"datapack part {name}: train {len(dd['train'])}, test {len(dd['test'])} samples")
+    for split, ds in mixed.items():
+        summary.splits[split] = split_stats(ds)[0]
+        summary.rows_in[split] = summary.documents_kept[split] = len(ds)
+    staged = store.build_dir(out)
+    try:
+        mixed.save_to_disk(str(staged))
+        first = (built[0][3] or {}).get("parts") or {}
+        store.write_meta(staged, {"meta_version": store.META_VERSION, "fingerprint": store.digest(recipe),
+                                  "parts": {"datapack": recipe, "tokenizer": first.get("tokenizer")},
+                                  "summary": summary.to_json()})
+        store.publish(staged, out)
+    finally:
+        import shutil
+
+        shutil.rmtree(staged, ignore_errors=True)
+    for line in summary.lines():
+        log(line)
+    log(f"datapack: mix saved to {out}; train on it with data_path: {out} and skip_datapath_setup: true")

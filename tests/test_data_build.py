@@ -314,3 +314,13 @@ def test_preload_checks_even_with_skip_datapath_setup(tmp_path):
                                      "  test_split: 2\n  skip_datapath_setup: true\n")
     res = run_cli("preload", "c.yaml", cwd=tmp_path)
     assert res.returncode == 0 and "dataset built" in res.stdout, res.stderr[-2000:]
+
+
+def test_preload_without_a_source_says_it_needs_one_even_with_skip_datapath_setup(tmp_path):
+    from conftest import run_cli
+
+    (tmp_path / "c.yaml").write_text("data:\n  data_path: out\n  skip_datapath_setup: true\n")
+    res = run_cli("preload", "c.yaml", cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip() == ("error: c.yaml: data.source is required to build data_path (skip_datapath_setup "
+                                  "only lets fit and inspect do without it)")

@@ -30,10 +30,14 @@ def load_data_config(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
 @click.option("--force", is_flag=True, help="Rebuild even if data_path is up to date.")
 def preload(config: str, force: bool) -> None:
     """Build the dataset of a config into its data_path (or confirm it is up to date)."""
+    from rwkv_plug.core.errors import ConfigError
     from rwkv_plug.data.pipeline import load_summary, prepare_dataset
 
     cfg, _ = load_data_config(config)
     cfg["skip_datapath_setup"] = False  # preload's job is the check (as in the earlier trainer)
+    if not cfg.get("source"):
+        raise ConfigError(f"{config}: data.source is required to build data_path (skip_datapath_setup only "
+                          "lets fit and inspect do without it)")
     _, status = prepare_dataset(cfg, force=force, log=click.echo)
     if status == "reused":
         summary = load_summary(cfg["data_path"])

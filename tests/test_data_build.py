@@ -280,6 +280,8 @@ def test_a_samples_first_token_is_never_counted_or_kept_as_trained(tmp_path):
 
     assert filter_reason(np.array([5, 6, 7]), np.array([1, 0, 0], np.int8), -1, -1) == FILTER_NO_MASK
     assert filter_reason(np.array([5, 6, 7]), np.array([0, 0, 1], np.int8), -1, -1) == ""
+    # rechunked, a document's first token follows the previous separator: it is a target there
+    assert filter_reason(np.array([5, 6, 7]), np.array([1, 0, 0], np.int8), -1, -1, first_is_context=False) == ""
     (tmp_path / "a.jsonl").write_text("".join(f'{{"text": "row {i} of some text"}}\n' for i in range(6)))
     lines: list[str] = []
     dd, _ = prepare_dataset({"source": str(tmp_path / "a.jsonl"), "data_path": str(tmp_path / "out"),

@@ -71,13 +71,15 @@ def test_python_fallback_and_generic_tokenizers_flatten_the_same():
     assert ids.tobytes() == fast_ids.tobytes() and offsets.tobytes() == fast_offsets.tobytes()
 
 
+@pytest.mark.parametrize("rechunking", [False, True], ids=["samples", "rechunked"])
 @pytest.mark.parametrize("over", [
     {},
     {"data_prefix_skip_mask": 3},
+    {"data_prefix_skip_mask": 1},  # two-token documents keep exactly one target
     {"min_token_size": 4, "max_token_size": 30},
     {"data_prefix_skip_mask": 50, "max_token_size": 60},
 ])
-def test_encoder_flat_table_equals_per_row_table(over):
+def test_encoder_flat_table_equals_per_row_table(over, rechunking):
     tok = world()
     column = texts(3, 200) + ["a", "", "中"]  # one-token, empty (bad) and multi-byte rows
     column[17] = None  # bad: None
@@ -85,8 +87,8 @@ def test_encoder_flat_table_equals_per_row_table(over):
     batch = {"text": column, "other": list(range(len(column)))}
     indices = list(range(100, 100 + len(column)))
     cfg = base_cfg(**over)
-    fast = Encoder(TextStrategy, cfg, tok, row_offset=7)
-    slow = Encoder(PerRow, cfg, tok, row_offset=7)
+    fast = Encoder(TextStrategy, cfg, tok, row_offset=7, rechunking=rechunking)
+    slow = Encoder(PerRow, cfg, tok, row_offset=7, rechunking=rechunking)
     assert fast.flat and fast.strategy.encode_flat([{"text": "a"}]) is not None
     got, want = fast(batch, indices), slow(batch, indices)
     assert got.schema.equals(want.schema)

@@ -59,8 +59,14 @@ def sample_features():
     })
 
 
-def filter_reason(ids: np.ndarray, mask: np.ndarray, min_size: int, max_size: int) -> str:
-    """Why a document is dropped before rechunking, or "" to keep it."""
+def filter_reason(ids: np.ndarray, mask: np.ndarray, min_size: int, max_size: int,
+                  first_is_context: bool = True) -> str:
+    """Why a document is dropped before rechunking, or "" to keep it.
+
+    ``first_is_context``: the document is a sample of its own, so its first token is
+    never a target (off when documents are rechunked into one stream, where the first
+    token follows the previous document's separator and is learned).
+    """
     n = len(ids)
     if n <= 1:
         return FILTER_TOO_SHORT
@@ -68,7 +74,7 @@ def filter_reason(ids: np.ndarray, mask: np.ndarray, min_size: int, max_size: in
         return f"shorter than min_token_size ({min_size})"
     if max_size > 0 and n > max_size:
         return f"longer than max_token_size ({max_size})"
-    if not mask[1:].any():  # target-aligned: token 0 is never a target
+    if not (mask[1:] if first_is_context else mask).any():
         return FILTER_NO_MASK
     return ""
 
@@ -88,10 +94,12 @@ class Encoder:
     """
 
     def __init__(self, strategy_cls: type[Strategy], cfg: Mapping[str, Any],
-                 tokenizer: Tokenizer, row_offset: int = 0) -> None:
+                 tokenizer: Tokenizer, row_offset: int = 0, rechunking: bool = False) -> None:
         self.strategy_cls = strategy_cls
         self.cfg = dict(cfg)
         self.row_offset = row_offset
+        #: documents become one stream (then a document's first token is a target too)
+        self.rechunking = rechunking
         self._tokenizer: Tokenizer | None = tokenizer
         self._strategy: Strategy | None = None
         _ = self.strategy  # build it here, so option errors surface before any worker starts
@@ -150,7 +158,7 @@ class Encoder:
             mask = _mask_array(res.loss_mask, len(ids))
             if skip > 0:
                 mask[:skip] = 0
-            reason = filter_reason(ids, mask, min_size, max_size)
+            reason = filter_reason(ids, mask, min_size, max_size, first_is_context=not self.rechunking)
             drop.append(reason)
             bad.append(False)
             lengths.append(0 if reason else len(ids))
@@ -208,12 +216,13 @@ class Encoder:
                 mask = np.ones(len(ids), dtype=np.int8)
             within = np.arange(len(ids), dtype=np.int64) - np.repeat(starts, lengths)
             mask[within < skip] = 0
+        first = 0 if self.rechunking else 1  # a sample's first token is no target (see filter_reason)
         if mask is None:
-            learned = lengths > 1
-        else:  # a mask bit past each sample's first token (token 0 is never a target)
+            learned = lengths > first
+        else:  # a mask bit from the first target on
             total = np.zeros(len(mask) + 1, dtype=np.int64)
             np.cumsum(mask, out=total[1:])
-            learned = total[offsets[1:]] > total[np.minimum(starts + 1, offsets[1:])]
+            learned = total[offsets[1:]] > total[np.minimum(starts + first, offsets[1:])]
         # the same checks in the same order as filter_reason()
         codes = np.zeros(len(lengths), dtype=np.int8)  # 0 keep, else index into reasons
         reasons = ["", FILTER_TOO_SHORT, f"shorter than min_token_size ({min_size})",

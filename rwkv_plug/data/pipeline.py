@@ -260,7 +260,7 @@ def _encode_split(b: _Build, name: str, ds, row_offset: int):
     the rechunk directly (the in-process path with ``b.rechunk`` set)."""
     from rwkv_plug.data.encode import Encoder, encoded_features
 
-    fn = Encoder(b.strategy, b.cfg, b.tokenizer, row_offset)
+    fn = Encoder(b.strategy, b.cfg, b.tokenizer, row_offset, rechunking=b.rechunk is not None)
     if in_process(fn, b.tokenizer) or ds.data.nbytes < SMALL_BYTES or min(b.nproc, len(ds)) <= 1:
         from rwkv_plug.data.in_process import encode_in_process
 

@@ -86,3 +86,13 @@ def test_fit_trains_on_a_pack_through_skip_datapath_setup(tmp_path):
     lines: list[str] = []
     run_fit(tmp_path / "fit.yaml", log=lines.append)
     assert any("as it is" in line for line in lines) and (tmp_path / "runs" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_the_mix_records_the_statistics_of_its_rows(tmp_path):
+    from rwkv_plug.data import store
+    from rwkv_plug.data.summary import split_stats
+
+    dd, _ = build_pack(_write_pack(tmp_path), log=lambda m: None)
+    recorded = store.read_meta(tmp_path / "mix")["summary"]["splits"]
+    for split in ("train", "test"):
+        assert recorded[split] == split_stats(dd[split])[0].__dict__, split

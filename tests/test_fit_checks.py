@@ -58,17 +58,22 @@ def test_bad_trainer_values_and_kernel_are_all_reported_at_config_load(tmp_path)
     assert not (tmp_path / "datapath").exists()
 
 
-@pytest.mark.parametrize("lines, needle", [
-    (["  accelerator: tpux"], "trainer.accelerator: 'tpux' is not valid (Lightning: You selected an invalid accelerator"),
-    (["  checkpoint: {save_top_k: 3}"], "trainer.checkpoint.save_top_k: 3 is not valid (Lightning: ModelCheckpoint(save_top_k=3, monitor=None)"),
-])
-def test_what_lightning_refuses_is_named_before_the_data_is_built(tmp_path, lines, needle):
+def _refused_in_one_line(tmp_path, lines: list[str], needle: str) -> None:
+    """``fit`` with ``lines`` added to the trainer section fails with exit 2 and one line."""
     cfg = _with(_project(tmp_path), "trainer", *lines)
     res = run_cli("fit", str(cfg), cwd=tmp_path)
     assert res.returncode == 2, res.stderr[-2000:]
     errors = _error_lines(res)
     assert len(errors) == 1 and errors[0].startswith(f"error: {cfg}: {needle}"), res.stderr[-2000:]
     assert "looks like a bug" not in res.stderr
+
+
+@pytest.mark.parametrize("lines, needle", [
+    (["  accelerator: tpux"], "trainer.accelerator: 'tpux' is not valid (Lightning: You selected an invalid accelerator"),
+    (["  checkpoint: {save_top_k: 3}"], "trainer.checkpoint.save_top_k: 3 is not valid (Lightning: ModelCheckpoint(save_top_k=3, monitor=None)"),
+])
+def test_what_lightning_refuses_is_named_before_the_data_is_built(tmp_path, lines, needle):
+    _refused_in_one_line(tmp_path, lines, needle)
     assert not (tmp_path / "datapath").exists()  # failed before the data step
 
 
@@ -93,12 +98,7 @@ def test_a_refusal_that_names_only_the_value_names_its_key():
      "0.01 of the `val_dataloader`"),
 ])
 def test_what_lightning_refuses_against_the_data_is_one_line_naming_the_key(tmp_path, lines, needle):
-    cfg = _with(_project(tmp_path), "trainer", *lines)
-    res = run_cli("fit", str(cfg), cwd=tmp_path)
-    assert res.returncode == 2, res.stderr[-2000:]
-    errors = _error_lines(res)
-    assert len(errors) == 1 and errors[0].startswith(f"error: {cfg}: {needle}"), res.stderr[-2000:]
-    assert "looks like a bug" not in res.stderr
+    _refused_in_one_line(tmp_path, lines, needle)
 
 
 def test_errors_inside_fit_that_lightning_did_not_raise_are_not_renamed():

@@ -21,7 +21,8 @@ from rwkv_plug.core.errors import OutputError
 _TEMP = re.compile(r"\.(?P<target>.+)\.(?P<owned>[A-Za-z0-9_]+-\d+-[A-Za-z0-9_]+)\.tmp")
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """This process's umask (reading it means setting it; it is set back at once)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -63,7 +64,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     except OSError as exc:
         raise OutputError(f"cannot write {target}: {_write_problem(target, exc)}") from exc
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; give the usual mode
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

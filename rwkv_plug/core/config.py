@@ -80,6 +80,8 @@ class Problems:
     def __init__(self, source: str) -> None:
         self.source = source
         self.items: list[str] = []
+        #: ``section.key`` of every value that failed its type check (rules over it would only repeat that)
+        self.bad_values: set[str] = set()
 
     def add(self, message: str) -> None:
         self.items.append(message)
@@ -150,6 +152,7 @@ def resolve_options(
             value, problem = check_value(opt, value)
             if problem:
                 problems.add(f"{section}.{key} {problem}")
+                problems.bad_values.add(f"{section}.{opt.name}")
         out[opt.name] = _unescape_value(value) if opt.escapes else value
     return out
 

@@ -21,6 +21,7 @@ pointing ``data.data_path`` at ``datapack.data_path`` with
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -122,15 +123,29 @@ def _mix(parts: list, mode: str):
     return datasets.DatasetDict({"train": train, "test": test})
 
 
+def _split_stats(split: str, ds, built: list):
+    """The mix's statistics for ``split``: the parts' recorded ones added up (a pass over
+    the mix only when a part has none on record)."""
+    from rwkv_plug.data.summary import SplitStats, split_stats
+
+    recorded = [(((meta or {}).get("summary") or {}).get("splits") or {}).get(split) for *_, meta in built]
+    if not all(isinstance(r, dict) for r in recorded):
+        return split_stats(ds)[0]
+    parts = [SplitStats(**r) for r in recorded]
+    return SplitStats(samples=sum(p.samples for p in parts), tokens=sum(p.tokens for p in parts),
+                      trained_tokens=sum(p.trained_tokens for p in parts),
+                      max_id=-1 if any(p.max_id < 0 < p.samples for p in parts) else max(p.max_id for p in parts))
+
+
 def _save(out: Path, mixed, recipe: Any, built: list, log: Log) -> None:
-    from rwkv_plug.data.summary import Summary, split_stats
+    from rwkv_plug.data.summary import Summary
 
     summary = Summary(strategy="datapack", tokenizer=str(((built[0][3] or {}).get("parts") or {})
                                                          .get("tokenizer", {}).get("spec")))
     for name, _, dd, _ in built:
         summary.notes.append(f"datapack part {name}: train {len(dd['train'])}, test {len(dd['test'])} samples")
     for split, ds in mixed.items():
-        summary.splits[split] = split_stats(ds)[0]
+        summary.splits[split] = _split_stats(split, ds, built)
         summary.rows_in[split] = summary.documents_kept[split] = len(ds)
     staged = store.build_dir(out)
     try:
@@ -141,8 +156,6 @@ def _save(out: Path, mixed, recipe: Any, built: list, log: Log) -> None:
                                   "summary": summary.to_json()})
         store.publish(staged, out)
     finally:
-        import shutil
-
         shutil.rmtree(staged, ignore_errors=True)
     for line in summary.lines():
         log(line)

@@ -59,6 +59,19 @@ def sample_features():
     })
 
 
+def in_memory_samples(table: pa.Table):
+    """A ``datasets.Dataset`` over an Arrow table of samples (input_ids, loss_mask), without a copy.
+
+    The fingerprint is given up front: ``datasets`` would otherwise hash every token.
+    """
+    import uuid
+
+    import datasets
+
+    return datasets.Dataset(datasets.table.InMemoryTable(table), fingerprint=uuid.uuid4().hex,
+                            info=datasets.DatasetInfo(features=sample_features()))
+
+
 def filter_reason(ids: np.ndarray, mask: np.ndarray, min_size: int, max_size: int,
                   first_is_context: bool = True) -> str:
     """Why a document is dropped before rechunking, or "" to keep it.

@@ -8,7 +8,6 @@ section against all of them at once, so a typo anywhere gets a did-you-mean.
 from __future__ import annotations
 
 import numbers
-import re
 from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Any
@@ -202,17 +201,14 @@ def _check_values(cfg: dict, problems: Problems) -> None:
 
 
 def _plugin_checks(what: str, cls: type, cfg: dict, problems: Problems) -> None:
-    """A strategy's or tokenizer's own option rules (``check_options``), into ``problems``."""
+    """A strategy's or tokenizer's own option rules (``check_options``), into ``problems``;
+    skipped when one of its options already failed its type check (it was reported)."""
+    if any(f"data.{o.name}" in problems.bad_values for o in getattr(cls, "options", ()) or ()):
+        return
     try:
         found = cls.check_options(cfg)
     except Exception as exc:  # a plugin's bug: say whose, and go on with the other checks
         problems.add(f"{what}: its option check failed with {type(exc).__name__}: {exc}")
         return
-    flagged = {m.group(1) for m in map(_LEADING_KEY.match, problems.items) if m}
     for problem in found or ():
-        m = _LEADING_KEY.match(str(problem))
-        if not (m and m.group(1) in flagged):  # its type was already reported
-            problems.add(str(problem))
-
-
-_LEADING_KEY = re.compile(r"data\.(\w+)")
+        problems.add(str(problem))

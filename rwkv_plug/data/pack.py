@@ -65,13 +65,10 @@ def assign(lengths: np.ndarray, chunk: int, min_ctx: int, window: int = WINDOW) 
 
 def pack(ds, chunk: int, min_ctx: int, in_sequence: bool) -> PackResult:
     """Pack the rows of ``ds`` (input_ids, loss_mask) as the module docstring says."""
-    import uuid
-
-    import datasets
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from rwkv_plug.data.encode import sample_features
+    from rwkv_plug.data.encode import in_memory_samples
 
     if not in_sequence:
         ds = ds.shuffle(seed=SHUFFLE_SEED)
@@ -91,9 +88,7 @@ def pack(ds, chunk: int, min_ctx: int, in_sequence: bool) -> PackResult:
         "input_ids": pa.ListArray.from_arrays(offsets_arr, pa.array(out_ids)),
         "loss_mask": pa.ListArray.from_arrays(offsets_arr, pa.array(out_mask)),
     })
-    out = datasets.Dataset(datasets.table.InMemoryTable(packed), fingerprint=uuid.uuid4().hex,
-                           info=datasets.DatasetInfo(features=sample_features()))
-    return PackResult(out, len(lengths), len(offsets) - 1)
+    return PackResult(in_memory_samples(packed), len(lengths), len(offsets) - 1)
 
 
 def _assemble(lengths: np.ndarray, ids: np.ndarray, mask: np.ndarray,

@@ -120,19 +120,14 @@ class Rechunker:
         return s_ids, s_mask
 
     def finish(self) -> RechunkResult:
-        import uuid
-
         import datasets
         import pyarrow as pa
 
-        from rwkv_plug.data.encode import sample_features
+        from rwkv_plug.data.encode import in_memory_samples, sample_features
 
         if self.writer is None:
-            features = sample_features()
-            table = pa.concat_tables(self.held) if self.held else features.arrow_schema.empty_table()
-            # a fingerprint given up front: datasets would otherwise hash every token
-            ds = datasets.Dataset(datasets.table.InMemoryTable(table), fingerprint=uuid.uuid4().hex,
-                                  info=datasets.DatasetInfo(features=features))
+            ds = in_memory_samples(pa.concat_tables(self.held) if self.held
+                                   else sample_features().arrow_schema.empty_table())
         else:
             try:
                 self.writer.finalize()

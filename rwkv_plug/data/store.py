@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from rwkv_plug.core.atomic import atomic_write
 from rwkv_plug.core.errors import DataError
 from rwkv_plug.data import tempdirs
 
@@ -240,6 +241,5 @@ def publish(staged: Path, data_path: Path, *, remove_old: bool = True) -> Path |
 
 
 def write_meta(folder: Path, meta: dict[str, Any]) -> None:
-    tmp = folder / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=repr), encoding="utf-8")
-    os.replace(tmp, folder / META_FILE)
+    text = json.dumps(meta, indent=2, sort_keys=True, default=repr).encode("utf-8")
+    atomic_write(folder / META_FILE, lambda f: f.write(text))

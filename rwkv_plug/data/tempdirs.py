@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from rwkv_plug.core import leftovers
+from rwkv_plug.core.atomic import current_umask
 
 KINDS = ("build", "work", "old")
 
@@ -25,9 +26,7 @@ def make(data_path: Path, kind: str) -> Path:
     assert kind in KINDS, kind
     data_path.parent.mkdir(parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix=f".{data_path.name}.{kind}-{leftovers.tag()}", dir=data_path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o777 & ~umask)  # mkdtemp makes it private; the dataset is not
+    os.chmod(path, 0o777 & ~current_umask())  # mkdtemp makes it private; the dataset is not
     return path
 
 

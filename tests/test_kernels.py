@@ -16,9 +16,10 @@ from rwkv_plug.core.errors import KernelError, UnknownNameError
 from rwkv_plug.core.hookspecs import hookimpl
 from rwkv_plug.core.interfaces import Kernel, KernelCaps
 from rwkv_plug.kernels.conformance import check_kernel
-from rwkv_plug.kernels.contract import wkv5_recurrent
+from rwkv_plug.kernels.wkv5.reference import wkv5_recurrent
 from rwkv_plug.kernels.select import resolve_kernel
-from rwkv_plug.kernels.torch_chunked import TorchKernel, wkv5_chunked
+from rwkv_plug.kernels.backend_torch import TorchKernel
+from rwkv_plug.kernels.wkv5.torch_chunked import wkv5_chunked
 
 from conftest import run_cli
 
@@ -188,7 +189,7 @@ def test_auto_picks_torch_on_cpu():
 def test_auto_picks_the_fastest_available_kernel(with_plugin, capsys):
     assert resolve_kernel("auto", "cpu", torch.float32).name == "fastcpu"
     # the faster 'missing' kernel was passed over: said once, with its reason
-    assert capsys.readouterr().err == ("warning: model.kernel auto: using 'fastcpu' for cpu / float32, because "
+    assert capsys.readouterr().err == ("warning: model.kernel auto: using 'fastcpu' for wkv5 on cpu / float32, because "
                                        "faster kernels cannot run here (missing: libfoo is not installed)\n")
     resolve_kernel("auto", "cpu", torch.float32)
     assert capsys.readouterr().err == ""
@@ -233,8 +234,8 @@ def test_importing_kernels_does_no_work():
     code = (
         "import sys\n"
         "import rwkv_plug.kernels.hooks, rwkv_plug.kernels.select, rwkv_plug.kernels.conformance\n"
-        "from rwkv_plug.kernels.triton_wkv5 import TritonKernel\n"
-        "from rwkv_plug.kernels.cuda_wkv5 import CudaKernel\n"
+        "from rwkv_plug.kernels.backend_triton import TritonKernel\n"
+        "from rwkv_plug.kernels.backend_cuda import CudaKernel\n"
         "TritonKernel.availability(); CudaKernel.availability()\n"
         "bad = [m for m in ('triton', 'torch.utils.cpp_extension') if m in sys.modules]\n"
         "print(bad)\n"

@@ -8,7 +8,8 @@ import subprocess
 import pytest
 import torch
 
-from rwkv_plug.kernels.cuda_wkv5 import SOURCES, CudaKernel, nvcc_flags
+from rwkv_plug.kernels.backend_cuda import CudaKernel
+from rwkv_plug.kernels.wkv5.cuda import SOURCES, nvcc_flags
 
 NVCC = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
 # What torch.utils.cpp_extension adds to every nvcc call.

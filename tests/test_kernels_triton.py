@@ -101,7 +101,7 @@ def test_triton_kernels_compile_for_ampere_and_hopper_without_a_gpu(tmp_path, ar
     # makes sure this really compiles.
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(TRITON_CACHE_DIR=str(tmp_path), RWKV_PLUG_PLUGINS="none")
-    out = subprocess.run([sys.executable, "-W", "ignore", "-m", "rwkv_plug.kernels.triton_aot",
+    out = subprocess.run([sys.executable, "-W", "ignore", "-m", "rwkv_plug.kernels.wkv5.triton_aot",
                           str(arch), "bf16"], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()

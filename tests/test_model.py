@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rwkv_plug.core.errors import ModelError
-from rwkv_plug.kernels.contract import wkv5_recurrent
+from rwkv_plug.kernels.wkv5.reference import wkv5_recurrent
 from rwkv_plug.models import load_model
 from rwkv_plug.models.arch import RWKV5Arch, x052_shapes
 from rwkv_plug.models.init import init_state_dict

@@ -13,8 +13,8 @@ import time
 
 import torch
 
-from rwkv_plug.kernels.contract import wkv5_recurrent
-from rwkv_plug.kernels.torch_chunked import wkv5_chunked
+from rwkv_plug.kernels.wkv5.reference import wkv5_recurrent
+from rwkv_plug.kernels.wkv5.torch_chunked import wkv5_chunked
 
 
 def _inputs(B: int, T: int, H: int, N: int, grad: bool):

@@ -76,9 +76,9 @@ def main() -> None:
     a = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_wkv_gpu.py needs a CUDA device")
-    from rwkv_plug.kernels.cuda_wkv5 import CudaKernel
-    from rwkv_plug.kernels.torch_chunked import TorchKernel
-    from rwkv_plug.kernels.triton_wkv5 import TritonKernel
+    from rwkv_plug.kernels.backend_cuda import CudaKernel
+    from rwkv_plug.kernels.backend_torch import TorchKernel
+    from rwkv_plug.kernels.backend_triton import TritonKernel
 
     N = 64
     B, T, H = a.batch, a.T, a.dim // N

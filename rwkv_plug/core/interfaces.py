@@ -185,19 +185,24 @@ class Strategy(ABC):
 
 @dataclass(frozen=True)
 class KernelCaps:
-    """What a WKV kernel supports."""
+    """What a WKV kernel supports. Every kernel accepts any ``T >= 1``."""
 
     dtypes: tuple[str, ...] = ("float32",)
     devices: tuple[str, ...] = ("cpu",)
-    #: T must be a multiple of this (1 means any T).
-    chunk_multiple: int = 1
     #: Relative speed rank used by ``kernel: auto`` (higher is preferred).
     speed_rank: int = 0
-    versions: tuple[str, ...] = ("wkv5",)
+    #: The ops the kernel implements (``"wkv5"``, ``"wkv7"``), one method of that name each;
+    #: selection only picks a kernel for an op it lists.
+    ops: tuple[str, ...] = ("wkv5",)
 
 
 class Kernel(ABC):
-    """A WKV op implementation. See ``rwkv_plug.kernels.contract`` for the math."""
+    """WKV op implementations. The math of each op is in ``rwkv_plug.kernels.<op>.reference``.
+
+    A kernel implements, as a method of the same name, every op in ``caps.ops``:
+    ``wkv5(r, k, v, w, u, s0)`` and ``wkv7(r, w, k, v, a, b, s0)``, each returning
+    ``(y, sT)``.
+    """
 
     name: ClassVar[str]
     caps: ClassVar[KernelCaps] = KernelCaps()
@@ -218,10 +223,6 @@ class Kernel(ABC):
     def availability(cls) -> tuple[bool, str]:
         """``(True, "")`` or ``(False, reason)``; must be cheap and never raise."""
         return True, ""
-
-    @abstractmethod
-    def wkv5(self, r, k, v, w, u, s0):
-        """Return ``(y, sT)``; see the op contract."""
 
 
 def kernel_availability(cls: type) -> tuple[bool, str]:

@@ -9,9 +9,9 @@ from rwkv_plug.core.hookspecs import hookimpl
 
 @hookimpl
 def register_kernels():
-    from rwkv_plug.kernels.cuda_wkv5 import CudaKernel
-    from rwkv_plug.kernels.torch_chunked import TorchKernel
-    from rwkv_plug.kernels.triton_wkv5 import TritonKernel
+    from rwkv_plug.kernels.backend_cuda import CudaKernel
+    from rwkv_plug.kernels.backend_torch import TorchKernel
+    from rwkv_plug.kernels.backend_triton import TritonKernel
 
     return [TorchKernel, TritonKernel, CudaKernel]
 

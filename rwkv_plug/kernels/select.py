@@ -1,7 +1,7 @@
-"""Choosing a wkv5 kernel: ``model.kernel: auto|torch|triton|cuda|<plugin name>``.
+"""Choosing a kernel for a WKV op: ``model.kernel: auto|torch|triton|cuda|<plugin name>``.
 
 ``auto`` takes the available kernel with the highest ``caps.speed_rank``
-whose caps list the device type and dtype. A kernel named explicitly is
+whose caps list the op, the device type and the dtype. A kernel named explicitly is
 used or refused with its reason: never a silent fallback.
 """
 
@@ -35,8 +35,8 @@ def runs_on(cls: type, device_type: str) -> bool:
     return device_type in cls.caps.devices
 
 
-def resolve_kernel(name: str, device: torch.device | str, dtype: torch.dtype) -> Kernel:
-    """A kernel instance for ``name`` on ``device`` computing on ``dtype`` inputs.
+def resolve_kernel(name: str, device: torch.device | str, dtype: torch.dtype, op: str = "wkv5") -> Kernel:
+    """A kernel instance for ``name`` running ``op`` on ``device`` with ``dtype`` inputs.
 
     Raises ``UnknownNameError`` (with did-you-mean) for unregistered names and
     ``KernelError`` with the reason when the kernel cannot run here.
@@ -46,6 +46,11 @@ def resolve_kernel(name: str, device: torch.device | str, dtype: torch.dtype) ->
     registry = plugins.kernels()
     if str(name).strip().lower() != "auto":
         cls = registry.get(name)
+        if op not in cls.caps.ops:
+            raise KernelError(
+                f"model.kernel '{name}' does not implement {op} (it implements "
+                f"{', '.join(cls.caps.ops) or 'no op'}); use kernel: auto or another kernel."
+            )
         ok, reason = kernel_availability(cls)
         if not ok:
             raise KernelError(
@@ -68,7 +73,7 @@ def resolve_kernel(name: str, device: torch.device | str, dtype: torch.dtype) ->
     skipped: list[tuple[int, str]] = []  # (speed rank, "name: reason")
     for entry in registry:
         cls = entry.cls
-        if device_type not in cls.caps.devices or dt not in cls.caps.dtypes:
+        if op not in cls.caps.ops or device_type not in cls.caps.devices or dt not in cls.caps.dtypes:
             continue
         ok, reason = kernel_availability(cls)
         if not ok:
@@ -77,14 +82,14 @@ def resolve_kernel(name: str, device: torch.device | str, dtype: torch.dtype) ->
         if best is None or cls.caps.speed_rank > best.caps.speed_rank:
             best = cls
     if best is None:
-        why = "; ".join(text for _, text in skipped) or "none lists this device and dtype in its caps"
+        why = "; ".join(text for _, text in skipped) or f"none lists {op}, this device and dtype in its caps"
         raise KernelError(
-            f"no wkv5 kernel is available for {device_type} / {dt} ({why}). "
+            f"no {op} kernel is available for {device_type} / {dt} ({why}). "
             "Run rwkv-plug list-kernels to see why."
         )
     faster = [text for rank, text in skipped if rank > best.caps.speed_rank]
     if faster:  # never a silent fallback: say once why a faster kernel was passed over
-        notice.warn_once(("kernel auto", device_type, dt, best.name),
-                         f"model.kernel auto: using '{best.name}' for {device_type} / {dt}, because faster "
+        notice.warn_once(("kernel auto", op, device_type, dt, best.name),
+                         f"model.kernel auto: using '{best.name}' for {op} on {device_type} / {dt}, because faster "
                          f"kernels cannot run here ({'; '.join(faster)})")
     return best()

@@ -176,7 +176,7 @@ class RWKV5(nn.Module):
         if key not in self._kernels:
             from rwkv_plug.kernels.select import resolve_kernel
 
-            self._kernels[key] = resolve_kernel(self._kernel_spec, device, dtype)
+            self._kernels[key] = resolve_kernel(self._kernel_spec, device, dtype, op="wkv5")
         return self._kernels[key]
 
     def __getstate__(self):

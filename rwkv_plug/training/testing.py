@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rwkv_plug.kernels.contract import wkv5_recurrent
+from rwkv_plug.kernels.wkv5.reference import wkv5_recurrent
 
 
 class ToyBlock(nn.Module):

@@ -4,7 +4,7 @@ CI has no GPU, but Triton can still lower the kernels all the way to a
 cubin for a given target. That catches compile errors (unsupported ops,
 layouts, shared-memory overflow) before a GPU machine ever sees the code::
 
-    python -m rwkv_plug.kernels.triton_aot 90 bf16     # Hopper, bf16 inputs
+    python -m rwkv_plug.kernels.wkv5.triton_aot 90 bf16     # Hopper, bf16 inputs
 
 Prints each kernel's register, stack (spill) and shared-memory use.
 Must run without TRITON_INTERPRET (the interpreter replaces compilation).
@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 
-from rwkv_plug.kernels.triton_wkv5 import BK, BT, BV, NUM_WARPS
+from rwkv_plug.kernels.wkv5.triton import BK, BT, BV, NUM_WARPS
 
 _PTR_INPUTS = {"r_ptr", "k_ptr", "v_ptr"}
 
@@ -28,7 +28,7 @@ def compile_kernels(arch: int, dtype: str = "bf16", head_size: int = 64) -> dict
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from rwkv_plug.kernels import triton_impl as ti
+    from rwkv_plug.kernels.wkv5 import triton_impl as ti
 
     is64 = dtype == "fp64"
     cdt = "fp64" if is64 else "fp32"

@@ -1,4 +1,4 @@
-"""The ``torch`` kernel: a chunked matrix form of ``wkv5``, fast on CPU.
+"""wkv5 by a chunked matrix form in pure PyTorch: the ``torch`` kernel, fast on CPU.
 
 Inside a chunk of ``L`` tokens, with ``S`` the state at the chunk start::
 
@@ -20,16 +20,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rwkv_plug.core.interfaces import Kernel, KernelCaps
-from rwkv_plug.kernels.contract import check_shapes
+from rwkv_plug.kernels.precision import compute_dtype
+from rwkv_plug.kernels.wkv5.reference import check_shapes
 
 #: Tokens per chunk. 32 balances the per-diagonal loop against the chunk scan.
 CHUNK = 32
 
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp64 stays fp64; everything else (fp32, bf16, fp16) computes in fp32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _powers(w: Tensor, n: int) -> Tensor:
@@ -106,24 +102,3 @@ def _wkv5_chunked(r, k, v, w, u, s0, chunk):
     # Bonus of the current token: (r_t . u * k_t) v_t.
     y = y + (rc * uc.view(1, H, 1, N) * kc).sum(-1, keepdim=True) * vc
     return y.transpose(1, 2).to(r.dtype), S
-
-
-class TorchKernel(Kernel):
-    """Chunked pure-PyTorch wkv5 (exact for any decay); the default on CPU."""
-
-    name = "torch"
-    caps = KernelCaps(
-        dtypes=("float32", "float64", "bfloat16", "float16"),
-        devices=("cpu", "cuda", "mps"),
-        chunk_multiple=1,
-        speed_rank=0,
-    )
-    #: Internal chunk length (any T works; the conformance suite tests a ragged T).
-    chunk_size = CHUNK
-
-    @classmethod
-    def availability(cls) -> tuple[bool, str]:
-        return True, ""
-
-    def wkv5(self, r, k, v, w, u, s0):
-        return wkv5_chunked(r, k, v, w, u, s0, self.chunk_size)

@@ -1,4 +1,4 @@
-"""The ``cuda`` kernel: ``cuda/wkv5.cu`` + ``cuda/wkv5_op.cpp``, built on first use.
+"""wkv5 for the ``cuda`` kernel: ``cuda/wkv5.cu`` + ``cuda/wkv5_op.cpp``, built on first use.
 
 The extension is compiled by ``torch.utils.cpp_extension.load`` the first
 time a (head size, input dtype) pair is used, into
@@ -13,15 +13,11 @@ backward is three (dr forward, dk+ds0 and dv in reverse from ``dsT``).
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
 from pathlib import Path
 
 import torch
 
 from rwkv_plug.core.errors import KernelError
-from rwkv_plug.core.interfaces import Kernel, KernelCaps
-from rwkv_plug.kernels.common import fused_wkv5
 
 SOURCES = Path(__file__).with_name("cuda")
 _IN_TYPES = {
@@ -88,34 +84,3 @@ class CudaBackend:
         with torch.cuda.device(r.device):
             stream = torch.cuda.current_stream(r.device).cuda_stream
             return tuple(ext.backward(r, k, v, lw, s0, dy, dsT, stream))
-
-
-class CudaKernel(Kernel):
-    """CUDA wkv5 extension (built on first use) with state gradient and B>1."""
-
-    name = "cuda"
-    caps = KernelCaps(
-        dtypes=("float32", "float64", "bfloat16", "float16"),
-        devices=("cuda",),
-        chunk_multiple=1,
-        speed_rank=10,
-    )
-    chunk_size = 1
-
-    @classmethod
-    def availability(cls) -> tuple[bool, str]:
-        try:
-            if torch.version.cuda is None:
-                return False, "this torch build has no CUDA support"
-            if not torch.cuda.is_available():
-                return False, "no CUDA device"
-            if shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").exists():
-                return False, "nvcc not found (install the CUDA toolkit to build the kernel)"
-            if importlib.util.find_spec("ninja") is None and shutil.which("ninja") is None:
-                return False, "ninja not found (pip install 'rwkv-plug[cuda]')"
-            return True, ""
-        except Exception as exc:  # availability must never raise
-            return False, f"cuda check failed: {exc}"
-
-    def wkv5(self, r, k, v, w, u, s0):
-        return fused_wkv5(CudaBackend(), r, k, v, w, u, s0)

@@ -1,4 +1,4 @@
-"""The ``triton`` kernel: chunked wkv5 forward and backward in Triton.
+"""wkv5 for the ``triton`` kernel: chunked forward and backward in Triton.
 
 Each program walks one (batch row, head) through the sequence in chunks of
 ``BT`` tokens, keeping a slice of the ``N x N`` state in registers (fp32, or
@@ -15,7 +15,7 @@ on tensor cores on Ampere/Hopper::
 cannot overflow. The backward is three passes: a forward scan for ``dr``,
 and two reverse scans of the state gradient (started from ``dsT``), one
 for ``dk`` and ``ds0`` and one for ``dv``. The bonus term and ``dw`` are
-handled in :mod:`.common`.
+handled in :mod:`.fused`.
 
 Triton is imported only when a kernel is first used. Under
 ``TRITON_INTERPRET=1`` the same kernels run on CPU tensors (tiny shapes,
@@ -25,13 +25,10 @@ fp32/fp64: the interpreter gets bf16 wrong).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 
 import torch
 
 from rwkv_plug.core.errors import KernelError
-from rwkv_plug.core.interfaces import Kernel, KernelCaps
-from rwkv_plug.kernels.common import fused_wkv5
 
 BT = 16  # tokens per chunk (tl.dot needs >= 16)
 BV = 32  # state columns per program (forward, dv)
@@ -41,7 +38,7 @@ NUM_WARPS = 4
 
 def _kernels():
     """The jitted kernels; importing triton is slow, so only on first use."""
-    from rwkv_plug.kernels import triton_impl
+    from rwkv_plug.kernels.wkv5 import triton_impl
 
     return triton_impl
 
@@ -84,41 +81,3 @@ class TritonBackend:
 def _on_device(x: torch.Tensor):
     """Launch on the tensor's GPU (triton uses the current device)."""
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
-
-
-class TritonKernel(Kernel):
-    """Chunked Triton wkv5 with state in/out and state gradient (Ampere/Hopper)."""
-
-    name = "triton"
-    caps = KernelCaps(
-        dtypes=("float32", "float64", "bfloat16", "float16"),
-        devices=("cuda",),
-        chunk_multiple=1,
-        speed_rank=20,
-    )
-    chunk_size = BT
-
-    @classmethod
-    def availability(cls) -> tuple[bool, str]:
-        try:
-            if importlib.util.find_spec("triton") is None:
-                return False, "triton is not installed (pip install 'rwkv-plug[triton]')"
-            if torch.cuda.is_available() or _interpreting():
-                return True, ""
-            return False, "no CUDA device (set TRITON_INTERPRET=1 to run it on CPU, slowly)"
-        except Exception as exc:  # availability must never raise
-            return False, f"triton check failed: {exc}"
-
-    @classmethod
-    def runs_on(cls, device_type: str) -> bool:
-        """CUDA; CPU too under Triton's interpreter (explicit selection only)."""
-        return device_type == "cuda" or (device_type == "cpu" and _interpreting())
-
-    def wkv5(self, r, k, v, w, u, s0):
-        return fused_wkv5(TritonBackend(), r, k, v, w, u, s0)
-
-
-def _interpreting() -> bool:
-    from rwkv_plug.core.env import settings
-
-    return settings().triton_interpret

@@ -1,6 +1,6 @@
 """Triton kernels for wkv5 (imported only when the triton kernel is first used).
 
-See :mod:`rwkv_plug.kernels.triton_wkv5` for the formulation. Every kernel
+See :mod:`rwkv_plug.kernels.wkv5.triton` for the formulation. Every kernel
 walks one (batch row, head) over chunks of ``BT`` tokens and owns a slice of
 the ``N x N`` state: a block of ``BV`` value columns (forward, ``dv``) or of
 ``BK`` key rows (``dr``, ``dk``), because those slices evolve independently.

@@ -1,4 +1,4 @@
-"""Autograd glue shared by the fused kernels (triton, cuda).
+"""Autograd glue shared by the fused wkv5 kernels (triton, cuda).
 
 A fused backend computes only the *state part* of wkv5 (``y_t = r_t S_t``
 and the final state) and its gradients for r, k, v and s0, honouring the
@@ -29,8 +29,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from rwkv_plug.kernels.contract import check_shapes
-from rwkv_plug.kernels.torch_chunked import compute_dtype
+from rwkv_plug.kernels.precision import compute_dtype
+from rwkv_plug.kernels.wkv5.reference import check_shapes
 
 
 class StateBackend(Protocol):

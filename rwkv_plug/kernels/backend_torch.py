@@ -1,0 +1,23 @@
+"""The ``torch`` kernel: pure PyTorch, exact for any decay, the default on CPU."""
+
+from __future__ import annotations
+
+from rwkv_plug.core.interfaces import Kernel, KernelCaps
+from rwkv_plug.kernels.wkv5.torch_chunked import CHUNK, wkv5_chunked
+
+
+class TorchKernel(Kernel):
+    """Chunked pure-PyTorch WKV (exact for any decay); the default on CPU."""
+
+    name = "torch"
+    caps = KernelCaps(
+        dtypes=("float32", "float64", "bfloat16", "float16"),
+        devices=("cpu", "cuda", "mps"),
+        speed_rank=0,
+        ops=("wkv5",),
+    )
+    #: Internal chunk length (any T works; the conformance suite tests a ragged T).
+    chunk_size = CHUNK
+
+    def wkv5(self, r, k, v, w, u, s0):
+        return wkv5_chunked(r, k, v, w, u, s0, self.chunk_size)

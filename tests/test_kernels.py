@@ -90,6 +90,96 @@ def test_autocast_does_not_lower_the_kernel_precision():
     torch.testing.assert_close(s, s_ref)
 
 
+@pytest.mark.parametrize("precision, dtype, expected", [
+    ("fp32", torch.float32, "highest"), ("tf32", torch.float32, "high"),
+    ("auto", torch.float32, "highest"), ("auto", torch.bfloat16, "high"), ("fp32", torch.bfloat16, "highest"),
+])
+def test_torch_kernel_runs_its_products_at_the_chosen_precision(precision, dtype, expected, monkeypatch):
+    seen: list[str] = []
+    matmul = torch.Tensor.__matmul__
+
+    def recording(a, b):  # torch's fp32 matmul precision at every product, forward and backward
+        seen.append(torch.get_float32_matmul_precision())
+        return matmul(a, b)
+
+    r, k, v, w, u, s0 = _inputs(T=40)
+    r, k, v = (t.to(dtype).requires_grad_() for t in (r, k, v))
+    w, u, s0 = (t.float().requires_grad_() for t in (w, u, s0))
+    kernel = resolve_kernel("torch", "cpu", dtype, precision=precision)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")  # what the caller set must not leak in
+    monkeypatch.setattr(torch.Tensor, "__matmul__", recording)
+    try:
+        y, sT = kernel.wkv5(r, k, v, w, u, s0)
+        fwd = list(seen)
+        (y.float().sum() + sT.sum()).backward()
+        assert torch.get_float32_matmul_precision() == "medium"  # and is restored
+    finally:
+        torch.set_float32_matmul_precision(before)
+    # forward: 3 products per chunk group (40 = 32 + a tail of 8); backward: 2 per product
+    assert fwd == [expected] * 6
+    assert seen[6:] == [expected] * 12
+
+
+@pytest.mark.parametrize("precision, dtype, expected", [
+    ("fp32", torch.float32, "ieee"), ("tf32", torch.float32, "tf32"), ("auto", torch.float32, "ieee"),
+    ("auto", torch.float16, "tf32"), ("fp32", torch.bfloat16, "ieee"), ("tf32", torch.float64, "ieee"),
+])
+def test_triton_kernel_launches_with_the_chosen_dot_precision(precision, dtype, expected, monkeypatch):
+    from rwkv_plug.kernels import backend_triton
+    from rwkv_plug.kernels.wkv5 import triton as wkv5_triton
+
+    launched: dict[str, str] = {}
+
+    class Launcher:  # stands in for the jitted kernels: records each launch's PREC
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            return lambda *args, **meta: launched.__setitem__(self.name, meta["PREC"])
+
+    fake = type("Kernels", (), {n: Launcher(n) for n in ("_fwd", "_bwd_dr", "_bwd_dk", "_bwd_dv")})
+    monkeypatch.setattr(wkv5_triton, "_kernels", lambda: fake)
+    kernel = backend_triton.TritonKernel()
+    kernel.precision = precision
+    r, k, v, w, u, s0 = _inputs(B=1, T=16, H=1, N=16)
+    r, k, v = (t.to(dtype).requires_grad_() for t in (r, k, v))
+    y, sT = kernel.wkv5(r, k, v, w.float(), u.float(), s0.float().requires_grad_())
+    (y.double().sum() + sT.double().sum()).backward()
+    assert launched == {n: expected for n in ("_fwd", "_bwd_dr", "_bwd_dk", "_bwd_dv")}
+
+
+def test_a_bad_wkv_precision_is_refused_by_kernel_selection():
+    with pytest.raises(KernelError, match="wkv precision must be one of auto, fp32, tf32"):
+        resolve_kernel("torch", "cpu", torch.float32, precision="fp16")
+
+
+def test_the_model_and_fit_hand_wkv_precision_to_the_kernel(tmp_path):
+    # In a child: building a model imports torch._dynamo, which imports triton outside
+    # Triton's interpreter and would break the interpreter tests of this process.
+    code = f"""
+import torch
+from rwkv_plug.models import load_model
+from rwkv_plug.models.init import init_state_dict
+from rwkv_plug.training.fit import load_training_model
+cpu = torch.device("cpu")
+sd = init_state_dict(1, 64, 16, seed=0, dtype=torch.float32)
+model = load_model(sd, kernel="torch")
+seen = [model.kernel_for(cpu, torch.float32).precision]
+for p in ("fp32", "tf32"):
+    model.set_kernel("torch", precision=p)
+    seen.append(model.kernel_for(cpu, torch.float32).precision)
+torch.save(sd, {str(tmp_path / "m.pth")!r})
+m = {{"load_model": {str(tmp_path / "m.pth")!r}, "kernel": "torch", "dropout": 0.0, "grad_cp": False}}
+seen += [load_training_model({{**m, "wkv_precision": p}}).kernel_for(cpu, torch.float32).precision
+         for p in ("fp32", "tf32", "auto")]
+print(seen)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "['auto', 'fp32', 'tf32', 'fp32', 'tf32', 'auto']"
+
+
 # -- the conformance helper catches broken kernels ---------------------------
 class _IgnoresStateGrad(Kernel):
     """Detaches the final state, like kernels that drop dsT."""
@@ -216,6 +306,11 @@ def test_explicit_kernel_with_wrong_dtype_or_device_is_an_error(with_plugin):
 
 def test_triton_on_cpu_only_when_named_under_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+    # selection only: triton may already be imported here without its interpreter; the
+    # self-check that runs it on CPU runs in test_kernels_triton.py's fresh processes
+    from rwkv_plug.kernels import selfcheck
+
+    monkeypatch.setattr(selfcheck, "failure", lambda *args: None)
     assert resolve_kernel("triton", "cpu", torch.float32).name == "triton"
     assert resolve_kernel("auto", "cpu", torch.float32).name == "torch"  # auto stays fast
 
@@ -249,13 +344,16 @@ def test_importing_kernels_does_no_work():
 def test_check_kernels_and_list_kernels_cli():
     out = run_cli("check-kernels", "-v", env={"TRITON_INTERPRET": ""})
     assert out.returncode == 0, out.stderr
-    assert "torch      PASS  [cpu, float32]" in out.stdout
-    assert "ok   batch_rows" in out.stdout
+    assert "torch      wkv5  PASS  [cpu, float32]" in out.stdout
+    assert "torch      wkv7  PASS  [cpu, float32]" in out.stdout  # every op the kernel lists
+    assert "ok   batch_rows" in out.stdout and "ok   decay_near_0" in out.stdout
+    assert "    skip " not in out.stdout  # no check is skipped for the built-in kernels
     assert "triton     unavailable (no CUDA device" in out.stdout
     listing = run_cli("list-kernels", env={"TRITON_INTERPRET": ""})
     assert listing.returncode == 0
     lines = {line.split()[0]: line for line in listing.stdout.splitlines()}
     assert "available" in lines["torch"] and "unavailable (" in lines["triton"]
+    assert "unavailable (" in lines["fla"]  # it needs CUDA (and the fla extra)
 
 
 def test_check_kernels_fails_for_a_broken_kernel(with_plugin):

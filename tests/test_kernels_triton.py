@@ -49,8 +49,10 @@ def test_triton_conformance_under_the_interpreter():
 def test_check_kernels_cli_runs_triton_under_the_interpreter():
     out = run_cli("check-kernels", "--kernel", "triton", "-v", env={"TRITON_INTERPRET": "1"})
     assert out.returncode == 0, out.stderr
-    assert "triton     PASS  [cpu, float32]" in out.stdout
-    for check in ("forward+backward", "s0_grad", "sT_grad_only", "chained", "batch_rows", "T=1"):
+    assert "triton     wkv5  PASS  [cpu, float32]" in out.stdout
+    assert "triton     wkv7  PASS  [cpu, float32]" in out.stdout  # every op the kernel lists
+    for check in ("forward+backward", "s0_grad", "sT_grad_only", "chained", "batch_rows", "T=1",
+                  "decay_near_0", "decay_near_1"):
         assert f"ok   {check} " in out.stdout
 
 

@@ -1,4 +1,4 @@
-"""The ``triton`` kernel: chunked Triton WKV with state in/out and state gradient.
+"""The ``triton`` kernel: Triton wkv5 (chunked) and wkv7 (scan), state in/out and gradient.
 
 Triton is imported only when a kernel is first used. Under
 ``TRITON_INTERPRET=1`` the same kernels run on CPU tensors (tiny shapes,
@@ -17,14 +17,14 @@ from rwkv_plug.kernels.wkv5.triton import BT, TritonBackend
 
 
 class TritonKernel(Kernel):
-    """Chunked Triton WKV with state in/out and state gradient (Ampere/Hopper)."""
+    """Triton wkv5 (chunked) and wkv7 (scan), state in/out and state gradient (Ampere/Hopper)."""
 
     name = "triton"
     caps = KernelCaps(
         dtypes=("float32", "float64", "bfloat16", "float16"),
         devices=("cuda",),
         speed_rank=20,
-        ops=("wkv5",),
+        ops=("wkv5", "wkv7"),
     )
     chunk_size = BT
 
@@ -45,7 +45,12 @@ class TritonKernel(Kernel):
         return device_type == "cuda" or (device_type == "cpu" and _interpreting())
 
     def wkv5(self, r, k, v, w, u, s0):
-        return fused_wkv5(TritonBackend(), r, k, v, w, u, s0)
+        return fused_wkv5(TritonBackend(self.precision), r, k, v, w, u, s0)
+
+    def wkv7(self, r, w, k, v, a, b, s0):
+        from rwkv_plug.kernels.wkv7.triton import triton_wkv7
+
+        return triton_wkv7(r, w, k, v, a, b, s0)
 
 
 def _interpreting() -> bool:

@@ -1,16 +1,18 @@
-"""The conformance suite every wkv5 kernel must pass, third-party ones included.
+"""The conformance suite every WKV kernel must pass, third-party ones included.
 
 Usage (a plugin author's test)::
 
     from rwkv_plug.kernels.conformance import check_kernel
-    report = check_kernel(MyKernel(), device="cuda", dtype=torch.bfloat16)
+    report = check_kernel(MyKernel(), device="cuda", dtype=torch.bfloat16, op="wkv7")
     assert report.passed, report.format()
 
-Each check compares the kernel, fed inputs rounded to ``dtype``, with
-:func:`~rwkv_plug.kernels.wkv5.reference.wkv5_recurrent` run in fp64 on the same
-rounded values. Errors are reported relative to the largest reference
-value of the compared tensor. Decays span ``exp(-exp(-6))`` (slow) to
-``exp(-exp(2))`` (~6e-4, fast), as in trained models.
+Each check compares the kernel's ``op``, fed inputs rounded to ``dtype``,
+with the op's per-step reference (``kernels/<op>/reference.py``) run in fp64
+on the same rounded values: outputs, final state and every gradient, ``ds0``
+included. Errors are reported relative to the largest reference value of
+the compared tensor. The ops' arguments and test inputs are described in
+:mod:`.conformance_ops`. A check that cannot apply to a kernel is reported
+as skipped, never as passed.
 """
 
 from __future__ import annotations
@@ -21,38 +23,54 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from rwkv_plug.kernels.wkv5.reference import wkv5_recurrent
+from rwkv_plug.kernels.conformance_ops import DECAY_NEAR_0, DECAY_NEAR_1, OPS, OpSpec
 
 #: Pass when max |kernel - reference| <= tol * max |reference|, per tensor.
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 #: ``dw`` for near-zero decays carries extra rounding (see kernels/wkv5/fused.py).
 DW_FACTOR = 10.0
-GRAD_NAMES = ("dr", "dk", "dv", "dw", "du", "ds0")
 
 
 @dataclass
 class CheckResult:
-    """One conformance check: its name, verdict and worst errors."""
+    """One conformance check: its name, verdict and worst errors.
+
+    A skipped check (one that cannot apply, ``detail`` says why) has
+    ``skipped=True`` and ``passed=False``: it never counts as passed.
+    """
 
     name: str
     passed: bool
     max_abs: float = 0.0
     max_rel: float = 0.0
     detail: str = ""
+    skipped: bool = False
+
+    @property
+    def mark(self) -> str:
+        """``ok``, ``FAIL`` or ``skip``, as reports print it."""
+        return "skip" if self.skipped else ("ok" if self.passed else "FAIL")
 
 
 @dataclass
 class ConformanceReport:
-    """All checks for one kernel on one device and dtype."""
+    """All checks of one op for one kernel on one device and dtype."""
 
     kernel: str
     device: str
     dtype: str
     checks: list[CheckResult] = field(default_factory=list)
+    op: str = "wkv5"
 
     @property
     def passed(self) -> bool:
-        return bool(self.checks) and all(c.passed for c in self.checks)
+        """Every check that ran passed, and at least one ran (skipped ones do not count)."""
+        ran = [c for c in self.checks if not c.skipped]
+        return bool(ran) and all(c.passed for c in ran)
+
+    @property
+    def skipped(self) -> list[str]:
+        return [c.name for c in self.checks if c.skipped]
 
     @property
     def max_abs(self) -> float:
@@ -64,13 +82,14 @@ class ConformanceReport:
 
     def format(self) -> str:
         """A multi-line human summary, one line per check."""
-        head = f"{self.kernel} [{self.device}, {self.dtype}]: {'PASS' if self.passed else 'FAIL'}"
+        skipped = f" ({len(self.skipped)} skipped)" if self.skipped else ""
+        head = (f"{self.kernel} {self.op} [{self.device}, {self.dtype}]: "
+                f"{'PASS' if self.passed else 'FAIL'}{skipped}")
         lines = [head]
         for c in self.checks:
-            mark = "ok  " if c.passed else "FAIL"
             extra = f"  {c.detail}" if c.detail else ""
             lines.append(
-                f"  {mark} {c.name:<16} max_abs={c.max_abs:.2e} max_rel={c.max_rel:.2e}{extra}"
+                f"  {c.mark:<4} {c.name:<16} max_abs={c.max_abs:.2e} max_rel={c.max_rel:.2e}{extra}"
             )
         return "\n".join(lines)
 
@@ -79,50 +98,35 @@ class _Mismatch(Exception):
     pass
 
 
-def _inputs(B: int, T: int, H: int, N: int, seed: int) -> dict[str, Tensor]:
-    """fp64 test inputs on CPU; each row of s0 differs."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape: int, scale: float = 1.0) -> Tensor:
-        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
-
-    theta = torch.linspace(-6.0, 2.0, H * N, dtype=torch.float64).view(H, N)
-    theta = theta[:, torch.randperm(N, generator=g)]  # fast and slow channels mixed
-    return {
-        "r": rnd(B, T, H, N, scale=0.5), "k": rnd(B, T, H, N, scale=0.5),
-        "v": rnd(B, T, H, N, scale=0.5), "w": torch.exp(-torch.exp(theta)),
-        "u": rnd(H, N, scale=0.5), "s0": rnd(B, H, N, N),
-        "gy": rnd(B, T, H, N), "gs": rnd(B, H, N, N),
-    }
+class _Skip(Exception):
+    """Raised by a check that cannot apply; its message says why."""
 
 
 class _Runner:
-    """Runs the kernel and the fp64 reference on the same rounded inputs."""
+    """Runs the kernel's op and the fp64 reference on the same rounded inputs."""
 
-    def __init__(self, kernel, device: str | torch.device, dtype: torch.dtype) -> None:
-        self.kernel, self.device, self.dtype = kernel, torch.device(device), dtype
+    def __init__(self, kernel, spec: OpSpec, device: str | torch.device, dtype: torch.dtype) -> None:
+        self.kernel, self.spec, self.device, self.dtype = kernel, spec, torch.device(device), dtype
+        self.op = getattr(kernel, spec.name)
         self.tol = TOLERANCE.get(dtype, 2e-2)
+        self.state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
 
-    def cast(self, x: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Round r, k, v to the test dtype (w, u, s0 stay fp32 per the contract)."""
-        out = dict(x)
-        for n in ("r", "k", "v"):
-            out[n] = x[n].to(self.dtype).to(torch.float64)
-        if self.dtype != torch.float64:
-            for n in ("w", "u", "s0"):
-                out[n] = x[n].float().double()
+    def inputs(self, B: int, T: int, H: int, N: int, seed: int, **kw) -> dict[str, Tensor]:
+        """Test inputs, low-precision ones rounded to the test dtype (the rest to fp32)."""
+        out = self.spec.inputs(B, T, H, N, seed, **kw)
+        for n in self.spec.args:
+            dt = self.dtype if n in self.spec.low_args else self.state_dtype
+            out[n] = out[n].to(dt).to(torch.float64)
         return out
 
     def run(self, x: dict[str, Tensor], fn: Callable | None, loss: str = "both"):
         """``(y, sT, grads)`` in fp64 on CPU. ``fn`` None means the reference."""
         if fn is None:
-            ins = [x[n].clone().requires_grad_() for n in ("r", "k", "v", "w", "u", "s0")]
-            y, sT = wkv5_recurrent(*ins)
+            ins = [x[n].clone().requires_grad_() for n in self.spec.args]
+            y, sT = self.spec.reference(*ins)
         else:
-            sdt = torch.float64 if self.dtype == torch.float64 else torch.float32
-            dts = [self.dtype] * 3 + [sdt] * 3
-            ins = [x[n].to(self.device, dt).requires_grad_()
-                   for n, dt in zip(("r", "k", "v", "w", "u", "s0"), dts)]
+            ins = [x[n].to(self.device, self.dtype if n in self.spec.low_args else self.state_dtype)
+                   .requires_grad_() for n in self.spec.args]
             y, sT = fn(*ins)
         gy, gs = x["gy"].to(y.device), x["gs"].to(sT.device)
         total = 0.0
@@ -138,6 +142,8 @@ class _Runner:
 
     def compare(self, pairs: list[tuple[str, Tensor, Tensor]]) -> tuple[float, float, str]:
         """Worst abs/rel error over named pairs; raises _Mismatch naming the worst offender."""
+        if not pairs:
+            raise _Skip("nothing to compare")  # never a vacuous pass
         worst_abs = worst_rel = 0.0
         bad = []
         for name, got, ref in pairs:
@@ -153,19 +159,18 @@ class _Runner:
                 bad.append(f"{name} rel {rel:.1e} > {tol:.0e}")
         return worst_abs, worst_rel, "; ".join(bad)
 
-
-def _named(prefix: str, y, sT, grads, ref) -> list[tuple[str, Tensor, Tensor]]:
-    out = [(f"{prefix}y", y, ref[0]), (f"{prefix}sT", sT, ref[1])]
-    out += [(f"{prefix}{n}", g, rg) for n, g, rg in zip(GRAD_NAMES, grads, ref[2])]
-    return out
+    def named(self, prefix: str, y, sT, grads, ref) -> list[tuple[str, Tensor, Tensor]]:
+        out = [(f"{prefix}y", y, ref[0]), (f"{prefix}sT", sT, ref[1])]
+        out += [(f"{prefix}{n}", g, rg) for n, g, rg in zip(self.spec.grad_names, grads, ref[2])]
+        return out
 
 
 def _check_vs_reference(run: _Runner, B: int, T: int, H: int, N: int, seed: int, loss="both",
-                        only: tuple[str, ...] = ()):
-    x = run.cast(_inputs(B, T, H, N, seed))
-    got = run.run(x, run.kernel.wkv5, loss)
+                        only: tuple[str, ...] = (), **kw):
+    x = run.inputs(B, T, H, N, seed, **kw)
+    got = run.run(x, run.op, loss)
     ref = run.run(x, None, loss)
-    pairs = _named("", *got, ref)
+    pairs = run.named("", *got, ref)
     if only:
         pairs = [p for p in pairs if p[0] in only]
     return run.compare(pairs)
@@ -173,48 +178,70 @@ def _check_vs_reference(run: _Runner, B: int, T: int, H: int, N: int, seed: int,
 
 def _check_chained(run: _Runner, H: int, N: int, T1: int, T2: int):
     """Two calls passing the state on equal one call over the concatenation."""
-    x = run.cast(_inputs(2, T1 + T2, H, N, seed=5))
+    if T1 < 1 or T2 < 1:
+        raise _Skip(f"needs T >= 2 to split, got {T1 + T2}")
+    x = run.inputs(2, T1 + T2, H, N, seed=5)
+    spec = run.spec
+    tok = [n in spec.token_args for n in spec.args[:-1]]
 
-    def chained(r, k, v, w, u, s0):
-        y1, s1 = run.kernel.wkv5(r[:, :T1], k[:, :T1], v[:, :T1], w, u, s0)
-        y2, s2 = run.kernel.wkv5(r[:, T1:], k[:, T1:], v[:, T1:], w, u, s1)
+    def chained(*args):
+        first = [t[:, :T1] if cut else t for t, cut in zip(args[:-1], tok)]
+        second = [t[:, T1:] if cut else t for t, cut in zip(args[:-1], tok)]
+        y1, s1 = run.op(*first, args[-1])
+        y2, s2 = run.op(*second, s1)
         return torch.cat([y1, y2], dim=1), s2
 
     got = run.run(x, chained)
-    pairs = _named("chained.", *got, run.run(x, run.kernel.wkv5))
-    pairs += _named("ref.", *got, run.run(x, None))
+    pairs = run.named("chained.", *got, run.run(x, run.op))
+    pairs += run.named("ref.", *got, run.run(x, None))
     return run.compare(pairs)
 
 
 def _check_rows(run: _Runner, H: int, N: int, T: int):
     """B=3 with a different s0 per row: each row equals that row run alone."""
-    x = run.cast(_inputs(3, T, H, N, seed=7))
-    y, sT, grads = run.run(x, run.kernel.wkv5)
+    x = run.inputs(3, T, H, N, seed=7)
+    y, sT, grads = run.run(x, run.op)
+    per_row = (*run.spec.row_args, "gy", "gs")
+    row_grads = {f"d{n}" for n in run.spec.row_args}  # the others are sums over rows
     pairs = []
     for b in range(3):
-        xb = {n: (t[b : b + 1] if n in ("r", "k", "v", "s0", "gy", "gs") else t)
-              for n, t in x.items()}
+        xb = {n: (t[b : b + 1] if n in per_row else t) for n, t in x.items()}
         ry, rs, rg = run.run(xb, None)
         pairs += [(f"row{b}.y", y[b : b + 1], ry), (f"row{b}.sT", sT[b : b + 1], rs)]
-        for n, g, ref in zip(GRAD_NAMES, grads, rg):
-            if n in ("dr", "dk", "dv", "ds0"):  # dw, du are sums over rows
+        for n, g, ref in zip(run.spec.grad_names, grads, rg):
+            if n in row_grads:
                 pairs.append((f"row{b}.{n}", g[b : b + 1], ref))
     return run.compare(pairs)
 
 
-def check_kernel(kernel, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 head_size: int = 64, heads: int = 2, T: int = 48) -> ConformanceReport:
-    """Run every conformance check on ``kernel`` (an instance with ``wkv5``).
+def _check_ragged(run: _Runner, H: int, N: int, chunk: int, T: int):
+    if chunk < 2:
+        raise _Skip(f"chunk_size {chunk}: every T is a whole number of chunks")
+    return _check_vs_reference(run, 1, T, H, N, seed=6)
 
-    ``T`` is the main sequence length (keep it small under interpreters).
-    Exceptions raised by the kernel fail the check they happen in.
+
+def check_kernel(kernel, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 head_size: int = 64, heads: int = 2, T: int = 48, op: str = "wkv5"
+                 ) -> ConformanceReport:
+    """Run every conformance check of ``op`` (``"wkv5"`` or ``"wkv7"``) on ``kernel``.
+
+    ``kernel`` is an instance with a method named ``op``. ``T`` is the main
+    sequence length (keep it small under interpreters). Exceptions raised by
+    the kernel fail the check they happen in; a check that cannot apply is
+    reported as skipped.
     """
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; the conformance suite knows {', '.join(OPS)}")
     name = getattr(kernel, "name", type(kernel).__name__)
-    report = ConformanceReport(name, str(device), str(dtype).replace("torch.", ""))
-    run = _Runner(kernel, device, dtype)
+    report = ConformanceReport(name, str(device), str(dtype).replace("torch.", ""), op=op)
     H, N = heads, head_size
     chunk = max(int(getattr(kernel, "chunk_size", 16)), 1)
     ragged = 2 * chunk + 3
+    try:
+        run = _Runner(kernel, OPS[op], device, dtype)
+    except AttributeError:
+        report.checks.append(CheckResult("has_op", False, detail=f"the kernel has no {op} method"))
+        return report
 
     checks: list[tuple[str, Callable[[], tuple[float, float, str]]]] = [
         ("forward+backward", lambda: _check_vs_reference(run, 2, T, H, N, seed=1)),
@@ -223,13 +250,20 @@ def check_kernel(kernel, device: str | torch.device = "cpu", dtype: torch.dtype 
         ("chained", lambda: _check_chained(run, H, N, T // 2 + 1, T - T // 2 - 1)),
         ("batch_rows", lambda: _check_rows(run, H, N, T // 2)),
         ("T=1", lambda: _check_vs_reference(run, 2, 1, H, N, seed=4)),
-        (f"ragged_T={ragged}", lambda: _check_vs_reference(run, 1, ragged, H, N, seed=6)),
+        (f"ragged_T={ragged}", lambda: _check_ragged(run, H, N, chunk, ragged)),
     ]
+    if run.spec.decay_checks:
+        checks += [
+            ("decay_near_0", lambda: _check_vs_reference(run, 2, T, H, N, seed=8, theta=DECAY_NEAR_0)),
+            ("decay_near_1", lambda: _check_vs_reference(run, 2, T, H, N, seed=9, theta=DECAY_NEAR_1)),
+        ]
 
     for check_name, fn in checks:
         try:
             max_abs, max_rel, problems = fn()
             report.checks.append(CheckResult(check_name, not problems, max_abs, max_rel, problems))
+        except _Skip as exc:
+            report.checks.append(CheckResult(check_name, False, detail=str(exc), skipped=True))
         except _Mismatch as exc:
             report.checks.append(CheckResult(check_name, False, detail=str(exc)))
         except Exception as exc:  # a crashing kernel fails the check, not the suite

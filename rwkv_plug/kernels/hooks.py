@@ -1,4 +1,4 @@
-"""Built-in plugin: the torch, triton and cuda wkv5 kernels, and ``check-kernels``."""
+"""Built-in plugin: the torch, triton, cuda and fla WKV kernels, and ``check-kernels``."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from rwkv_plug.core.hookspecs import hookimpl
 @hookimpl
 def register_kernels():
     from rwkv_plug.kernels.backend_cuda import CudaKernel
+    from rwkv_plug.kernels.backend_fla import FlaKernel
     from rwkv_plug.kernels.backend_torch import TorchKernel
     from rwkv_plug.kernels.backend_triton import TritonKernel
 
-    return [TorchKernel, TritonKernel, CudaKernel]
+    return [TorchKernel, TritonKernel, CudaKernel, FlaKernel]
 
 
 def _device_for(cls) -> str | None:
@@ -37,10 +38,15 @@ _SHORT_DTYPES = {"fp32": "float32", "fp64": "float64", "bf16": "bfloat16", "fp16
 @click.option("--dtype", default="float32", show_default=True,
               type=click.Choice([*_SHORT_DTYPES.values(), *_SHORT_DTYPES]),
               callback=lambda _ctx, _param, value: _SHORT_DTYPES.get(value, value),
-              help="Input dtype for r, k, v (bf16/fp16/fp32/fp64 also accepted).")
+              help="Input dtype for r, k, v (and wkv7's a, b); bf16/fp16/fp32/fp64 also accepted.")
+@click.option("--op", "ops", multiple=True, type=click.Choice(["wkv5", "wkv7"]),
+              help="Check only this op (repeatable); default: every op each kernel implements.")
 @click.option("-v", "--verbose", is_flag=True, help="Print every check, not only failures.")
-def check_kernels(names: tuple[str, ...], dtype: str, verbose: bool) -> None:
-    """Run the wkv5 conformance suite on every kernel available on this machine."""
+def check_kernels(names: tuple[str, ...], dtype: str, ops: tuple[str, ...], verbose: bool) -> None:
+    """Run the conformance suite of each op every available kernel implements.
+
+    One line per kernel and op; failed and skipped checks are always listed.
+    """
     import torch
 
     from rwkv_plug.core import plugins
@@ -62,17 +68,26 @@ def check_kernels(names: tuple[str, ...], dtype: str, verbose: bool) -> None:
             click.echo(f"{entry.name:<10} skipped ({dtype} not in its caps)")
             continue
         small = device == "cpu" and entry.name != "torch"  # interpreters are slow
-        report = check_kernel(entry.cls(), device=device, dtype=getattr(torch, dtype),
-                              heads=1 if small else 2, T=32 if small else 64)
-        verdict = "PASS" if report.passed else "FAIL"
-        click.echo(f"{entry.name:<10} {verdict}  [{device}, {dtype}]  "
-                   f"max_abs={report.max_abs:.2e} max_rel={report.max_rel:.2e}")
-        for c in report.checks:
-            if verbose or not c.passed:
-                click.echo(f"    {'ok  ' if c.passed else 'FAIL'} {c.name:<16} "
-                           f"max_abs={c.max_abs:.2e} max_rel={c.max_rel:.2e}  {c.detail}".rstrip())
-        if not report.passed:
-            failed.append(entry.name)
+        for op in entry.cls.caps.ops:
+            if ops and op not in ops:
+                continue
+            report = check_kernel(entry.cls(), device=device, dtype=getattr(torch, dtype),
+                                  heads=1 if small else 2, T=32 if small else 64, op=op,
+                                  head_size=16 if small else 64)
+            verdict = "PASS" if report.passed else "FAIL"
+            skipped = f"  ({len(report.skipped)} skipped)" if report.skipped else ""
+            click.echo(f"{entry.name:<10} {op:<5} {verdict}  [{device}, {dtype}]  "
+                       f"max_abs={report.max_abs:.2e} max_rel={report.max_rel:.2e}{skipped}")
+            for c in report.checks:
+                if verbose or not c.passed:  # failed and skipped checks always print
+                    click.echo(f"    {c.mark:<4} {c.name:<16} "
+                               f"max_abs={c.max_abs:.2e} max_rel={c.max_rel:.2e}  {c.detail}".rstrip())
+            if not report.passed:
+                failed.append(f"{entry.name} ({op})")
+    from rwkv_plug.kernels.selfcheck import format_verdicts
+
+    for line in format_verdicts():  # what training's self-checks found (kernels/selfcheck.py)
+        click.echo(line)
     if failed:
         raise KernelError(f"conformance failed for: {', '.join(failed)} (details above)")
 

@@ -12,6 +12,8 @@ import torch
 from rwkv_plug.core import notice, plugins
 from rwkv_plug.core.errors import KernelError
 from rwkv_plug.core.interfaces import Kernel, kernel_availability
+from rwkv_plug.kernels import selfcheck
+from rwkv_plug.kernels.precision import WKV_PRECISIONS
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -35,8 +37,20 @@ def runs_on(cls: type, device_type: str) -> bool:
     return device_type in cls.caps.devices
 
 
-def resolve_kernel(name: str, device: torch.device | str, dtype: torch.dtype, op: str = "wkv5") -> Kernel:
+def _instance(cls: type, precision: str) -> Kernel:
+    if precision not in WKV_PRECISIONS:
+        raise KernelError(f"wkv precision must be one of {', '.join(WKV_PRECISIONS)}, got {precision!r} "
+                          "(model.wkv_precision)")
+    kernel = cls()
+    kernel.precision = precision
+    return kernel
+
+
+def resolve_kernel(name: str, device: torch.device | str, dtype: torch.dtype, op: str = "wkv5",
+                   precision: str = "auto") -> Kernel:
     """A kernel instance for ``name`` running ``op`` on ``device`` with ``dtype`` inputs.
+
+    ``precision`` (``model.wkv_precision``) is set on the instance as ``precision``.
 
     Raises ``UnknownNameError`` (with did-you-mean) for unregistered names and
     ``KernelError`` with the reason when the kernel cannot run here.
@@ -67,10 +81,15 @@ def resolve_kernel(name: str, device: torch.device | str, dtype: torch.dtype, op
                 f"model.kernel '{name}' does not support {dt} inputs "
                 f"(it supports {', '.join(cls.caps.dtypes)}); change precision or the kernel."
             )
-        return cls()
+        failed = selfcheck.failure(registry.entry(name), op, device, dtype)
+        if failed:  # named by the user: stop rather than train on wrong numbers
+            raise KernelError(f"model.kernel '{name}' {failed}. Use kernel: auto or torch, "
+                              "or see rwkv-plug check-kernels --kernel " + str(name))
+        return _instance(cls, precision)
 
     best = None
     skipped: list[tuple[int, str]] = []  # (speed rank, "name: reason")
+    usable = []
     for entry in registry:
         cls = entry.cls
         if op not in cls.caps.ops or device_type not in cls.caps.devices or dt not in cls.caps.dtypes:
@@ -79,8 +98,13 @@ def resolve_kernel(name: str, device: torch.device | str, dtype: torch.dtype, op
         if not ok:
             skipped.append((cls.caps.speed_rank, f"{entry.name}: {reason}"))
             continue
-        if best is None or cls.caps.speed_rank > best.caps.speed_rank:
-            best = cls
+        usable.append(entry)
+    for entry in sorted(usable, key=lambda e: -e.cls.caps.speed_rank):  # fastest first; ties by name
+        failed = selfcheck.failure(entry, op, device, dtype)
+        if not failed:
+            best = entry.cls
+            break
+        skipped.append((entry.cls.caps.speed_rank, f"{entry.name}: {failed}"))
     if best is None:
         why = "; ".join(text for _, text in skipped) or f"none lists {op}, this device and dtype in its caps"
         raise KernelError(
@@ -92,4 +116,4 @@ def resolve_kernel(name: str, device: torch.device | str, dtype: torch.dtype, op
         notice.warn_once(("kernel auto", op, device_type, dt, best.name),
                          f"model.kernel auto: using '{best.name}' for {op} on {device_type} / {dt}, because faster "
                          f"kernels cannot run here ({'; '.join(faster)})")
-    return best()
+    return _instance(best, precision)

@@ -7,8 +7,12 @@ rebuilds only when a source changed). Nothing is compiled at import.
 
 The kernels are the per-timestep recurrence, one block per (batch row,
 head) and one thread per state column or row, with the batch offset the
-earlier trainer's kernel lacked and a state gradient. Forward is one pass;
-backward is three (dr forward, dk+ds0 and dv in reverse from ``dsT``).
+earlier trainer's kernel lacked and a state gradient. All passes are one
+templated ``line_scan`` kernel (``wkv5.cu`` has the math and the table of
+what each pass feeds it): forward is one pass; backward is three (``dr``
+forward from ``s0``, ``dk`` + ``ds0`` and ``dv`` in reverse from ``dsT``).
+Arithmetic is scalar fp32 (fp64 for fp64 inputs), so ``model.wkv_precision``
+has nothing to choose here.
 """
 
 from __future__ import annotations

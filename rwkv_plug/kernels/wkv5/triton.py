@@ -4,8 +4,9 @@ Each program walks one (batch row, head) through the sequence in chunks of
 ``BT`` tokens, keeping a slice of the ``N x N`` state in registers (fp32, or
 fp64 for fp64 inputs): ``BV`` value columns in the forward and ``dv`` passes,
 ``BK`` key rows in the ``dr`` and ``dk`` passes, since those slices evolve
-independently. Per chunk the state part is three matrix products, which run
-on tensor cores on Ampere/Hopper::
+independently. Per chunk the state part is three matrix products (``tl.dot``),
+on TF32 tensor cores or in IEEE fp32 as ``model.wkv_precision`` says
+(:class:`TritonBackend`)::
 
     y     = (r * w^t) S + A v              A[t, s] = sum_k r_t k_s w^(t-1-s), s < t
     S'    = w^L * S + (k * w^(L-1-s))^T v
@@ -29,6 +30,7 @@ import contextlib
 import torch
 
 from rwkv_plug.core.errors import KernelError
+from rwkv_plug.kernels.precision import uses_tf32
 
 BT = 16  # tokens per chunk (tl.dot needs >= 16)
 BV = 32  # state columns per program (forward, dv)
@@ -44,14 +46,22 @@ def _kernels():
 
 
 class TritonBackend:
-    """The state part of wkv5 and its backward, on Triton kernels."""
+    """The state part of wkv5 and its backward, on Triton kernels.
+
+    ``precision`` (``model.wkv_precision``) picks the ``tl.dot`` input
+    precision of the fp32 products: ``"ieee"`` (exact fp32) or ``"tf32"``;
+    see :mod:`rwkv_plug.kernels.precision`. fp64 dots are fp64.
+    """
+
+    def __init__(self, precision: str = "auto") -> None:
+        self.precision = precision
 
     def _meta(self, r: torch.Tensor) -> dict:
         B, T, H, N = r.shape
         if N < 16 or N & (N - 1):
             raise KernelError(f"triton wkv5 needs a power-of-two head size >= 16, got {N}")
         is64 = r.dtype == torch.float64
-        prec = "ieee" if r.dtype in (torch.float32, torch.float64) else "tf32"
+        prec = "tf32" if uses_tf32(self.precision, r.dtype) else "ieee"
         return dict(T=T, H=H, N=N, BT=BT, IS64=is64, PREC=prec, num_warps=NUM_WARPS)
 
     def forward(self, r, k, v, lw, s0):

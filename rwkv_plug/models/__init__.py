@@ -1,4 +1,4 @@
-"""RWKV architectures (v5 first), model files, and their commands.
+"""RWKV architectures (v5 and v7), model files, and their commands.
 
 ``load_model`` is the one entry point the trainer and the CLI use; it picks
 the architecture from the registered model plugins by the file's keys.

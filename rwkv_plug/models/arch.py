@@ -9,7 +9,6 @@ from ``head.weight``, dim_att from ``att.key.weight``, dim_ffn from
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,10 +16,8 @@ import torch
 
 from rwkv_plug.core.errors import ModelError
 from rwkv_plug.core.interfaces import ModelArch
-
+from rwkv_plug.models.layout import block_count, check_layout, scaled_groups
 from rwkv_plug.models.rwkv5 import HEAD_SIZE, RWKV5, default_dim_ffn
-
-_BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
 def x052_shapes(
@@ -77,6 +74,9 @@ class RWKV5Arch(ModelArch):
     """RWKV-v5.2 "Eagle" (official x052 state dict, head size 64)."""
 
     name = "rwkv5"
+    tuning_modes = ("full", "state", "lora")
+    wkv_layout = "kv"
+    time_state_in_model_file = True  # the rwkv pip package's v5.2/v6 loader
 
     @classmethod
     def detect(cls, state_dict: Mapping[str, Any]) -> bool:
@@ -94,9 +94,8 @@ class RWKV5Arch(ModelArch):
         """n_layer, n_embd, vocab_size, dim_att, dim_ffn read from the tensors."""
         try:
             vocab, n_embd = state_dict["head.weight"].shape
-            blocks = [int(m.group(1)) for k in state_dict if (m := _BLOCK.match(k))]
             return {
-                "n_layer": 1 + max(blocks),
+                "n_layer": block_count(state_dict),
                 "n_embd": int(n_embd),
                 "vocab_size": int(vocab),
                 "dim_att": int(state_dict["blocks.0.att.key.weight"].shape[0]),
@@ -109,22 +108,27 @@ class RWKV5Arch(ModelArch):
     def check_complete(cls, state_dict: Mapping[str, Any], source: str = "state dict") -> dict[str, int]:
         """Raise ``ModelError`` unless the keys and shapes are exactly x052; return the dims."""
         dims = cls.dims(state_dict)
-        want = x052_shapes(**dims)
-        missing = [k for k in want if k not in state_dict]
-        extra = [k for k in state_dict if k not in want]
-        wrong = [
-            f"{k} {tuple(state_dict[k].shape)} (expected {want[k]})"
-            for k in want
-            if k in state_dict and tuple(state_dict[k].shape) != want[k]
-        ]
-        problems = []
-        for label, items in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)):
-            if items:
-                more = f" and {len(items) - 5} more" if len(items) > 5 else ""
-                problems.append(f"{label}: {', '.join(items[:5])}{more}")
-        if problems:
-            raise ModelError(f"{source} is not a complete x052 model: {'; '.join(problems)}")
+        check_layout(state_dict, x052_shapes(**dims), "x052", source)
         return dims
+
+    @classmethod
+    def init_state_dict(cls, n_layer: int, n_embd: int, vocab_size: int, **options: Any) -> dict[str, torch.Tensor]:
+        """A new x052 state dict (see :mod:`rwkv_plug.models.init`)."""
+        from rwkv_plug.models.init import init_state_dict
+
+        return init_state_dict(n_layer, n_embd, vocab_size, **options)
+
+    @classmethod
+    def param_groups(cls, named_params, weight_decay: float, layerwise_lr: bool) -> list[dict[str, Any]]:
+        """With ``layerwise_lr``: ``time_decay`` at 2x, weight decay only on >=2-D ``.weight``
+        matrices, the rest (``time_faaaa`` and the mixes included) at 1x. Without it, one
+        group with the weight decay on every parameter.
+
+        The per-parameter LR multipliers follow RWKV-LM's x052 trainer.
+        """
+        if not layerwise_lr:
+            return super().param_groups(named_params, weight_decay, layerwise_lr)
+        return scaled_groups(named_params, weight_decay, lambda name: 2.0 if name.endswith("time_decay") else 1.0)
 
     @classmethod
     def from_state_dict(

@@ -39,13 +39,31 @@ def _finite(value: float) -> float:
     return value
 
 
+#: What ``init-model`` prints for each built-in architecture.
+ARCH_TITLES = {"rwkv5": "RWKV-v5 (x052)", "rwkv7": "RWKV-7 (x070)"}
+#: ``init-model`` flags for the x070 low-rank widths, by LoraDims field.
+LORA_FLAGS = {"decay": "--lora-decay", "a": "--lora-a", "value": "--lora-value", "gate": "--lora-gate"}
+
+
+def _lora_option(field: str, what: str):
+    flag = LORA_FLAGS[field]
+    return click.option(flag, f"lora_{field}", type=click.IntRange(min=1), default=None,
+                        help=f"rwkv7: width of the {what} low-rank projection (default from n_embd).")
+
+
 @click.command("init-model", short_help="Write a freshly initialised model file.")
+@click.option("--arch", default="rwkv5", show_default=True, metavar="rwkv5|rwkv7",
+              help="Architecture: rwkv5 (RWKV-v5, x052 keys) or rwkv7 (RWKV-7, x070 keys).")
 @click.option("--n_layer", "--n-layer", "n_layer", type=int, required=True, help="Number of blocks.")
 @click.option("--n_embd", "--n-embd", "n_embd", type=int, required=True, help="Width C (multiple of 64).")
 @click.option(
     "--vocab_size", "--vocab-size", "vocab_size", default="neox", show_default=True,
     help="neox (50277), world (65536) or a number of tokens.",
 )
+@_lora_option("decay", "decay (w1/w2)")
+@_lora_option("a", "in-context learning rate (a1/a2)")
+@_lora_option("value", "value residual (v1/v2)")
+@_lora_option("gate", "gate (g1/g2)")
 @click.option("--skip-if-exists/--no-skip-if-exists", default=False, help="Leave an existing OUT untouched.")
 @click.option("--emb-scale", "--emb_scale", "emb_scale", type=click.FloatRange(min=0), default=1e-4, show_default=True,
               callback=lambda ctx, param, value: _finite(value), help="Embeddings start uniform in [-F, F].")
@@ -53,42 +71,65 @@ def _finite(value: float) -> float:
 @click.option("--safe-init/--no-safe-init", default=True, hidden=True,
               help="Accepted for compatibility; writes are always atomic.")
 @click.argument("out", type=click.Path(dir_okay=False))
-def init_model_cmd(n_layer, n_embd, vocab_size, skip_if_exists, emb_scale, seed, safe_init, out) -> None:
-    """Write a freshly initialised RWKV-v5 model file (bf16, official x052 keys)."""
-    from rwkv_plug.models.arch import check_sizes
-    from rwkv_plug.models.init import count_params, init_state_dict
+def init_model_cmd(arch, n_layer, n_embd, vocab_size, lora_decay, lora_a, lora_value, lora_gate, skip_if_exists,
+                   emb_scale, seed, safe_init, out) -> None:
+    """Write a freshly initialised model file (bf16, official keys: x052 for rwkv5, x070 for rwkv7)."""
+    from rwkv_plug.core import plugins
+    from rwkv_plug.models.init import count_params
     from rwkv_plug.models.io import save_state_dict
 
+    arch_cls = plugins.models().get(arch)
     vocab = parse_vocab(vocab_size)
+    options = _lora_options(arch, n_embd, {"decay": lora_decay, "a": lora_a, "value": lora_value,
+                                           "gate": lora_gate})
     if Path(out).exists() and skip_if_exists:
         click.echo(f"{out} already exists; left untouched (--skip-if-exists)")
-        differs = _size_difference(out, {"n_layer": n_layer, "n_embd": n_embd, "vocab_size": vocab})
+        differs = _size_difference(out, arch, {"n_layer": n_layer, "n_embd": n_embd, "vocab_size": vocab})
         if differs:
             click.echo(f"warning: {out} {differs}; delete it, or drop --skip-if-exists, to write the model "
                        "asked for", err=True)
         return
     try:
-        check_sizes(n_layer, n_embd, vocab)
+        sd = arch_cls.init_state_dict(n_layer, n_embd, vocab, emb_scale=emb_scale, seed=seed, **options)
     except ModelError as exc:  # here it means a flag was typed wrong
         raise ConfigError(f"init-model: {exc}") from None
-    sd = init_state_dict(n_layer, n_embd, vocab, emb_scale=emb_scale, seed=seed)
     path = save_state_dict(sd, out)
     click.echo(
-        f"wrote {path}: RWKV-v5 L{n_layer}-D{n_embd}, vocab {vocab}, "
+        f"wrote {path}: {ARCH_TITLES.get(arch, arch)} L{n_layer}-D{n_embd}, vocab {vocab}, "
         f"{count_params(sd) / 1e6:.2f}M parameters, bf16"
     )
 
 
-def _size_difference(path: str, asked: dict[str, int]) -> str:
-    """How the model file at ``path`` differs from the sizes ``asked`` for ("" when it does not)."""
-    from rwkv_plug.models.arch import RWKV5Arch
+def _lora_options(arch: str, n_embd: int, given: dict[str, int | None]) -> dict:
+    """``{"lora": LoraDims}`` for rwkv7 (unset widths from the default); nothing for others."""
+    set_flags = [LORA_FLAGS[f] for f, v in given.items() if v is not None]
+    if arch != "rwkv7":
+        if set_flags:
+            raise ConfigError(f"init-model: {', '.join(set_flags)} only apply to --arch rwkv7")
+        return {}
+    if not set_flags:
+        return {}
+    from dataclasses import replace
+
+    from rwkv_plug.models.arch7 import default_lora
+
+    return {"lora": replace(default_lora(n_embd), **{f: v for f, v in given.items() if v is not None})}
+
+
+def _size_difference(path: str, arch: str, asked: dict[str, int]) -> str:
+    """How the model file at ``path`` differs from the model ``asked`` for ("" when it does not)."""
     from rwkv_plug.models.io import load_state_dict
+    from rwkv_plug.models.loading import detect_arch
 
     try:
-        dims = RWKV5Arch.dims(load_state_dict(path))
+        sd = load_state_dict(path)
+        found = detect_arch(sd, f"'{path}'")
+        dims = found.check_complete(sd, f"'{path}'")
     except (ModelError, ConfigError) as exc:
         return f"is not a model file it can check ({exc})"
-    diff = [f"{key} {dims[key]} (not {want})" for key, want in asked.items() if dims[key] != want]
+    if found.name != arch:
+        return f"holds an {found.name} model (not {arch})"
+    diff = [f"{key} {dims[key]} (not {want})" for key, want in asked.items() if dims.get(key, want) != want]
     return "has " + ", ".join(diff) if diff else ""
 
 
@@ -97,17 +138,28 @@ def _size_difference(path: str, asked: dict[str, int]) -> str:
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--dtype", default="bf16", show_default=True, metavar="bf16|fp32",
               help="Weight dtype of the exported file.")
-def export_cmd(ckpt, out, dtype) -> None:
-    """Turn a training checkpoint (file or folder) into an official x052 .pth model."""
+@click.option("--merge", is_flag=True, default=False,
+              help="LoRA checkpoint: write the base model with the adapters merged (else the adapter folder).")
+@click.option("--base", "base", default=None, type=click.Path(dir_okay=False),
+              help="LoRA checkpoint: the base model file, if not where training read it.")
+def export_cmd(ckpt, out, dtype, merge, base) -> None:
+    """Turn a training checkpoint (file or folder) into an official .pth model (x052 or x070 keys).
+
+    A state-tuning checkpoint exports its state file; a LoRA one its adapter folder (peft
+    format), or with --merge the merged model.
+    """
     from rwkv_plug.models.export import export_checkpoint
     from rwkv_plug.models.io import parse_dtype
 
     parse_dtype(dtype, allowed=("bf16", "fp32"))  # fail before reading a big file
-    src, path, dims = export_checkpoint(ckpt, out, dtype)
-    click.echo(
-        f"exported {src} -> {path}: L{dims['n_layer']}-D{dims['n_embd']}, "
-        f"vocab {dims['vocab_size']}, {dtype}"
-    )
+    src, path, dims = export_checkpoint(ckpt, out, dtype, merge=merge, base=base)
+    sizes = (f" L{dims['n_layer']}-D{dims['n_embd']}, vocab {dims['vocab_size']},"
+             if {"n_layer", "n_embd", "vocab_size"} <= set(dims) else "")  # a plugin's dims may be {}
+    if dims.get("kind") and dims["kind"] != "merged model":
+        click.echo(f"exported {src} -> {path}: {dims['arch']} {dims['kind']}")
+        return
+    kind = " merged model," if dims.get("kind") else ""
+    click.echo(f"exported {src} -> {path}: {dims['arch']}{kind}{sizes} {dtype}")
 
 
 def default_tokenizer(vocab_size: int) -> str:
@@ -136,7 +188,12 @@ def default_tokenizer(vocab_size: int) -> str:
 @click.option("--chunk-len", type=click.IntRange(min=1), default=512, show_default=True,
               help="Prompt tokens per forward call.")
 @click.option("--kernel", default="auto", show_default=True, help="WKV kernel name.")
-def generate_cmd(model_path, prompt, tokenizer, max_tokens, temperature, top_p, seed, chunk_len, kernel):
+@click.option("--state", "state_file", default=None, type=click.Path(),
+              help="Start from this tuned state file (`rwkv-plug export` of a model.tuning: state run).")
+@click.option("--adapter", default=None, type=click.Path(),
+              help="Apply this LoRA adapter folder (`rwkv-plug export` of a model.tuning: lora run).")
+def generate_cmd(model_path, prompt, tokenizer, max_tokens, temperature, top_p, seed, chunk_len, kernel,
+                 state_file, adapter):
     """Continue a prompt with a model file, streaming text to stdout."""
     import torch
 
@@ -147,6 +204,15 @@ def generate_cmd(model_path, prompt, tokenizer, max_tokens, temperature, top_p, 
     from rwkv_plug.training.vocab import PADDING_ROWS
 
     model = load_model(model_path, kernel=kernel, dtype=torch.float32).eval()
+    if adapter:
+        from rwkv_plug.models.lora import load_adapter
+
+        load_adapter(model, adapter, trainable=False)
+    if state_file:
+        from rwkv_plug.models.state_tuning import load_state_file
+
+        load_state_file(model, state_file)
+    model.eval()  # the adapter's layers too (no LoRA dropout)
     tok = load_tokenizer(tokenizer or default_tokenizer(model.vocab_size), {})
     if tok.vocab_size > model.vocab_size:
         raise TokenizerError(
@@ -163,7 +229,8 @@ def generate_cmd(model_path, prompt, tokenizer, max_tokens, temperature, top_p, 
             f"tokenizer '{tok.name}' produced id {max(ids)}, beyond the model's vocab "
             f"{model.vocab_size}; pick the tokenizer the model was trained with"
         )
-    stream = StreamDecoder(lambda pending: tok.decode(pending))
+    # what follows the prompt is decode(prompt ids + new ids) less decode(prompt ids)
+    stream = StreamDecoder(tok.decode, context=ids, on_silent=lambda note: click.echo("\n" + note, err=True))
     click.echo(prompt, nl=False)
 
     def show(token: int) -> None:

@@ -1,4 +1,4 @@
-"""Built-in plugin: the rwkv5 architecture and the model commands."""
+"""Built-in plugin: the rwkv5 and rwkv7 architectures and the model commands."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from rwkv_plug.core.hookspecs import hookimpl
 @hookimpl
 def register_models():
     from rwkv_plug.models.arch import RWKV5Arch
+    from rwkv_plug.models.arch7 import RWKV7Arch
 
-    return [RWKV5Arch]
+    return [RWKV5Arch, RWKV7Arch]
 
 
 @hookimpl

@@ -39,6 +39,18 @@ def detect_arch(state_dict: Mapping[str, Any], source: str = "state dict") -> ty
     return found[0].cls
 
 
+def arch_of(model: nn.Module) -> type:
+    """The registered architecture class of a built model (its ``arch_name``).
+
+    A model without ``arch_name`` gets the :class:`ModelArch` defaults (e.g.
+    its optimizer groups know no parameter names).
+    """
+    from rwkv_plug.core.interfaces import ModelArch
+
+    name = getattr(model, "arch_name", None)
+    return ModelArch if name is None else plugins.models().get(name)
+
+
 def load_model(
     path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor],
     *,

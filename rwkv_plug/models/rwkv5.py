@@ -134,6 +134,9 @@ class RWKV5(nn.Module):
     device and dtype. A kernel object with a ``wkv5`` method is accepted too.
     """
 
+    #: The registered architecture (``rwkv-plug list-models``) this model belongs to.
+    arch_name = "rwkv5"
+
     def __init__(
         self,
         n_layer: int,
@@ -160,12 +163,18 @@ class RWKV5(nn.Module):
         self.ln_out = nn.LayerNorm(n_embd)
         self.head = nn.Linear(n_embd, vocab_size, bias=False)
         self.set_kernel(kernel)
+        #: The trainable WKV start state of ``model.tuning: state`` (a StartState), or None.
+        self.tuned_state = None
 
     # -- kernel -----------------------------------------------------------
-    def set_kernel(self, kernel) -> None:
-        """Use another WKV kernel: a registered name, ``"auto"``, or an object with ``wkv5``."""
+    def set_kernel(self, kernel, precision: str = "auto") -> None:
+        """Use another WKV kernel: a registered name, ``"auto"``, or an object with ``wkv5``.
+
+        ``precision`` is ``model.wkv_precision`` for a kernel resolved by name.
+        """
         self.kernel_name = kernel if isinstance(kernel, str) else getattr(kernel, "name", "custom")
         self._kernel_spec = kernel
+        self.wkv_precision = precision
         self._kernels: dict[tuple[str, torch.dtype], object] = {}
 
     def kernel_for(self, device: torch.device, dtype: torch.dtype):
@@ -176,7 +185,8 @@ class RWKV5(nn.Module):
         if key not in self._kernels:
             from rwkv_plug.kernels.select import resolve_kernel
 
-            self._kernels[key] = resolve_kernel(self._kernel_spec, device, dtype, op="wkv5")
+            self._kernels[key] = resolve_kernel(self._kernel_spec, device, dtype, op="wkv5",
+                                                precision=self.wkv_precision)
         return self._kernels[key]
 
     def __getstate__(self):
@@ -185,15 +195,18 @@ class RWKV5(nn.Module):
 
     # -- state ------------------------------------------------------------
     def zero_state(self, batch_size: int, device=None) -> tuple[Tensor, ...]:
-        """Start-of-sample state: per layer (att_shift, wkv float32, ffn_shift), flattened."""
+        """Start-of-sample state: per layer (att_shift, wkv float32, ffn_shift), flattened;
+        the wkv part is ``tuned_state`` (expanded over the batch) when the model has one.
+        """
         device = self.emb.weight.device if device is None else device
         dtype = self.emb.weight.dtype
         B, C, H, N = batch_size, self.n_embd, self.n_head, HEAD_SIZE
         state: list[Tensor] = []
-        for _ in range(self.n_layer):
+        for i in range(self.n_layer):
             state += [
                 torch.zeros(B, C, dtype=dtype, device=device),
-                torch.zeros(B, H, N, N, dtype=torch.float32, device=device),
+                torch.zeros(B, H, N, N, dtype=torch.float32, device=device) if self.tuned_state is None
+                else self.tuned_state.batch(i, B, device),
                 torch.zeros(B, C, dtype=dtype, device=device),
             ]
         return tuple(state)

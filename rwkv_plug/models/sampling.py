@@ -48,36 +48,82 @@ def feed(model: nn.Module, ids: Sequence[int], state=None, chunk_len: int = 512)
 
 
 class StreamDecoder:
-    """Turns a stream of ids into text pieces, holding back partial UTF-8 characters."""
+    """Streams the text of a growing list of ids exactly as the tokenizer decodes it.
+
+    Each :meth:`push` returns the new end of ``decode(context + ids so far)``,
+    so what was printed always equals the tokenizer's own decode: word-level
+    tokenizers that put a space between tokens get their spaces, the first
+    generated token is decoded next to the prompt (``context``), and a
+    character cut between byte tokens (a trailing U+FFFD, or a decode error)
+    waits for the ids that complete it, at most ``MAX_PENDING`` of them.
+    An id that decodes to nothing, or that the tokenizer cannot decode at
+    all, prints nothing; ``on_silent`` is told so once, with the id.
+    Only the last ``WINDOW`` ids are decoded each step (older ones are
+    dropped, keeping ``KEEP`` as context), so a long run stays linear.
+    """
 
     #: Give up waiting for a character to complete after this many tokens.
     MAX_PENDING = 8
+    WINDOW = 1024
+    KEEP = 64
 
-    def __init__(self, decode: Callable[[list[int]], str]) -> None:
+    def __init__(self, decode: Callable[[list[int]], str], context: Sequence[int] = (),
+                 on_silent: Callable[[str], None] | None = None) -> None:
         self.decode = decode
-        self.pending: list[int] = []
+        self.on_silent = on_silent
+        self.ids: list[int] = list(context)[-self.KEEP:]
+        self.shown = (self._text(self.ids) or "") if self.ids else ""  # decode(ids), already printed
+        self.pending = 0  # ids whose text is held back
+        self.silent_said = False
 
-    def _try(self) -> str | None:
+    def _text(self, ids: list[int]) -> str | None:
         try:
-            return self.decode(self.pending)
-        except (UnicodeDecodeError, ValueError):
+            return self.decode(ids)
+        except Exception:  # a cut character (strict UTF-8) or an id the tokenizer lacks; see push
             return None
 
-    def push(self, token: int) -> str:
-        self.pending.append(token)
-        text = self._try()
-        if (text is None or text.endswith("\ufffd")) and len(self.pending) < self.MAX_PENDING:
-            return ""  # maybe the middle of a multi-byte character
-        return self.flush(text)
+    def _silent(self, token: int, why: str) -> None:
+        if not self.silent_said and self.on_silent is not None:
+            self.silent_said = True
+            self.on_silent(f"note: token id {token} {why} with this tokenizer, so it prints nothing "
+                           "(said once; the model still sees every id)")
 
-    def flush(self, text: str | None = None) -> str:
+    def push(self, token: int) -> str:
+        ids = self.ids + [token]
+        text = self._text(ids)
+        if text is None and self._text([token]) is None:
+            self._silent(token, "cannot be decoded")
+            return ""  # left out of the text: every later decode would fail with it
+        self.ids = ids
+        if text is None or text.endswith("\ufffd"):
+            self.pending += 1
+            if self.pending < self.MAX_PENDING:
+                return ""  # maybe the middle of a multi-byte character
+        elif text == self.shown and not self.pending:
+            self._silent(token, "decodes to no text")
+        return self._emit(text)
+
+    def flush(self) -> str:
+        """The text still held back (an unfinished character shows as U+FFFD)."""
         if not self.pending:
             return ""
-        text = self._try() if text is None else text
-        if text is None:  # still undecodable: show replacement characters, keep going
-            text = "\ufffd" * len(self.pending)
-        self.pending = []
-        return text
+        return self._emit(self._text(self.ids))
+
+    def _emit(self, text: str | None) -> str:
+        self.pending = 0
+        if text is None:  # still undecodable: show a replacement character, start afresh
+            self.ids, self.shown = [], ""
+            return "\ufffd"
+        # decode(ids) extends what was shown; should a tokenizer rewrite the end
+        # (e.g. space clean-up), what was printed stays and only the longer part follows
+        new = text[len(self.shown):]
+        self.shown = text
+        if len(self.ids) > self.WINDOW:
+            kept = self.ids[-self.KEEP:]
+            kept_text = self._text(kept)
+            if kept_text is not None:
+                self.ids, self.shown = kept, kept_text
+        return new
 
 
 @torch.no_grad()

@@ -1,4 +1,8 @@
-"""Optimizer parameter groups (RWKV-v5 layerwise LR) and the LR schedule.
+"""The optimizer (its parameter groups come from the architecture) and the LR schedule.
+
+Each architecture declares its groups (``ModelArch.param_groups``: which
+parameters get weight decay and which learn at 2x); this module knows no
+parameter names.
 
 Schedule, stepped once per optimizer step (``f`` is the LR for a 1x group):
 
@@ -16,7 +20,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -61,34 +64,15 @@ def schedule_steps(
     return 10 * steps_per_epoch
 
 
-def param_groups(
-    named: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: float, layerwise_lr: bool
-) -> list[dict]:
-    """RWKV-v5 groups: time_decay 2x, time_first 3x, decay only on >=2-D non-time weights."""
-    named = [(n, p) for n, p in named if p.requires_grad]
-    if not layerwise_lr:
-        return [{"params": [p for _, p in named], "lr_scale": 1.0, "weight_decay": weight_decay, "name": "all"}]
-    buckets: dict[str, list] = {"1x": [], "2x": [], "3x": [], "decay": []}
-    for name, p in named:
-        if "time_decay" in name or "time_daaaa" in name:
-            buckets["2x"].append(p)
-        elif "time_first" in name:
-            buckets["3x"].append(p)
-        elif weight_decay > 0 and p.squeeze().dim() >= 2 and "time_" not in name:
-            buckets["decay"].append(p)
-        else:
-            buckets["1x"].append(p)
-    scale = {"1x": 1.0, "2x": 2.0, "3x": 3.0, "decay": 1.0}
-    return [
-        {"params": ps, "lr_scale": scale[k], "weight_decay": weight_decay if k == "decay" else 0.0, "name": k}
-        for k, ps in buckets.items()
-        if ps
-    ]
+def build_optimizer(model: torch.nn.Module, m: dict, schedule: LrSchedule, arch: type | None = None):
+    """AdamW when weight_decay > 0 (else Adam), with a per-step LambdaLR.
 
-
-def build_optimizer(model: torch.nn.Module, m: dict, schedule: LrSchedule):
-    """AdamW when weight_decay > 0 (else Adam), with a per-step LambdaLR."""
-    groups = param_groups(model.named_parameters(), m["weight_decay"], m["layerwise_lr"])
+    ``arch`` (a ``ModelArch`` class) declares the parameter groups; None uses
+    the ``ModelArch`` default, which knows no parameter names.
+    """
+    if arch is None:
+        from rwkv_plug.core.interfaces import ModelArch as arch
+    groups = arch.param_groups(model.named_parameters(), m["weight_decay"], m["layerwise_lr"])
     for g in groups:
         g["lr"] = schedule.lr_init * g["lr_scale"]
     cls = torch.optim.AdamW if m["weight_decay"] > 0 else torch.optim.Adam

@@ -54,7 +54,7 @@ def test_bad_trainer_values_and_kernel_are_all_reported_at_config_load(tmp_path)
     assert "trainer.max_epochs must be an integer or null, got 'ten'" in msg
     assert "trainer.gradient_clip_val must be a number or null, got 'x'" in msg
     assert "trainer.checkpoint.every_n_train_steps must be an integer or null, got 'abc'" in msg
-    assert "model.kernel: unknown kernel 'torhc'. Did you mean 'torch'? Available: auto, cuda, torch, triton" in msg
+    assert "model.kernel: unknown kernel 'torhc'. Did you mean 'torch'? Available: auto, cuda, fla, torch, triton" in msg
     assert not (tmp_path / "datapath").exists()
 
 

@@ -320,3 +320,72 @@ def test_resuming_a_run_that_reached_max_steps_says_there_is_nothing_to_train(tm
     assert any(line.startswith("nothing to train: ") and "is at step 2 and trainer.max_steps is 2" in line
                for line in out), out
     assert sorted((tmp_path / "runs" / "cfg" / "logs").iterdir()) == logs  # no empty log version
+
+
+class Killed(Exception):
+    """A process killed mid-run: nothing after it runs, what was saved stays."""
+
+
+class KillAtBatch(L.Callback):
+    """Dies when the ``n``-th microbatch of this run starts."""
+
+    def __init__(self, n: int):
+        self.n, self.started = n, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.started += 1
+        if self.started == self.n:
+            raise Killed
+
+
+def _optimizer_state(trainer) -> dict:
+    return trainer.optimizers[0].state_dict()["state"]
+
+
+def test_two_kills_with_accumulation_and_step_checkpoints_resume_bitwise(tmp_path):
+    """Accumulation 2, a checkpoint every 2 steps. Killed mid-step 3, resumed from step 2, and
+    killed again right after the first resumed microbatch (still at step 2, mid-accumulation):
+    that microbatch must not have saved over step 2. The final weights and optimizer state
+    equal an uninterrupted run's bit for bit."""
+    warnings.filterwarnings("ignore")
+
+    def trainer(root, kill=None):
+        t = make_trainer(root, 6, accumulate=2, ckpt_every=2)
+        t.checkpoint_callback.save_last = True
+        if kill is not None:
+            t.callbacks.insert(0, KillAtBatch(kill))
+        return t
+
+    def module():  # 8 rows: 4 optimizer steps an epoch
+        settings = TrainSettings(model=MODEL, microbatch_size=1, accumulate_grad_batches=2, shuffle=True, seed=7)
+        return RwkvTrainingModule(ToyRWKV(dropout=0.1), settings, toy_rows(8), None)
+
+    L.seed_everything(0, verbose=False)
+    full = module()
+    uninterrupted = trainer(tmp_path / "a")
+    uninterrupted.fit(full)
+
+    root = tmp_path / "b"
+    # run 1: steps 1-2 (batches 1-4, step=2 saved), batch 5 (half of step 3), killed as batch 6 starts
+    # run 2: resumes at step 2, trains batch 5 again, killed as the next one starts
+    for kill in (6, 2):
+        L.seed_everything(0, verbose=False)
+        ckpt = find_resume("auto", root / "ckpt", log=lambda m: None)
+        with pytest.raises(Killed):
+            trainer(root, kill).fit(module(), ckpt_path=ckpt, weights_only=True)
+    newest = find_resume("auto", root / "ckpt", log=lambda m: None)
+    assert torch.load(newest, weights_only=True)["rwkv_plug"]["epoch_batches"] == 4  # step 2's position, not 5
+    L.seed_everything(0, verbose=False)
+    resumed = module()
+    last = trainer(root)
+    last.fit(resumed, ckpt_path=newest, weights_only=True)
+
+    assert last.global_step == uninterrupted.global_step == 6
+    a, b = params(full), params(resumed)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    sa, sb = _optimizer_state(uninterrupted), _optimizer_state(last)
+    assert sa.keys() == sb.keys()
+    for i in sa:
+        for name, value in sa[i].items():
+            assert torch.equal(value, sb[i][name]), (i, name)

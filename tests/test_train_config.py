@@ -310,3 +310,38 @@ def test_lr_final_takes_minus_one_or_a_rate_and_is_said_unused_with_warmup(tmp_p
     assert "warning: model.lr_final (0.0001) is not used: with warmup_steps" in capsys.readouterr().err
     load("warmup_steps: 10")
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("value", ["auto", "fp32", "tf32"])
+def test_wkv_precision_accepts_its_values(tmp_path, value):
+    body = f"""
+    model: {{load_model: m.pth, lr_init: 1e-4, wkv_precision: {value}}}
+    data: {{data_path: {tmp_path}/d, source: x.txt}}
+    """
+    assert load_fit_config(_write(tmp_path, body)).model["wkv_precision"] == value
+
+
+@pytest.mark.parametrize("value, hint", [("fp23", " Did you mean 'fp32'?"), ("bf16", ""), ("null", "")])
+def test_wkv_precision_refuses_other_values_at_config_load(tmp_path, value, hint):
+    body = f"""
+    model: {{load_model: m.pth, lr_init: 1e-4, wkv_precision: {value}}}
+    data: {{data_path: {tmp_path}/d, source: x.txt}}
+    """
+    with pytest.raises(ConfigError) as err:
+        load_fit_config(_write(tmp_path, body))
+    shown = repr(None if value == "null" else value)
+    assert str(err.value).endswith(f"model.wkv_precision must be auto, fp32, tf32, got {shown}.{hint}")
+
+
+def test_a_bad_wkv_precision_is_one_error_line_from_fit(tmp_path):
+    from conftest import run_cli
+
+    cfg = _write(tmp_path, f"""
+    model: {{load_model: m.pth, lr_init: 1e-4, wkv_precision: tf23}}
+    data: {{data_path: {tmp_path}/d, source: x.txt}}
+    """)
+    res = run_cli("fit", str(cfg), cwd=tmp_path)
+    assert res.returncode == 2
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
+    assert "model.wkv_precision must be auto, fp32, tf32, got 'tf23'. Did you mean 'tf32'?" in lines[0]

@@ -4,12 +4,14 @@ Every sample starts from the model's zero state. Its chunks run in order,
 each starting from the previous chunk's final state (token shift and WKV).
 
 Exact mode (``bptt_truncated_learning: false``) gives the gradient of the
-whole sequence at once, at about 2 forward + 1 backward passes and with
-memory that does not grow with the sample length:
+whole sequence at once, at about 2 forward + 1 backward passes, keeping no
+activations between the passes but one start state per chunk, so memory
+grows linearly with the sample length by exactly the stored states' bytes
+(the formula is in :mod:`rwkv_plug.training.chunk_states`):
 
 * forward: run every chunk without autograd, keeping only each chunk's
-  start state (a few MB) and the loss; the last chunk then runs with
-  ordinary autograd, so it is not run twice;
+  start state (copied into a few preallocated buffers) and the loss; the
+  last chunk then runs with ordinary autograd, so it is not run twice;
 * backward, in reverse chunk order: recompute chunk ``i`` from its stored
   start state with autograd on, and take the gradient of
   ``chunk_loss_i * g + <state_out_i, dL/dstate_out_i>`` with respect to the
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rwkv_plug.training.chunk_states import ChunkStore
 from rwkv_plug.training.loss import chunk_loss
 
 State = tuple[torch.Tensor, ...]
@@ -81,16 +84,19 @@ class _Job:
     l2wrap: bool
 
 
-def _rng_state(device: torch.device):
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return torch.get_rng_state(), cuda
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(cpu generator state,) plus the CUDA one on a CUDA device."""
+    if device.type == "cuda":
+        return torch.get_rng_state(), torch.cuda.get_rng_state(device)
+    return (torch.get_rng_state(),)
 
 
-def _set_rng_state(state, device: torch.device) -> None:
-    cpu, cuda = state
-    torch.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state(cuda, device)
+def _set_rng_state(state: tuple[torch.Tensor, ...], device: torch.device) -> None:
+    # clone: the stored states are views into one buffer, and set_rng_state
+    # misreads (crashes on) a view with a storage offset
+    torch.set_rng_state(state[0].clone())
+    if len(state) > 1:
+        torch.cuda.set_rng_state(state[1].clone(), device)
 
 
 class _ChunkedPrefix(torch.autograd.Function):
@@ -106,14 +112,17 @@ class _ChunkedPrefix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, job: _Job, *params):  # noqa: D102
         device = job.inputs[0].device
-        starts: list[State] = []
-        rngs = []
+        # chunk 0 starts from the zero state (made again in backward); chunk i > 0 from
+        # slot i - 1, each chunk runs from the stored copy so its own output can be freed
+        starts = ChunkStore(len(job.inputs) - 1, "state")
+        rngs = ChunkStore(len(job.inputs), "RNG state")
         state = job.model.zero_state(job.batch, device=device)
         train = job.denom.new_zeros(())
         data = job.denom.new_zeros(())
         for i, x in enumerate(job.inputs):
-            starts.append(state)
-            rngs.append(_rng_state(device))
+            if i > 0:
+                state = starts.put(i - 1, tuple(state))
+            rngs.put(i, _rng_state(device))
             logits, state = job.model(x, state)
             part = chunk_loss(logits, job.targets[i], job.masks[i], job.denom, job.batch, False)
             data = data + part
@@ -136,9 +145,12 @@ class _ChunkedPrefix(torch.autograd.Function):
         device_type, ac_enabled, ac_dtype = ctx.autocast
         device = job.inputs[0].device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            _set_rng_state(ctx.rngs[i], device)  # same dropout masks as the forward pass
+            _set_rng_state(ctx.rngs.get(i), device)  # same dropout masks as the forward pass
             with torch.enable_grad(), torch.autocast(device_type, ac_dtype, enabled=ac_enabled):
-                s_in = _as_inputs(ctx.starts[i], pass_state)
+                if i > 0:
+                    s_in = _as_inputs(ctx.starts.get(i - 1), pass_state)
+                else:  # not detached: a trainable start state (model.tuning: state) gets its gradient here
+                    s_in = job.model.zero_state(job.batch, device=device)
                 logits, s_out = job.model(job.inputs[i], s_in)
                 obj = job.denom.new_zeros(())
                 if job.learn[i]:
@@ -219,7 +231,10 @@ def sequence_loss(
     B, L = input_ids.shape
     real = max(1, -(-(L - 1) // ctx_len))
     run = sync_chunks(real) if sync_chunks is not None else real
-    ids, mask = _pad_to_chunks(input_ids, loss_mask, ctx_len, max(run, real))
+    # the last real chunk may be shorter than ctx_len (batches are padded to their longest sample
+    # only); filler chunks another rank needs follow a full one
+    pad = run > real or L < 2
+    ids, mask = _pad_to_chunks(input_ids, loss_mask, ctx_len, run) if pad else (input_ids, loss_mask)
     inputs, targets, tmask = ids[:, :-1], ids[:, 1:], mask[:, 1:]
     # fp32 loss arithmetic, or fp64 when the model runs in fp64 (exactness checks)
     fdt = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32

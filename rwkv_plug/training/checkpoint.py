@@ -31,7 +31,7 @@ def atomic_checkpoint_io() -> AtomicCheckpointIO:
     return AtomicCheckpointIO()
 
 
-def _shown(path: Path) -> str:
+def shown_path(path: Path) -> str:
     """``path`` relative to the working directory when inside it (Lightning makes a dirpath absolute)."""
     try:
         return str(path.relative_to(Path.cwd()))
@@ -48,7 +48,7 @@ class CheckpointFolder:
     pattern: str = ""
 
     def __str__(self) -> str:
-        return _shown(self.base / self.pattern if self.pattern else self.base)
+        return shown_path(self.base / self.pattern if self.pattern else self.base)
 
     def checkpoints(self) -> list[Path]:
         return list(self.base.glob(f"{self.pattern}/*.ckpt" if self.pattern else "*.ckpt"))
@@ -95,7 +95,7 @@ def find_resume(resume: str | None, folders: Path | Sequence[Path | CheckpointFo
         if not found:
             log(f"resume auto: no checkpoint in {where}, starting fresh")
             return None
-        log(f"resume auto: continuing from {_shown(found[-1])}")
+        log(f"resume auto: continuing from {shown_path(found[-1])}")
         return str(found[-1])
     path = Path(resume)
     if path.is_dir():
@@ -104,6 +104,28 @@ def find_resume(resume: str | None, folders: Path | Sequence[Path | CheckpointFo
     if not path.is_file():
         raise TrainingError(f"--resume {resume}: no such checkpoint file (use 'auto' to pick the newest in {where})")
     return str(path)
+
+
+def earlier_run(folders: Sequence[CheckpointFolder], resume_from: str | None) -> str | None:
+    """Why this run would mix its checkpoints with an earlier run's, or ``None``.
+
+    A fixed checkpoint folder (no logger version in its path) that already holds
+    ``*.ckpt`` files belongs to an earlier run unless this run resumes from a file in
+    it. Writing there would put Lightning's ``last-v1.ckpt`` ... beside that run's
+    ``last.ckpt``, and an export or ``--resume auto`` could pick either run's file.
+    """
+    for folder in folders:
+        if folder.pattern:  # one folder per logger version: a new run gets a new one
+            continue
+        found = folder.checkpoints()
+        if not found:
+            continue
+        if resume_from is not None and Path(resume_from).resolve().parent == folder.base.resolve():
+            continue
+        newest = max(found, key=lambda p: p.stat().st_mtime_ns)
+        return (f"{folder} already holds {len(found)} checkpoint(s) of an earlier run (newest: {newest.name}); "
+                "a new run there would mix its checkpoints with them")
+    return None
 
 
 #: What every Lightning training checkpoint holds.
@@ -142,7 +164,9 @@ def check_resume(path: str, model: torch.nn.Module, prefix: str = "model.",
             "give a .ckpt written by rwkv-plug fit, or --resume auto"
         )
     saved = raw["state_dict"] if isinstance(raw["state_dict"], Mapping) else {}
-    ours = {prefix + k: v for k, v in model.state_dict().items()}
+    from rwkv_plug.training.tuning import checkpoint_tensors
+
+    ours = {prefix + k: v for k, v in checkpoint_tensors(model).items()}  # a tuned run saves its trainable part
     differences = []
     for key, here in ours.items():
         there = saved.get(key)
@@ -212,6 +236,25 @@ def epoch_end_as_batch_end(checkpoint: dict[str, Any]) -> bool:
     return True
 
 
+def mark_resumed_step_saved(trainer) -> str | None:
+    """Tell every ``ModelCheckpoint`` that the step a run resumed at is saved already.
+
+    Lightning's ModelCheckpoint does not keep the step it last saved across a resume
+    (it restarts at 0). With ``every_n_train_steps`` and gradient accumulation, the
+    first microbatch of a run resumed at step N is still at step N, in the middle of
+    an accumulation, so it saved again over ``step=N`` and ``last.ckpt``: its data
+    position moved on while the gradient it had accumulated was lost, and a resume
+    from that file trained step N+1 on fewer microbatches. Returns a warning when a
+    callback lacks the attribute (a Lightning that renamed it).
+    """
+    for cb in trainer.checkpoint_callbacks:
+        if not hasattr(cb, "_last_global_step_saved"):
+            return (f"resume: {type(cb).__name__} has no _last_global_step_saved (another Lightning version?); "
+                    "a checkpoint may be written again at the resumed step, in the middle of an accumulation")
+        cb._last_global_step_saved = max(int(cb._last_global_step_saved), int(trainer.global_step))
+    return None
+
+
 def newest_checkpoint(trainer) -> tuple[str, int] | None:
     """``(path, optimizer steps it holds)`` of the newest checkpoint this run wrote, if any."""
     from rwkv_plug.models.export import checkpoint_safe_types
@@ -225,6 +268,26 @@ def newest_checkpoint(trainer) -> tuple[str, int] | None:
         return newest, int(read_torch_file(newest, safe_types=checkpoint_safe_types())["global_step"])
     except Exception:  # unreadable now: there is nothing to tell about it
         return None
+
+
+def newest_in_folders(folders: Sequence[CheckpointFolder]) -> tuple[str, int] | None:
+    """``(path, optimizer steps it holds)`` of the newest checkpoint file in ``folders``.
+
+    Read from the files, not a callback's memory: under ``ddp_spawn`` the ranks that
+    wrote them are other processes. A fresh run never writes into a folder holding
+    another run's files (:func:`earlier_run`), so these are this run's or the one it resumed.
+    """
+    from rwkv_plug.models.export import checkpoint_safe_types
+    from rwkv_plug.models.io import read_torch_file
+
+    found = sorted((p for f in folders for p in f.checkpoints()), key=lambda p: (p.stat().st_mtime_ns, str(p)))
+    if not found:
+        return None
+    try:
+        step = read_torch_file(found[-1], safe_types=checkpoint_safe_types())["global_step"]
+    except Exception:  # unreadable now: it still exists, its step is unknown
+        step = -1
+    return shown_path(found[-1]), int(step)
 
 
 def unsaved_steps_note(trainer) -> str | None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rwkv_plug.core.config import Problems, load_yaml, resolve_options
+from rwkv_plug.core.config import Problems, check_sections, load_yaml, resolve_options
 from rwkv_plug.core.errors import ConfigError, did_you_mean
 from rwkv_plug.training import options as O
 from rwkv_plug.training.lightning_args import check_values, checkpoint_hints, trainer_hints
@@ -35,6 +35,10 @@ class FitConfig:
     data: dict[str, Any]
     seed: int | None = 42
     root_dir: Path = field(default_factory=Path)
+    #: ``--section.key value`` overrides from the command line (dotted key -> value), applied over the file
+    overrides: dict[str, Any] = field(default_factory=dict)
+    #: the config mapping that was validated: the file with ``overrides`` applied
+    raw: dict[str, Any] = field(default_factory=dict)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -200,14 +204,20 @@ def _checkpoint_section(spec: Any, root: Path, problems: Problems) -> dict[str, 
     return {"dirpath": str(root / "checkpoints"), **O.CHECKPOINT_DEFAULTS, **given}
 
 
-def load_fit_config(path: str | Path) -> FitConfig:
-    """Read and validate a fit config; raises ``ConfigError`` listing every problem."""
+def load_fit_config(path: str | Path, problems: Problems | None = None,
+                    overrides: dict[str, Any] | None = None) -> FitConfig:
+    """Read and validate a fit config; raises ``ConfigError`` listing every problem
+    (collected in ``problems`` when given: ``rwkv-plug check`` reads them from there).
+    ``overrides`` (``{"trainer.max_steps": 20}``, see :mod:`rwkv_plug.core.overrides`) are
+    applied over the file before validation, so they are checked as the file's keys are."""
+    from rwkv_plug.core.overrides import apply_overrides
+
     path = Path(path)
-    raw = load_yaml(path)
-    problems = Problems(str(path))
-    for section in raw:
-        if section not in O.TOP_LEVEL:
-            problems.add(f"unknown section '{section}'.{did_you_mean(section, O.TOP_LEVEL)}")
+    overrides = dict(overrides or {})
+    raw = apply_overrides(load_yaml(path), overrides)
+    shown = f"{path} (with --{', --'.join(overrides)})" if overrides else str(path)
+    problems = Problems(shown) if problems is None else problems
+    check_sections(raw, O.TOP_LEVEL, problems)
     malformed = set()
     for section in ("trainer", "model", "data"):
         if raw.get(section) is not None and not isinstance(raw[section], dict):
@@ -259,7 +269,7 @@ def load_fit_config(path: str | Path) -> FitConfig:
     return FitConfig(
         path=path, model=model, trainer=trainer, microbatch_size=micro, target_batch_size=target,
         accumulate_grad_batches=accumulate, num_devices=devices, checkpoint=checkpoint, data=data,
-        seed=seed, root_dir=root,
+        seed=seed, root_dir=root, overrides=overrides, raw=raw,
     )
 
 

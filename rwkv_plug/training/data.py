@@ -1,4 +1,4 @@
-"""Batches for training: collation to whole chunks and a resumable per-rank sampler."""
+"""Batches for training: collation (padded to the longest sample) and a resumable per-rank sampler."""
 
 from __future__ import annotations
 
@@ -9,15 +9,20 @@ import torch
 from torch.utils.data import Sampler
 
 
-def padded_length(longest: int, ctx_len: int) -> int:
-    """``ceil((M - 1) / ctx_len) * ctx_len + 1``: inputs fill whole chunks."""
-    return max(1, -(-(longest - 1) // ctx_len)) * ctx_len + 1
+def padded_length(longest: int) -> int:
+    """A microbatch's width: its longest sample (at least 2 tokens: one input, one target).
+
+    Not rounded up to whole chunks of ``ctx_len``: the last chunk may be shorter
+    (the kernels take any length), and padding only ever follows a row's real
+    tokens with mask 0, so it adds no loss and no gradient.
+    """
+    return max(2, longest)
 
 
-def collate(rows: Sequence[Mapping[str, Any]], ctx_len: int) -> dict[str, torch.Tensor]:
-    """Pad a microbatch with id 0 / mask 0; ``lengths`` keeps the true lengths."""
+def collate(rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+    """Pad a microbatch to its longest sample with id 0 / mask 0; ``lengths`` keeps the true lengths."""
     lengths = [len(r["input_ids"]) for r in rows]
-    L = padded_length(max(lengths), ctx_len)
+    L = padded_length(max(lengths))
     ids = torch.zeros(len(rows), L, dtype=torch.long)
     mask = torch.zeros(len(rows), L, dtype=torch.long)
     for i, r in enumerate(rows):

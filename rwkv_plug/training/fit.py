@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +50,10 @@ def _instantiate(spec: dict[str, Any], key: str):
 
 
 def _loggers(spec: Any, root: Path) -> Any:
-    if spec is None or spec is True:
-        spec = "csv"
+    if spec is None or spec is True:  # CSV and TensorBoard, in one folder per run
+        from rwkv_plug.training.runlogs import default_loggers
+
+        return default_loggers(root)
     if spec is False:
         return False
     out = []
@@ -71,7 +73,10 @@ def build_trainer(cfg: FitConfig, extra_callbacks: list | None = None):
     from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 
     from rwkv_plug.training.checkpoint import atomic_checkpoint_io
+    from rwkv_plug.training.clock import RunClock
+    from rwkv_plug.training.ctrl_c import SaveOnCtrlC
     from rwkv_plug.training.progress import step_progress_bar
+    from rwkv_plug.training.samples import sample_callbacks
 
     kwargs = dict(cfg.trainer)
     refused = sharded_strategy_problem(kwargs.get("strategy"))  # a Strategy object set in Python
@@ -86,6 +91,9 @@ def build_trainer(cfg: FitConfig, extra_callbacks: list | None = None):
             except lightning_errors() as exc:
                 raise refused_by_lightning(exc, str(cfg.path), "trainer.checkpoint", cfg.checkpoint) from None
     callbacks.extend(extra_callbacks or [])
+    callbacks.extend(sample_callbacks(cfg.model, cfg.data))  # none unless model.sample_prompts
+    callbacks.append(SaveOnCtrlC())
+    callbacks.append(RunClock())  # train/elapsed_sec: the wall time `rwkv-plug report` shows
     if kwargs.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
         callbacks.append(step_progress_bar())
     plugins = kwargs.pop("plugins", None) or []
@@ -110,6 +118,8 @@ def load_training_model(m: dict[str, Any]):
     from rwkv_plug.models import load_model
 
     model = load_model(m["load_model"], kernel=m["kernel"], dropout=m["dropout"], grad_cp=m["grad_cp"])
+    if m["wkv_precision"] != "auto":
+        model.set_kernel(m["kernel"], precision=m["wkv_precision"])
     for key in _SIZE_KEYS:
         want, found = m.get(key, -1), getattr(model, key, None)
         if want not in (-1, None) and found is not None and want != found:
@@ -118,16 +128,18 @@ def load_training_model(m: dict[str, Any]):
     return model
 
 
-def run_fit(config: str | Path, resume: str | None = None, log: Callable[[str], None] = print) -> FitConfig:
-    """The whole ``fit`` command; returns the config it ran."""
+def run_fit(config: str | Path, resume: str | None = None, log: Callable[[str], None] = print,
+            overrides: dict[str, Any] | None = None) -> FitConfig:
+    """The whole ``fit`` command; returns the config it ran. ``overrides``: ``{"trainer.max_steps": 20}``."""
     with library_noise_filtered():
-        return _run_fit(config, resume, log)
+        return _run_fit(config, resume, log, overrides)
 
 
-def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None]) -> FitConfig:
-    from rwkv_plug.training.checkpoint import check_resume, checkpoint_folders, find_resume
+def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None],
+             overrides: dict[str, Any] | None = None) -> FitConfig:
+    from rwkv_plug.training.checkpoint import check_resume, checkpoint_folders, earlier_run, find_resume
 
-    cfg = load_fit_config(config)
+    cfg = load_fit_config(config, overrides=overrides)
     _check_source_exists(cfg)
     # Fail fast, cheapest first: every trainer setting, the resume file, the model file; then the data.
     trainer = build_trainer(cfg)
@@ -141,8 +153,15 @@ def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None])
     )
     # where this config's checkpoints are: trainer.checkpoint's folder or a ModelCheckpoint's in trainer.callbacks
     ckpt = find_resume(resume, checkpoint_folders(trainer, every_version=True) or [cfg.checkpoint_dir], log)
+    mixed = earlier_run(checkpoint_folders(trainer), ckpt) if trainer.global_rank == 0 else None
+    if mixed:
+        raise TrainingError(f"{mixed}; continue that run with `rwkv-plug fit {cfg.path} --resume auto`, or start "
+                            "a new one in another folder (trainer.default_root_dir or trainer.checkpoint.dirpath)")
     model = load_training_model(cfg.model)
     log(f"model: {cfg.model['load_model']}: {_describe_model(model)}")
+    from rwkv_plug.training.tuning import apply_tuning
+
+    apply_tuning(model, cfg.model, log)  # model.tuning: freeze, add the start state or the adapters
     if ckpt is not None:
         step = check_resume(ckpt, model, batches=(cfg.microbatch_size, cfg.world_size))
         if 0 < trainer.max_steps <= step:
@@ -162,13 +181,18 @@ def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None])
 
 def _check_source_exists(cfg: FitConfig) -> None:
     """One stat: a typo in a local data.source fails before the trainer, model and tokenizer load."""
-    from rwkv_plug.data.sources import missing_local_source
-
-    if cfg.data.get("skip_datapath_setup"):  # the source is not read
-        return
-    missing = missing_local_source(str(cfg.data.get("source") or ""))
+    missing = missing_source(cfg.data)
     if missing:
         raise ConfigError(f"{cfg.path}: {missing}")
+
+
+def missing_source(data: Mapping[str, Any]) -> str | None:
+    """Why ``data.source`` is a local path that does not exist (fit would stop on it), or None."""
+    from rwkv_plug.data.sources import missing_local_source
+
+    if data.get("skip_datapath_setup"):  # the source is not read
+        return None
+    return missing_local_source(str(data.get("source") or ""))
 
 
 def _training_module(cfg: FitConfig, trainer, model, log: Callable[[str], None]):
@@ -204,25 +228,41 @@ def _training_module(cfg: FitConfig, trainer, model, log: Callable[[str], None])
     if cfg.data.get("dataloader_swap_train_test_split"):  # a debugging aid of the earlier trainer
         log("data.dataloader_swap_train_test_split: training on the test split, validating on the train split")
         train, test = test, train
+    log(_padding_report(cfg, settings, train))
     module = RwkvTrainingModule(model, settings, train, test)
     check_epoch_batches(trainer, module.batches_per_epoch(trainer.world_size), str(cfg.path))
     return module
 
 
+def _padding_report(cfg: FitConfig, settings, train) -> str:
+    """The padding share of the first epoch's batches, over every rank (``padding: ...``)."""
+    from rwkv_plug.training.data import ResumableSampler
+    from rwkv_plug.training.padding import padding_line, padding_share, sample_lengths
+
+    world = cfg.world_size
+    orders = [ResumableSampler(len(train), world, r, settings.shuffle, settings.seed).indices(0) for r in range(world)]
+    share = padding_share(sample_lengths(train), cfg.microbatch_size, orders)
+    return padding_line(share, cfg.microbatch_size, bool(cfg.data.get("packing_enable")), " of an epoch")
+
+
 def _keep_config(trainer, cfg: FitConfig) -> None:
-    """A copy of the config file, as written, next to the run's logs (``config.yaml``)."""
+    """A copy of the config file, as written (with any command-line overrides applied), next to
+    the run's logs (``config.yaml``)."""
     from rwkv_plug.core.atomic import atomic_write
+    from rwkv_plug.core.overrides import override_header
 
     logger = trainer.loggers[0] if trainer.loggers else None
     folder = getattr(logger, "log_dir", None) or (logger.save_dir if logger else None) or cfg.root_dir
     text = Path(cfg.path).read_bytes()
+    if cfg.overrides:
+        import yaml
+
+        text = (override_header(cfg.overrides) + yaml.safe_dump(cfg.raw, sort_keys=False)).encode()
     atomic_write(Path(folder) / "config.yaml", lambda f: f.write(text))
 
 
 def _fit(trainer, module, cfg: FitConfig, ckpt: str | None) -> None:
     """``trainer.fit``, with Ctrl-C, a failed ddp_spawn rank and Lightning's refusals as one line each."""
-    from rwkv_plug.training.checkpoint import checkpoint_folders, newest_checkpoint
-
     for lg in trainer.loggers:
         # Fix each logger's version folder now: ddp_spawn workers get a copy with it resolved, so
         # the folder printed afterwards is the one they wrote (resolved later it would be the next one).
@@ -239,16 +279,49 @@ def _fit(trainer, module, cfg: FitConfig, ckpt: str | None) -> None:
             # Lightning answers Ctrl-C with its own shutdown and sys.exit(1); say what is kept instead
             if not trainer.interrupted:
                 raise
-            where = " or ".join(str(f) for f in checkpoint_folders(trainer)) or "no checkpoint folder"
-            newest = newest_checkpoint(trainer)
-            kept = f" (the newest holds step {newest[1]})" if newest else " (none written yet)"
-            raise Interrupted(f"training interrupted at step {trainer.global_step}; checkpoints are in "
-                              f"{where}{kept}; continue with `rwkv-plug fit {cfg.path} --resume auto`") from None
+            if trainer.global_rank != 0:  # a `ddp` rank running this command too: rank 0 says it
+                raise SystemExit(Interrupted.exit_code) from None
+            raise _interrupted(trainer, cfg) from None
         except Exception as exc:
             failure = worker_failure(exc)  # a ddp_spawn rank's failure, as one line
             if failure is None:
                 raise
             raise failure from exc
+
+
+def _interrupted(trainer, cfg: FitConfig) -> Interrupted:
+    """What a Ctrl-C kept: the step it saved, else the newest checkpoint, else nothing (no resume hint)."""
+    from rwkv_plug.training.checkpoint import checkpoint_folders, newest_in_folders, shown_path
+    from rwkv_plug.training.ctrl_c import SaveOnCtrlC
+
+    resume = f"continue with `rwkv-plug fit {cfg.path} --resume auto`"
+    saver = next((c for c in trainer.callbacks if isinstance(c, SaveOnCtrlC)), None)
+    if saver is not None and saver.saved is not None:
+        path, step = saver.saved
+        return Interrupted(f"training interrupted: step {step} saved to {shown_path(Path(path))}; {resume}")
+    # ddp_spawn: the ranks are other processes, still finishing their step; what they saved is on disk
+    spawned = _join_spawned_ranks(trainer)
+    reached = "" if spawned else f" at step {trainer.global_step}"
+    newest = newest_in_folders(checkpoint_folders(trainer))
+    if newest is None:
+        return Interrupted(f"training interrupted{reached} before any checkpoint was written; nothing is saved "
+                           "(a single Ctrl-C saves the step in progress; a second one stops without saving)")
+    if not spawned and newest[1] == trainer.global_step:
+        return Interrupted(f"training interrupted at step {newest[1]}, which {newest[0]} holds; {resume}")
+    held = f"step {newest[1]}" if newest[1] >= 0 else "an unreadable state"
+    return Interrupted(f"training interrupted{reached}; the newest checkpoint, {newest[0]}, holds {held}; {resume}")
+
+
+def _join_spawned_ranks(trainer) -> bool:
+    """Wait for ``ddp_spawn``'s rank processes to end (they save the step in progress on the same
+    Ctrl-C, or stop at a second one); whether there were any."""
+    import multiprocessing.process
+
+    procs = [p for p in getattr(trainer.strategy.launcher, "procs", None) or []
+             if isinstance(p, multiprocessing.process.BaseProcess)]
+    for proc in procs:
+        proc.join()
+    return bool(procs)
 
 
 def _report(trainer, log: Callable[[str], None]) -> None:
@@ -260,5 +333,10 @@ def _report(trainer, log: Callable[[str], None]) -> None:
     note = unsaved_steps_note(trainer)
     if note:
         log(note)
-    for lg in trainer.loggers:
-        log(f"logs: {getattr(lg, 'log_dir', None) or lg.save_dir}")
+    shown: list[str] = []
+    for lg in trainer.loggers:  # one line per folder: the default TensorBoard log sits in the CSV log's
+        folder = str(getattr(lg, "log_dir", None) or lg.save_dir)
+        if not any(folder == s or folder.startswith(s.rstrip("/") + "/") for s in shown):
+            shown.append(folder)
+    for folder in shown:
+        log(f"logs: {folder}")

@@ -1,4 +1,4 @@
-"""The training loss: masked cross-entropy with RWKV's L2Wrap.
+"""The training loss: masked cross-entropy plus a pull on each position's top logit.
 
 Masks are target-aligned: for inputs ``ids[:, :-1]`` and targets
 ``ids[:, 1:]`` the weights are ``loss_mask[:, 1:]``. The loss of a sample
@@ -12,35 +12,30 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-#: RWKV's L2Wrap strength: pushes the largest logit towards zero.
-L2WRAP_SCALE = 1e-4
+#: Strength of the top-logit pull, per learned token of an average row.
+TOP_LOGIT_PULL = 1e-4
 
 
-class L2Wrap(torch.autograd.Function):
-    """Identity on ``loss``; backward also nudges each position's top logit.
+def top_logit_pull(logits: torch.Tensor, mask: torch.Tensor, strength: float) -> torch.Tensor:
+    """A term whose value is exactly 0 and whose gradient pulls each learned position's
+    largest logit towards 0: ``d/d top = strength * top`` (the gradient of
+    ``strength * top**2 / 2``), nothing for the other logits or masked positions.
 
-    The extra logits gradient is ``max_logit * 1e-4 / (sum(mask) / B)`` at
-    each position's argmax, masked. It is the gradient of a small penalty
-    term, so it is scaled by the incoming gradient like the loss itself
-    (identical to RWKV for a loss weight of 1; gradient accumulation and
-    DDP averaging then apply to it as well).
+    The idea is RWKV-LM's "L2Wrap" (BlinkDL): it keeps logits from drifting to large
+    values without changing the reported loss. Written here as a zero-valued term, so it
+    is scaled by the gradient arriving at the loss like the loss itself (accumulation,
+    DDP averaging, a loss weight).
+
+    Args:
+        logits: (B, T, V).
+        mask: (B, T) target-aligned weights (0 or 1).
+        strength: the pull per unit of top logit (``TOP_LOGIT_PULL / mean learned tokens per row``).
     """
-
-    @staticmethod
-    def forward(ctx, loss, logits, mask, factor):  # noqa: D102
-        ctx.save_for_backward(logits, mask)
-        ctx.factor = factor
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_loss):  # noqa: D102
-        logits, mask = ctx.saved_tensors
-        maxx, ids = torch.max(logits, dim=-1, keepdim=True)  # (B, T, 1)
-        gy = torch.zeros_like(logits)
-        # scale the (B, T, 1) values before scattering: no pass over the (B, T, V) tensor
-        scale = (maxx * ctx.factor) * mask.unsqueeze(-1).to(logits.dtype) * grad_loss.to(logits.dtype)
-        gy.scatter_(-1, ids, scale)
-        return grad_loss, gy, None, None
+    top = logits.max(dim=-1).values  # (B, T); its gradient reaches only the argmax logit
+    # pull * top has gradient `pull` w.r.t. top; pull is held constant (detached)
+    pull = top.detach() * strength * mask.to(logits.dtype)  # (B, T)
+    term = (pull * top).sum(dtype=torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else None)
+    return term - term.detach()
 
 
 def chunk_loss(
@@ -58,7 +53,8 @@ def chunk_loss(
         targets: (B, T) next-token ids.
         mask: (B, T) target-aligned weights (0 or 1).
         denom: scalar, the whole microbatch's mask sum (clamped to >= 1).
-        batch_size: B, for the L2Wrap normaliser ``sum(mask) / B``.
+        batch_size: B; the pull's strength is ``1e-4 / (sum(mask) / B)``.
+        l2wrap: add the top-logit pull (:func:`top_logit_pull`) when the logits need a gradient.
     """
     B, T, V = logits.shape
     flat = logits.reshape(B * T, V)
@@ -68,6 +64,6 @@ def chunk_loss(
     maskf = mask.reshape(B * T).to(ce.dtype)
     loss = (ce * maskf).sum() / denom
     if l2wrap and logits.requires_grad:
-        factor = L2WRAP_SCALE / (float(denom) / batch_size)
-        loss = L2Wrap.apply(loss, logits, mask.to(logits.dtype), factor)
+        strength = TOP_LOGIT_PULL / (float(denom) / batch_size)
+        loss = loss + top_logit_pull(logits, mask, strength).to(loss.dtype)
     return loss

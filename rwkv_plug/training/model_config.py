@@ -59,7 +59,7 @@ def _check_model(m: dict[str, Any], problems: Problems, config_dir: Path) -> Non
     else:
         found = _existing_path(str(m["load_model"]), config_dir)
         if found is None:
-            problems.add(
+            problems.add_missing_file(
                 f"model.load_model '{m['load_model']}' does not exist (looked in the working directory "
                 f"and in {config_dir}); create it with `rwkv-plug init-model`"
             )
@@ -86,6 +86,12 @@ def _check_model(m: dict[str, Any], problems: Problems, config_dir: Path) -> Non
         hint = did_you_mean(precision, _MATMUL_PRECISIONS) if isinstance(precision, str) else ""
         problems.add(f"model.torch_set_float32_matmul_precision must be {', '.join(_MATMUL_PRECISIONS)} "
                      f"or null (leave torch's setting), got {precision!r}.{hint}")
+    from rwkv_plug.kernels.precision import WKV_PRECISIONS  # imports torch: fit only
+
+    wkv = m["wkv_precision"]
+    if wkv not in WKV_PRECISIONS:
+        hint = did_you_mean(wkv, WKV_PRECISIONS) if isinstance(wkv, str) else ""
+        problems.add(f"model.wkv_precision must be {', '.join(WKV_PRECISIONS)}, got {wkv!r}.{hint}")
     if m["lr_type"] not in ("cosine", "linear"):
         problems.add(f"model.lr_type must be 'cosine' or 'linear', got {m['lr_type']!r}")
     if isinstance(m["warmup_steps"], int) and isinstance(m["lr_period"], int):
@@ -111,6 +117,12 @@ def _check_model(m: dict[str, Any], problems: Problems, config_dir: Path) -> Non
     if isinstance(m["dropout"], float) and m["dropout"] >= 1:
         problems.add(f"model.dropout must be < 1, got {m['dropout']}")
     _check_kernel(m["kernel"], problems)
+    from rwkv_plug.training.samples import check_sample_options
+
+    check_sample_options(m, problems)
+    from rwkv_plug.training.tuning import check_tuning_options
+
+    check_tuning_options(m, problems, lambda value: _existing_path(value, config_dir))
 
 
 def _check_kernel(name: Any, problems: Problems) -> None:

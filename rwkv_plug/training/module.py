@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from rwkv_plug.training import quiet, rng
 from rwkv_plug.training.bptt import BpttSettings, sequence_loss
-from rwkv_plug.training.checkpoint import epoch_end_as_batch_end
+from rwkv_plug.training.checkpoint import epoch_end_as_batch_end, mark_resumed_step_saved
 from rwkv_plug.training.data import EvalRows, EvalSampler, ResumableSampler, collate
 from rwkv_plug.training.optim import LrSchedule, build_optimizer, schedule_steps
 
@@ -46,16 +46,6 @@ class TrainSettings:
         )
 
 
-class _Collate:
-    """Picklable collate function (DataLoader workers may be processes)."""
-
-    def __init__(self, ctx_len: int) -> None:
-        self.ctx_len = ctx_len
-
-    def __call__(self, rows):
-        return collate(rows, self.ctx_len)
-
-
 class RwkvTrainingModule(L.LightningModule):
     """Trains ``model`` on a dataset of ``input_ids``/``loss_mask`` rows."""
 
@@ -63,6 +53,10 @@ class RwkvTrainingModule(L.LightningModule):
         super().__init__()
         self.model = model
         self.settings = settings
+        from rwkv_plug.training.tuning import is_tuned
+
+        # a tuned run's checkpoints hold only the trainable tensors (tuning.slim_checkpoint)
+        self.strict_loading = not is_tuned(model)
         self.bptt = settings.bptt
         self.train_data, self.val_data = train_data, val_data
         # the data position: microbatches trained in the sampler's epoch ``_data_epoch``
@@ -74,6 +68,8 @@ class RwkvTrainingModule(L.LightningModule):
         self._last_time: float | None = None
         self._rng_states: list[dict[str, Any]] | None = None  # from a checkpoint, until training starts
         self._val_sums: torch.Tensor | None = None
+        # (global step, microbatches, data loss sum, learned loss sum) of the step in progress
+        self._step_sums: tuple[int, int, torch.Tensor, torch.Tensor] | None = None
 
     # -- multi-device sync --------------------------------------------------
     def _sync_chunks(self, chunks: int) -> int:
@@ -102,9 +98,10 @@ class RwkvTrainingModule(L.LightningModule):
         self._trained += out.trained_tokens
         sync = bool(self.settings.model.get("consolidated_logging", True))
         bs = batch["input_ids"].shape[0]
-        self.log("train/loss", out.data_loss, prog_bar=True, sync_dist=sync, batch_size=bs)
+        loss, learn_loss = self._step_means(out.data_loss, out.loss.detach())
+        self.log("train/loss", loss, prog_bar=True, sync_dist=sync, batch_size=bs)
         if out.loss.requires_grad and self.bptt.learning_range > 0:
-            self.log("train/learn_loss", out.loss.detach(), sync_dist=sync, batch_size=bs)
+            self.log("train/learn_loss", learn_loss, sync_dist=sync, batch_size=bs)
         self.log("train/trained_tokens", float(self._trained), reduce_fx="sum", sync_dist=sync, batch_size=bs)
         self.log("train/tokens", float(self._tokens), reduce_fx="sum", sync_dist=sync, batch_size=bs)
         if self._last_time is not None:
@@ -115,6 +112,21 @@ class RwkvTrainingModule(L.LightningModule):
         lr = next(g["lr"] / g["lr_scale"] for g in opt.param_groups)
         self.log("train/lr", lr, prog_bar=True, batch_size=bs)
         return out.loss
+
+    def _step_means(self, data_loss: torch.Tensor, learn_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The losses of the optimizer step so far: the mean over its microbatches.
+
+        Each microbatch's loss is its masked-token mean, and the step's gradient is the
+        mean of their gradients (Lightning divides by the accumulation, DDP averages over
+        ranks), so this is the loss the step descends. Lightning logs the value of a step's
+        last microbatch, which then covers them all; ``sync_dist`` averages it over ranks,
+        which all run the same number of microbatches.
+        """
+        if self._step_sums is None or self._step_sums[0] != self.global_step:
+            self._step_sums = (self.global_step, 0, torch.zeros_like(data_loss), torch.zeros_like(learn_loss))
+        step, count, data_sum, learn_sum = self._step_sums
+        self._step_sums = (step, count + 1, data_sum + data_loss, learn_sum + learn_loss)
+        return (data_sum + data_loss) / (count + 1), (learn_sum + learn_loss) / (count + 1)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         m = self.settings.model
@@ -176,7 +188,9 @@ class RwkvTrainingModule(L.LightningModule):
             m["lr_period"], m["lr_period_type"], self.trainer.max_steps, self.trainer.max_epochs, self.steps_per_epoch()
         )
         schedule = LrSchedule(m["lr_init"], m["lr_final"], m["lr_type"], m["warmup_steps"], total)
-        opt, sched = build_optimizer(self.model, m, schedule)
+        from rwkv_plug.models.loading import arch_of  # the model's architecture declares its groups
+
+        opt, sched = build_optimizer(self.model, m, schedule, arch_of(self.model))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
     # -- data ------------------------------------------------------------------
@@ -193,7 +207,7 @@ class RwkvTrainingModule(L.LightningModule):
             self.train_data,
             batch_size=self.settings.microbatch_size,
             sampler=sampler,
-            collate_fn=_Collate(self.bptt.ctx_len),
+            collate_fn=collate,
             generator=self._loader_generator(),
             **self._loader_workers(),
         )
@@ -203,7 +217,7 @@ class RwkvTrainingModule(L.LightningModule):
         data = EvalRows(self.val_data if self.val_data is not None else [])
         sampler = EvalSampler(len(data), t.world_size, t.global_rank)
         return DataLoader(
-            data, batch_size=self.settings.microbatch_size, sampler=sampler, collate_fn=_Collate(self.bptt.ctx_len),
+            data, batch_size=self.settings.microbatch_size, sampler=sampler, collate_fn=collate,
             generator=self._loader_generator(), **self._loader_workers(),
         )
 
@@ -238,6 +252,9 @@ class RwkvTrainingModule(L.LightningModule):
             # dropout after a resume draws the same masks as an uninterrupted run
             "rng": rng.gather(rng.capture(self.device)),
         }
+        from rwkv_plug.training.tuning import slim_checkpoint
+
+        slim_checkpoint(checkpoint, self.model, self.settings.model)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lightning restores its loop counters after this hook, from this dict
@@ -250,6 +267,10 @@ class RwkvTrainingModule(L.LightningModule):
             self._rng_states = rng.from_checkpoint(pos)
 
     def on_train_start(self) -> None:
+        if self.trainer.global_step > 0:  # resumed: that step is saved, do not save it again mid-accumulation
+            note = mark_resumed_step_saved(self.trainer)
+            if note:
+                rank_zero_warn(note)
         states, self._rng_states = self._rng_states, None
         rng.split_for_rank(self.global_rank)  # a resume then restores each rank's saved stream over it
         if states:

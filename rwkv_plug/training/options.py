@@ -8,6 +8,7 @@ section is either declared here or listed in :data:`MODEL_UNSUPPORTED` or
 
 from __future__ import annotations
 
+from rwkv_plug.core.config import CONFIG_SECTIONS
 from rwkv_plug.core.interfaces import Option
 
 AUTO = -1
@@ -25,14 +26,17 @@ MODEL_OPTIONS: tuple[Option, ...] = (
     Option("beta2", 0.99, "Adam beta2."),
     Option("adam_eps", 1e-8, "Adam epsilon."),
     Option("weight_decay", 0.001, "AdamW weight decay on >=2-D weight matrices (0 = Adam, no decay)."),
-    Option("layerwise_lr", True, "time_decay learns at 2x the LR; everything else, the v5 bonus time_faaaa "
-           "included, at 1x (a v4-style time_first would get 3x, as in the earlier trainer)."),
+    Option("layerwise_lr", True, "Per-architecture LR multipliers: rwkv5 time_decay, rwkv7 att.w0 at 2x, the rest "
+           "at 1x (docs/training.md#optimizer-groups-per-architecture); false: all at 1x."),
     Option("grad_cp", False, "Activation checkpointing per block (less memory per chunk, ~30% more compute)."),
     Option("dropout", 0.0, "Dropout on the embedding and residual sums."),
     Option("bptt_learning", True, "Backprop across chunks with the memory-bounded engine; false = one plain autograd graph."),
     Option("bptt_learning_range", AUTO, "If > 0: only the last N chunks' losses are trained; -1 (or any value <= 0) = all chunks."),
     Option("bptt_truncated_learning", False, "Detach the state between chunks (truncated BPTT); false = exact gradients."),
     Option("kernel", "auto", "WKV kernel: auto, torch, triton, cuda or a plugin's kernel name."),
+    Option("wkv_precision", "auto", "How the WKV kernel's fp32 matrix products run: 'fp32' (exact IEEE fp32), "
+           "'tf32' (TF32 tensor cores where the GPU has them) or 'auto' (tf32 for bf16/fp16 models, fp32 "
+           "otherwise); fp64 models compute in fp64 (docs/kernels.md#precision)."),
     Option("n_embd", AUTO, "Model width; -1 = read from the checkpoint (given values are checked against it)."),
     Option("n_layer", AUTO, "Number of blocks; -1 = read from the checkpoint."),
     Option("vocab_size", AUTO, "Vocabulary rows; -1 = read from the checkpoint."),
@@ -42,6 +46,26 @@ MODEL_OPTIONS: tuple[Option, ...] = (
     Option("substep_logging", False, "Print a newline after every step so progress lines are kept."),
     Option("torch_set_float32_matmul_precision", "high", "'highest', 'high' or 'medium', passed to torch.set_float32_matmul_precision; null leaves torch's setting."),
     Option("consolidated_logging", True, "Average the logged loss and token counts over all ranks."),
+    Option("sample_prompts", [], "Texts the model continues greedily while training (at each validation, or every "
+           "sample_every_n_steps), shown on the console and written to samples.txt/samples.csv in the log folder "
+           "and to TensorBoard; empty (the default): no samples, no cost.", escapes=True),
+    Option("sample_every_n_steps", 0, "With sample_prompts: sample every this many optimizer steps; 0 = after "
+           "each validation."),
+    Option("sample_tokens", 32, "With sample_prompts: tokens generated per prompt."),
+    Option("tuning", "full", "What trains: 'full' (every weight), 'state' (only a WKV start state per layer "
+           "and head; weights frozen) or 'lora' (only peft LoRA adapters; weights frozen). See "
+           "docs/training.md#tuning-modes.", choices=("full", "state", "lora")),
+    Option("state_file", None, "tuning: state: start from this state file (written by `rwkv-plug export`); "
+           "null starts from zeros.", type="str | None"),
+    Option("lora_r", 32, "tuning: lora: the adapters' rank r."),
+    Option("lora_alpha", 32, "tuning: lora: the adapters' alpha (the update is scaled by alpha / r)."),
+    Option("lora_dropout", 0.0, "tuning: lora: dropout on the adapters' input."),
+    Option("lora_target_modules", None, "tuning: lora: the linear layers to adapt, by name or dotted suffix "
+           "(e.g. [key, value, att.output]); null: every linear projection of the blocks.", type="list[str] | None"),
+    Option("lora_adapter", None, "tuning: lora: start from this adapter folder (peft format, written by "
+           "`rwkv-plug export`); its rank, alpha, dropout and targets are used.", type="str | None"),
+    Option("lora_options", {}, "tuning: lora: further peft LoraConfig fields, e.g. {use_dora: true} or "
+           "{use_rslora: true}, passed as given."),
 )
 
 #: Keys of the earlier trainer that are refused, with the reason. A key set
@@ -108,5 +132,5 @@ LOGGERS: dict[str, tuple[str, tuple[str, ...], str | None]] = {
     "wandb": ("lightning.pytorch.loggers.WandbLogger", ("wandb",), "wandb"),
 }
 
-#: Top-level sections besides trainer/model/data.
-TOP_LEVEL = ("trainer", "model", "data", "seed_everything")
+#: The config's top-level sections (defined in core: preload and inspect check them too).
+TOP_LEVEL = CONFIG_SECTIONS

@@ -44,7 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_train.py long --tokens 2048 16384 65536
 
 clean:
-	rm -rf $(VENV) out/demo
+	rm -rf $(VENV) examples/out
 
 # Print the tokenizer path the tests will use (handy when debugging a fresh machine).
 neox-path: $(STAMP)

@@ -1,7 +1,8 @@
-"""RWKV-v5 model speed on this machine: forward+backward tokens/s and MFU.
+"""RWKV-v5 model speed on this machine: forward+backward tokens/s and the fraction of measured matmul peak.
 
-MFU = 6 x non-embedding params (head included) x tokens/s, divided by the
-fp32 matmul FLOP/s this script measures on the same machine in the same run.
+Fraction of measured matmul peak = 6 x non-embedding params (head included) x
+tokens/s, divided by the fp32 matmul FLOP/s this script measures on the same
+machine in the same run. (Not MFU, which divides by the hardware's rated peak.)
 The loss is plain mean cross-entropy (the trainer adds masking and L2Wrap).
 
     .venv/bin/python bench/bench_model.py [--layers 6] [--embd 512] [--vocab 65536]
@@ -71,21 +72,21 @@ def main() -> None:
     results = {}
     for name, fn, flops_per_token in (("fwd+bwd", step, 6), ("fwd", forward, 2)):
         fn()
-        tps, mfu, peaks = [], [], []
+        tps, fracs, peaks = [], [], []
         for _ in range(args.steps):
             peak = matmul_flops(reps=4)
             t = time.perf_counter()
             fn()
             dt = time.perf_counter() - t
             tps.append(args.ctx / dt)
-            mfu.append(flops_per_token * params * args.ctx / dt / peak)
+            fracs.append(flops_per_token * params * args.ctx / dt / peak)
             peaks.append(peak)
-        results[name] = (statistics.median(tps), statistics.median(mfu), statistics.median(peaks))
+        results[name] = (statistics.median(tps), statistics.median(fracs), statistics.median(peaks))
     print(f"model L{args.layers}-D{args.embd} vocab {args.vocab}, ctx {args.ctx}, fp32, batch 1, "
           f"kernel {model.kernel_for(x.device, torch.float32).name}, "
           f"{params / 1e6:.1f}M non-embedding params, {torch.get_num_threads()} threads")
-    for name, (tps, mfu, peak) in results.items():
-        print(f"{name:8s} {tps:8.1f} tokens/s  MFU {mfu:6.1%}  (median of {args.steps}; "
+    for name, (tps, frac, peak) in results.items():
+        print(f"{name:8s} {tps:8.1f} tokens/s  of measured matmul peak {frac:6.1%}  (median of {args.steps}; "
               f"fp32 matmul baseline {peak / 1e9:.0f} GFLOP/s)")
     if args.profile:
         with torch.profiler.profile() as prof:

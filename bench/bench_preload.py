@@ -4,7 +4,10 @@ The corpus (real English text from Debian docs, see bench/corpus.py) is cut
 at line boundaries into documents of about 20 kB and written as a jsonl
 file. For each tokenizer we time:
 
-* bare: ``tokenizer.encode_batch(documents)`` in this process;
+* bare: ``tokenizer.encode_batch(documents)`` in this process; a tokenizer
+  with a ``threads`` setting (world) is timed once per ``--procs`` value, on
+  that many threads, as preload's ``num_proc`` runs it; others (neox: Rust
+  threads on every core) once;
 * preload: ``prepare_dataset(force=True)`` with ``num_proc`` 1 and 2: load
   the jsonl, tokenise, filter, rechunk to 4096, split and save to disk.
 
@@ -62,6 +65,7 @@ def main() -> None:
 
     from corpus import get_corpus
     from rwkv_plug.data import direct
+    from rwkv_plug.data.encode import with_threads
     from rwkv_plug.data.pipeline import prepare_dataset
     from rwkv_plug.data.tokenizer import load_tokenizer
 
@@ -76,19 +80,24 @@ def main() -> None:
         src.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
         for name in args.tokenizers.split(","):
             tok = load_tokenizer(name, {})
-            runs = [(int(p), True) for p in args.procs.split(",")]
+            procs_list = [int(p) for p in args.procs.split(",")]
+            runs = [(p, True) for p in procs_list]
             if args.also_load_dataset:
-                runs += [(int(p), False) for p in args.procs.split(",")]
-            bare_s: list[float] = []
+                runs += [(p, False) for p in procs_list]
+            # bare on the threads preload's num_proc gives it (world), or as it comes (0)
+            threaded = getattr(tok, "threads", None) is not None
+            bare_s: dict[int, list[float]] = {p: [] for p in (procs_list if threaded else [0])}
             pre_s: dict[tuple[int, bool], list[float]] = {run: [] for run in runs}
             tokens = 0
             for i in range(args.repeat + 1):  # round 0 warms up (imports, caches) and is not counted
-                t0 = time.perf_counter()
-                ids = tok.encode_batch(docs)
-                if i:
-                    bare_s.append(time.perf_counter() - t0)
-                tokens = sum(len(x) for x in ids)
-                del ids
+                for threads, times in bare_s.items():
+                    bare_tok = with_threads(tok, threads) if threads else tok
+                    t0 = time.perf_counter()
+                    ids = bare_tok.encode_batch(docs)
+                    if i:
+                        times.append(time.perf_counter() - t0)
+                    tokens = sum(len(x) for x in ids)
+                    del ids
                 for procs, use_direct in runs:
                     cfg = {"data_path": str(Path(tmp) / f"out-{name}-{procs}"), "source": str(src),
                            "tokenizer": name, "text_rechunk_force": True, "num_proc": procs}
@@ -100,10 +109,14 @@ def main() -> None:
                         direct.DIRECT_LIMIT = limit
                     if i:
                         pre_s[procs, use_direct].append(time.perf_counter() - t0)
-            fast, med = min(bare_s), statistics.median(bare_s)
-            print(f"{name}: {tokens} tokens; bare encode_batch {tokens / fast / 1e3:,.0f}k tok/s "
-                  f"(fastest {fast:.3f} s, median {med:.3f} s)")
+            for threads, times in bare_s.items():
+                fast, med = min(times), statistics.median(times)
+                on = f" on {threads} thread{'s' if threads > 1 else ''}" if threads else ""
+                print(f"{name}: {tokens} tokens; bare encode_batch{on} {tokens / fast / 1e3:,.0f}k tok/s "
+                      f"(fastest {fast:.3f} s, median {med:.3f} s)")
             for (procs, use_direct), times in pre_s.items():
+                bare = bare_s[procs if threaded else 0]
+                fast, med = min(bare), statistics.median(bare)
                 how = "" if use_direct else " (source via load_dataset)"
                 p_fast, p_med = min(times), statistics.median(times)
                 print(f"{name}: preload num_proc={procs}{how}: {tokens / p_fast / 1e3:,.0f}k tok/s "

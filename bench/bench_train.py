@@ -1,14 +1,23 @@
-"""Training benchmarks on CPU: throughput/MFU, long-sample memory and time, gradient exactness.
+"""Training benchmarks on CPU: throughput, long-sample memory and time, gradient exactness.
 
     python bench/bench_train.py throughput [--layers 6 --embd 512 --vocab 65536 --ctx 512 --steps 4]
     python bench/bench_train.py long --tokens 2048 16384 65536 [--ctx 512]
     python bench/bench_train.py exact [--tokens 2048 --ctx 512]
     python bench/bench_train.py linearity --layers 2 --embd 256 --vocab 4096 --ctx 256 --tokens 4 32 128
 
-Every ratio is against a baseline measured in the same run: MFU divides
-the model FLOPs by the fp32 matmul FLOP/s this script measures; long-sample
-memory and time are given relative to the first (shortest) length. Each
-long-sample length runs in its own process so peak RSS is its own.
+Every ratio is against a baseline measured in the same run. Throughput is
+also given as the *fraction of measured matmul peak*: the model FLOPs per
+second (6 * non-embedding params * tokens/s) divided by the fp32 FLOP/s of a
+2048x2048 matmul this script measures next to each step. That is not MFU
+(which divides by the hardware's rated peak); it says how close training
+gets to this machine's own dense-matmul rate under its current load.
+
+Long-sample memory and time are given relative to the first (shortest)
+length. Each length runs in its own process so its RSS is its own. The
+growth of RSS after the forward pass (the states kept for the backward)
+is set against the bytes the kept states take by the formula in
+``rwkv_plug/training/chunk_states.py`` (``rss_slope_vs_formula``: 1.0 means
+memory grows by exactly the stored states).
 """
 
 from __future__ import annotations
@@ -22,6 +31,25 @@ import sys
 import time
 
 import torch
+
+
+def provenance() -> str:
+    """Date, commit and machine of this run: docs/benchmarks.md labels every number with them."""
+    here = os.path.dirname(os.path.abspath(__file__))
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True,
+                                  timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = "+uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else ""
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit}{dirty}, "
+            f"{os.cpu_count()}-core CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"load {load}")
 
 
 def build_model(layers: int, embd: int, vocab: int, kernel: str = "torch"):
@@ -66,7 +94,7 @@ def throughput(a) -> dict:
     opt = make_opt(model)
     ids = torch.randint(0, a.vocab, (1, a.ctx + 1))
     train_step(model, opt, ids, a.ctx)  # warm-up
-    times, mfus, peaks = [], [], []
+    times, fracs, peaks = [], [], []
     for _ in range(a.steps):
         # the machine is shared: measure the matmul rate right next to every step
         before = matmul_flops()
@@ -74,30 +102,65 @@ def throughput(a) -> dict:
         peak = (before + matmul_flops()) / 2
         times.append(step)
         peaks.append(peak)
-        mfus.append(6 * params * (a.ctx / step) / peak)
+        fracs.append(6 * params * (a.ctx / step) / peak)
     best = min(range(len(times)), key=lambda i: times[i])
     return {
         "model": f"L{a.layers}-D{a.embd} vocab {a.vocab}", "ctx_len": a.ctx, "batch": 1, "dtype": "fp32",
         "kernel": a.kernel, "threads": torch.get_num_threads(), "non_embedding_params": params,
         "tokens_per_s_median": round(a.ctx / sorted(times)[len(times) // 2], 1),
         "tokens_per_s_best": round(a.ctx / times[best], 1),
-        "mfu_median": round(sorted(mfus)[len(mfus) // 2], 3), "mfu_best": round(max(mfus), 3),
+        "frac_of_measured_matmul_peak_median": round(sorted(fracs)[len(fracs) // 2], 3),
+        "frac_of_measured_matmul_peak_best": round(max(fracs), 3),
         "matmul_gflops": [round(x / 1e9, 1) for x in peaks], "step_s": [round(x, 2) for x in times],
     }
 
 
+def current_rss() -> int:
+    """Resident bytes now (Linux /proc), not the peak."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def kept_state_bytes(model, batch: int, tokens: int, ctx: int) -> int:
+    """Bytes exact BPTT keeps between forward and backward, by the documented formula.
+
+    Per kept state, per layer, ``2*B*C*itemsize + B*H*N*N*4`` (token shifts and the
+    fp32 WKV state), for ``chunks - 1`` states, plus one CPU RNG state per chunk run
+    without autograd (``chunks - 1``).
+    """
+    from rwkv_plug.models.rwkv5 import HEAD_SIZE as N
+
+    chunks = -(-tokens // ctx)
+    item = next(model.parameters()).element_size()
+    per_state = model.n_layer * (2 * batch * model.n_embd * item + batch * model.n_head * N * N * 4)
+    rng = torch.get_rng_state().numel()
+    return (chunks - 1) * (per_state + rng)
+
+
 def long_one(a) -> dict:
+    from rwkv_plug.training.bptt import BpttSettings, sequence_loss
+
     model = build_model(a.layers, a.embd, a.vocab, a.kernel)
     opt = make_opt(model)
     train_step(model, opt, torch.randint(0, a.vocab, (1, a.ctx + 1)), a.ctx)  # warm-up, one chunk
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     ids = torch.randint(0, a.vocab, (1, a.tokens[0] + 1))
     before = matmul_flops()
-    step = train_step(model, opt, ids, a.ctx, a.truncated)
+    rss_before = current_rss()
+    t = time.perf_counter()
+    out = sequence_loss(model, ids, torch.ones_like(ids), BpttSettings(ctx_len=a.ctx, truncated=a.truncated),
+                        train=True)
+    rss_fwd = current_rss()  # the kept states (and the last chunk's graph) are alive here
+    out.loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    step = time.perf_counter() - t
     rate = (before + matmul_flops()) / 2
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"tokens": a.tokens[0], "step_s": round(step, 2), "peak_rss_gib": round(peak / 2**20, 3),
             "rss_after_1chunk_warmup_gib": round(base_rss / 2**20, 3), "matmul_gflops": round(rate / 1e9, 1),
+            "rss_growth_over_forward_mib": round((rss_fwd - rss_before) / 2**20, 2),
+            "kept_state_mib_formula": round(kept_state_bytes(model, 1, a.tokens[0], a.ctx) / 2**20, 2),
             # step time in units of "seconds at 1 TFLOP/s": removes the shared machine's load swings
             "step_tflop_equiv": round(step * rate / 1e12, 2)}
 
@@ -117,6 +180,10 @@ def long(a) -> list[dict]:
             (rows[-1]["step_s"] / n) / (base["step_s"] / base["tokens"]), 3)
         rows[-1]["load_normalised_time_per_token_vs_first"] = round(
             (rows[-1]["step_tflop_equiv"] / n) / (base["step_tflop_equiv"] / base["tokens"]), 3)
+        # how much faster RSS grows than the kept states, from the first length to this one
+        d_formula = rows[-1]["kept_state_mib_formula"] - base["kept_state_mib_formula"]
+        d_rss = rows[-1]["rss_growth_over_forward_mib"] - base["rss_growth_over_forward_mib"]
+        rows[-1]["rss_slope_vs_formula"] = round(d_rss / d_formula, 3) if d_formula > 0 else None
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -175,7 +242,7 @@ def main() -> None:
     p.add_argument("--kernel", default="torch")
     p.add_argument("--truncated", action="store_true")
     a = p.parse_args()
-    print(f"# machine: {os.cpu_count()}-core CPU, torch {torch.__version__}, load {os.getloadavg()}", flush=True)
+    print(f"# {provenance()}", flush=True)
     modes = {"throughput": throughput, "long": long, "long-one": long_one, "exact": exact, "linearity": linearity}
     result = modes[a.what](a)
     if a.what not in ("long", "linearity"):

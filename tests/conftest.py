@@ -15,6 +15,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
+def kernel_cache(monkeypatch, tmp_path_factory):
+    """RWKV_PLUG_CACHE in a folder of this test session: test kernels' verdicts stay out of ~/.cache."""
+    monkeypatch.setenv("RWKV_PLUG_CACHE", str(tmp_path_factory.getbasetemp() / "rwkv_plug_cache"))
+
+
+@pytest.fixture(autouse=True)
 def fresh_plugins(monkeypatch):
     """Every test starts with no plugin set loaded and no third-party plugins."""
     monkeypatch.setenv("RWKV_PLUG_PLUGINS", os.environ.get("RWKV_PLUG_TEST_PLUGINS", "none"))

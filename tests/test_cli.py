@@ -138,3 +138,39 @@ def test_a_stop_the_user_asked_for_is_not_printed_as_an_error(monkeypatch, capsy
         cli_module.main(["fit", "cfg.yaml"])
     assert exc.value.code == 130
     assert capsys.readouterr().err == "training interrupted at step 3; checkpoints are in runs/x/checkpoints\n"
+
+
+UNKNOWN_TRAINR = ("unknown section 'trainr'. Did you mean 'trainer'? "
+                  "(a config has trainer, model, data, seed_everything)")
+
+
+@pytest.mark.parametrize("command", ["preload", "inspect", "fit"])
+def test_every_command_reading_a_config_reports_an_unknown_section(tmp_path, capsys, monkeypatch, command):
+    """A `trainr:` typo is one error line, worded the same by each command, and nothing is built."""
+    from rwkv_plug.core.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.jsonl").write_text('{"text": "one two three"}\n{"text": "four five six"}\n')
+    (tmp_path / "cfg.yaml").write_text(
+        "trainr:\n  max_steps: 1\nmodel:\n  load_model: m.pth\n  lr_init: 0.001\n"
+        "data:\n  data_path: out\n  source: a.jsonl\n  tokenizer: world\n")
+    with pytest.raises(SystemExit) as exc:
+        main([command, "cfg.yaml"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: cfg.yaml: ") and UNKNOWN_TRAINR in lines[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_datapack_file_reports_an_unknown_section_the_same_way(tmp_path, capsys):
+    from rwkv_plug.core.cli import main
+
+    (tmp_path / "pack.yaml").write_text(
+        f"datapack:\n  data_path: {tmp_path / 'mix'}\ndefualt:\n  tokenizer: world\ndataset: []\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["datapack", str(tmp_path / "pack.yaml")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert ("unknown section 'defualt'. Did you mean 'default'? (a datapack file has datapack, default, "
+            "dataset)") in err

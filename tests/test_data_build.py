@@ -271,6 +271,81 @@ def test_rebuild_reason_names_a_key_a_plugin_added(tmp_path):
     assert any(m.endswith("data config changed (text_suffix (removed))") for m in logs), logs
 
 
+def test_only_the_strategy_and_tokenizer_in_use_are_fingerprinted(tmp_path):
+    """Installing or removing a plugin the dataset does not use keeps it; its own strategy's
+    options (and a plugin that now claims its columns) rebuild it."""
+    from rwkv_plug.core import plugins
+    from rwkv_plug.core.hookspecs import hookimpl
+    from rwkv_plug.core.interfaces import Option, Sample, Strategy
+    from rwkv_plug.data.pipeline import prepare_dataset
+
+    def strategy(column: str, priority: int):
+        class Shout(Strategy):
+            """Upper-cases one column (a test plugin)."""
+
+            name = f"shout-{column}"
+            detect_priority = priority
+            options = (Option(f"shout_{column}_volume", 3, "How loud."),)
+
+            @classmethod
+            def matches(cls, columns, options):
+                return column in columns
+
+            def encode(self, row):
+                ids = self.tokenizer.encode(row[column].upper())
+                return Sample(ids, [1] * len(ids))
+
+        class Plugin:
+            @hookimpl
+            def register_strategies(self):
+                return [Shout]
+
+        return Plugin()
+
+    write_jsonl(tmp_path / "a.jsonl", [{"text": "one two three"}, {"text": "four five six"}])
+    cfg = {"data_path": "out", "source": "a.jsonl", "test_split": 1}
+    logs: list[str] = []
+    assert prepare_dataset(dict(cfg), log=logs.append)[1] == "built"
+    plugins.current().register(strategy("headline", 1), "unrelated")
+    try:
+        assert prepare_dataset(dict(cfg), log=logs.append)[1] == "reused", logs[-1]
+        # keys of strategies that are not in use change nothing either
+        other = {**cfg, "multi_column_separator": " | ", "disable_prompt_completion_mask": True,
+                 "shout_headline_volume": 11, "world_add_endoftext_token": False}
+        assert prepare_dataset(other, log=logs.append)[1] == "reused", logs[-1]
+    finally:
+        plugins.current().unregister("unrelated")
+    assert prepare_dataset(dict(cfg), log=logs.append)[1] == "reused", logs[-1]
+
+    changed = {**cfg, "custom_text_key": "text"}  # an option of `text`, the strategy in use
+    assert prepare_dataset(changed, log=logs.append)[1] == "built"
+    assert any(m.endswith("data config changed (custom_text_key)") for m in logs), logs
+
+    plugins.current().register(strategy("text", 1), "claims-text")  # now picked for these columns
+    try:
+        assert prepare_dataset(dict(cfg), log=logs.append)[1] == "built"
+    finally:
+        plugins.current().unregister("claims-text")
+    assert any(m.endswith("the strategy for its columns changed (text -> shout-text)") for m in logs), logs
+
+
+def test_a_new_version_of_the_strategy_plugin_in_use_rebuilds(tmp_path, monkeypatch):
+    from rwkv_plug.data import store
+    from rwkv_plug.data.pipeline import prepare_dataset
+
+    write_jsonl(tmp_path / "a.jsonl", [{"text": "one two three"}, {"text": "four five six"}])
+    cfg = {"data_path": "out", "source": "a.jsonl", "test_split": 1}
+    logs: list[str] = []
+    assert prepare_dataset(dict(cfg), log=logs.append)[1] == "built"
+    real = store.plugin_version
+    monkeypatch.setattr(store, "plugin_version", lambda registry, name: (
+        {**real(registry, name), "version": "9.9"} if name == "text" else real(registry, name)))
+    assert prepare_dataset(dict(cfg), log=logs.append)[1] == "built"
+    assert logs[0].endswith("no dataset at " + str(tmp_path / "out") + " yet")
+    assert any(m.endswith("the plugin providing strategy 'text' changed") for m in logs), logs
+    assert prepare_dataset(dict(cfg), log=logs.append)[1] == "reused"
+
+
 def test_a_samples_first_token_is_never_counted_or_kept_as_trained(tmp_path):
     """Masks are target-aligned: nothing predicts token 0, so its mask bit trains nothing."""
     import numpy as np

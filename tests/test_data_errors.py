@@ -98,8 +98,8 @@ def test_required_keys_and_builder_without_dir():
 
 def test_strategy_and_tokenizer_plugins_own_their_keys():
     cfg = resolve({"data_path": "x", "source": "a.jsonl", "custom_text_key": "code",
-                   "multi_column_keys": ["a", "b"], "disable_prompt_completion_mask": True})
-    assert cfg["custom_text_key"] == "code" and cfg["multi_column_keys"] == ["a", "b"]
+                   "multi_column_keys": ["a", "b", "c"], "disable_prompt_completion_mask": True})
+    assert cfg["custom_text_key"] == "code" and cfg["multi_column_keys"] == ["a", "b", "c"]
 
 
 # -- bad data through the CLI ------------------------------------------------
@@ -174,6 +174,20 @@ def test_hub_source_offline_is_one_clear_error(tmp_path, capsys):
                        "source_dataset_params:\n  language: en\n", capsys)
     assert code == 1 and one_error(err)
     assert "could not load dataset 'teven/enwiki_10k' from the HF hub" in err and "offline" in err
+
+
+def test_streaming_is_refused_with_what_to_do_instead(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"text": "one two three"}\n{"text": "four five six"}\n')
+    (tmp_path / "c.yaml").write_text("data:\n  data_path: out\n  source: a.jsonl\n"
+                                     "  source_dataset_params: {streaming: true}\n")
+    result = run_cli("preload", "c.yaml")
+    assert result.returncode == 2 and one_error(result.stderr), result.stderr
+    assert ("c.yaml: data.source_dataset_params.streaming is not supported yet: remove it; the source is "
+            "downloaded and read whole") in result.stderr
+    assert "no strategy fits" not in result.stderr and not (tmp_path / "out").exists()
+    # streaming: false is what happens anyway: accepted
+    assert resolve({"data_path": "x", "source": "a.jsonl",
+                    "source_dataset_params": {"streaming": False}})["source_dataset_params"] == {"streaming": False}
 
 
 def test_too_few_tokens_to_rechunk(tmp_path, capsys):

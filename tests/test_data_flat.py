@@ -164,3 +164,32 @@ def test_rechunk_with_prefix_skip_against_a_computed_stream(tmp_path):
     assert table.num_rows == n and got["test"].num_rows == 3
     assert pc.list_flatten(table.column("input_ids")).to_pylist() == ids[:n * 256]
     assert pc.list_flatten(table.column("loss_mask")).to_pylist() == mask[:n * 256]
+
+
+@pytest.mark.parametrize("num_proc", [1, 2, 3])
+def test_num_proc_is_the_world_tokenizers_thread_count(tmp_path, monkeypatch, num_proc):
+    """As on a machine of 8 cores: num_proc, not the core count, sets the threads that tokenise."""
+    from rwkv_plug.builtin_tokenizers.world import WorldTokenizer
+
+    monkeypatch.setattr(world(), "threads", 8)  # the shared, loaded tokenizer's default
+    seen = []
+    for method in ("encode_spans", "encode_flat"):
+        real = getattr(WorldTokenizer, method)
+        monkeypatch.setattr(WorldTokenizer, method, lambda self, *a, threads=None, _real=real:
+                            seen.append(threads or self.threads) or _real(self, *a, threads=threads))
+    rows = [{"text": t} for t in texts(6, 400, 60)]
+    got = _build(tmp_path, "out", rows, num_proc=num_proc, test_split=3)
+    assert got["train"].num_rows > 300
+    assert seen and set(seen) == {num_proc}
+    assert world().threads == 8  # the loaded tokenizer is not changed for everyone
+
+
+def test_worker_processes_tokenise_on_one_thread_each(monkeypatch):
+    import pickle
+
+    monkeypatch.setattr(world(), "threads", 8)
+    enc = Encoder(TextStrategy, base_cfg(), world(), threads=2)
+    assert enc.tokenizer.threads == 2 and world().threads == 8
+    enc.threads = 1  # what the pipeline sets before handing it to datasets.map's workers
+    worker = pickle.loads(pickle.dumps(enc))
+    assert worker.tokenizer.threads == 1

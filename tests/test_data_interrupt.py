@@ -76,6 +76,8 @@ def preload_busy_in_workers(tmp_path, signum: int) -> tuple[int, str]:
           data_path: {tmp_path / 'out'}
           num_proc: 2
           multi_column_keys: [prompt, completion]
+          multi_column_prefix: [null, null]
+          multi_column_train_mask: [false, true]
     """))
     (tmp_path / "slow.py").write_text(SLOW_PRELOAD)
     marker = tmp_path / "busy"

@@ -21,11 +21,11 @@ def parts(revision):
 ])
 def test_hub_revision_counts_only_when_known_on_both_sides(tmp_path, built, now, reason):
     store.write_meta(tmp_path, {"meta_version": store.META_VERSION, "parts": parts(built)})
-    assert store.stale_reason(tmp_path, parts(now), strategies=None) == reason
+    assert store.stale_reason(tmp_path, parts(now)) == reason
 
 
 def test_another_hub_name_is_a_change_even_offline(tmp_path):
     store.write_meta(tmp_path, {"meta_version": store.META_VERSION, "parts": parts("abc")})
     other = parts(None)
     other["source"]["location"] = "org/other"
-    assert store.stale_reason(tmp_path, other, strategies=None) == "data source changed"
+    assert store.stale_reason(tmp_path, other) == "data source changed"

@@ -96,3 +96,98 @@ def test_the_mix_records_the_statistics_of_its_rows(tmp_path):
     recorded = store.read_meta(tmp_path / "mix")["summary"]["splits"]
     for split in ("train", "test"):
         assert recorded[split] == split_stats(dd[split])[0].__dict__, split
+
+
+# -- token-weighted mixes -------------------------------------------------------------
+def _write_weighted(tmp_path, weights=(0.7, 0.3), extra="", out="mix", sizes=(240, 120)):
+    """Two text parts (every token learned), b's rows about twice as long as a's, so a share of rows
+    is not a share of tokens, and a pack mixing them by weight."""
+    for name, n, longer in zip(("a", "b"), sizes, (0, 8)):
+        path = tmp_path / f"{name}.jsonl"
+        if not path.exists():
+            path.write_text("".join(json.dumps({"text": f"{name}{i} " + "word " * (i % 9 + longer)}) + "\n"
+                                    for i in range(n)))
+    w = [f"weight: {x}" if x is not None else "" for x in weights]
+    (tmp_path / "pack.yaml").write_text(textwrap.dedent(f"""
+        datapack:
+          data_path: {tmp_path}/{out}
+          mixing_mode: shuffle
+          {extra}
+        default:
+          tokenizer: world
+          data_path: {tmp_path}/parts
+          test_split: 0
+        dataset:
+          - source: {tmp_path}/a.jsonl
+            name: a
+            {w[0]}
+          - source: {tmp_path}/b.jsonl
+            name: b
+            {w[1]}
+    """))
+    return tmp_path / "pack.yaml"
+
+
+def _achieved(dd) -> tuple[dict[str, float], list]:
+    """Each part's share of the mix's trained tokens, counted from the rows themselves."""
+    from rwkv_plug.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer("world", {})
+    counts = {"a": 0, "b": 0}
+    for ids, mask in zip(dd["train"]["input_ids"], dd["train"]["loss_mask"]):
+        counts[tok.decode(list(ids[:1]))[0]] += sum(mask[1:])  # the first token is never a target
+    total = sum(counts.values())
+    return {k: v / total for k, v in counts.items()}, dd["train"]["input_ids"]
+
+
+@pytest.mark.parametrize("weighting, weights", [("subsample", (0.7, 0.3)), ("repeat", (0.7, 0.3)),
+                                                ("subsample", (1, 3)), ("repeat", (1, 3))])
+def test_weights_set_the_share_of_trained_tokens(tmp_path, weighting, weights):
+    from rwkv_plug.data import store
+
+    lines: list[str] = []
+    dd, _ = build_pack(_write_weighted(tmp_path, weights, f"weighting: {weighting}"), log=lines.append)
+    shares, rows = _achieved(dd)
+    want = weights[0] / sum(weights)
+    assert abs(shares["a"] - want) < 0.01 and abs(shares["b"] - (1 - want)) < 0.01, shares
+    # subsample repeats no row and leaves some out; repeat leaves no row out and repeats some
+    import datasets
+
+    available = sum(len(datasets.load_from_disk(str(tmp_path / "parts" / i))["train"]) for i in "01")
+    distinct = len({tuple(r) for r in rows})
+    assert (distinct == len(rows) < available) if weighting == "subsample" else (distinct == available < len(rows))
+    recorded = {p["name"]: p for p in store.read_meta(tmp_path / "mix")["mix_shares"]}
+    assert abs(recorded["a"]["share"] - shares["a"]) < 1e-9
+    assert recorded["b"]["rows"] + recorded["a"]["rows"] == len(rows)
+    assert any(f"note: datapack part a: weight {want:.4f}, share {shares['a']:.4f}" in line for line in lines)
+
+
+def test_the_same_seed_gives_the_same_mix_and_another_seed_another(tmp_path):
+    one, _ = build_pack(_write_weighted(tmp_path, out="one"), log=lambda m: None)
+    two, _ = build_pack(_write_weighted(tmp_path, out="two"), log=lambda m: None)
+    other, _ = build_pack(_write_weighted(tmp_path, extra="seed: 7", out="three"), log=lambda m: None)
+    assert one["train"]["input_ids"] == two["train"]["input_ids"]
+    assert sorted(map(tuple, one["train"]["input_ids"])) != sorted(map(tuple, other["train"]["input_ids"]))
+    lines: list[str] = []
+    build_pack(_write_weighted(tmp_path, weights=(0.6, 0.4), out="one"), log=lines.append)
+    assert not any("reusing the mix" in line for line in lines)  # new weights: rebuilt
+
+
+@pytest.mark.parametrize("weights, extra, message", [
+    ((-0.2, 1), "", "dataset a: weight must be 0 or more, got -0.2"),
+    ((0, 0), "", "every dataset's weight is 0: at least one must be more than 0"),
+    ((0.7, None), "", "weights are given for a but not for b: give every dataset a weight, or none"),
+    (("lots", 1), "", "dataset a: weight must be a number (its share of trained tokens), got 'lots'"),
+    ((0.5, 0.5), "weighting: upsample", "datapack.weighting must be one of subsample, repeat, got 'upsample'"),
+    ((None, None), "weighting: repeat", "datapack.weighting needs a weight on every dataset (dataset[i].weight); "
+                                        "without weights the parts are mixed whole"),
+])
+def test_bad_weights_are_one_clear_line(tmp_path, weights, extra, message):
+    with pytest.raises(ConfigError) as info:
+        build_pack(_write_weighted(tmp_path, weights, extra), log=lambda m: None)
+    assert str(info.value).splitlines() == [f"{tmp_path / 'pack.yaml'}: {message}"]
+
+
+def test_a_zero_weight_leaves_that_part_out_of_the_train_split(tmp_path):
+    dd, _ = build_pack(_write_weighted(tmp_path, (1, 0)), log=lambda m: None)
+    assert _achieved(dd)[0] == {"a": 1.0, "b": 0.0} and len(dd["train"]) == 240 - 1  # one row is the test split

@@ -133,3 +133,89 @@ def test_generate_refuses_a_tokenizer_larger_than_the_model_and_warns_on_a_much_
           "--max-tokens", "2"])
     err = capsys.readouterr().err
     assert "warning: tokenizer 'neox' has 50277 ids but" in err and "made for another tokenizer" in err
+
+
+# -- streaming text equals the tokenizer's own decode ------------------------
+WORDS = "the cat sat on a mat and dog ran to see bird fly over tree by river light".split()
+
+
+def word_level_tokenizer(folder):
+    """A local HF word-level tokenizer: decode puts a space between tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(str(folder))
+    from rwkv_plug.data.tokenizer import load_tokenizer
+
+    return load_tokenizer(str(folder), {})
+
+
+def streamed(tok, prompt_ids, new_ids, notes=None):
+    stream = StreamDecoder(tok.decode, context=prompt_ids, on_silent=None if notes is None else notes.append)
+    pieces = [stream.push(i) for i in new_ids]
+    return pieces, "".join(pieces) + stream.flush()
+
+
+def test_word_level_stream_keeps_the_spaces_decode_puts_between_words(tmp_path):
+    tok = word_level_tokenizer(tmp_path / "wl")
+    prompt = tok.encode("the cat")
+    new = tok.encode("sat on a mat")
+    pieces, text = streamed(tok, prompt, new)
+    assert pieces == [" sat", " on", " a", " mat"]
+    assert "the cat" + text == tok.decode(prompt + new) == "the cat sat on a mat"
+    # a long run decodes a sliding window of ids and still prints exactly decode(all)
+    stream = StreamDecoder(tok.decode, context=prompt)
+    stream.WINDOW, stream.KEEP = 8, 2
+    many = [1 + (i * 7) % len(WORDS) for i in range(60)]
+    text = "".join(stream.push(i) for i in many) + stream.flush()
+    assert len(stream.ids) <= 9 and "the cat" + text == tok.decode(prompt + many)
+
+
+@pytest.mark.parametrize("name", ["world", "neox"])
+def test_byte_tokenizers_stream_exactly_their_decode(name, offline_data):
+    from rwkv_plug.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(name, {})
+    prompt = tok.encode("Hello")
+    new = tok.encode(" wörld 😀 日本語! ok")
+    assert any("\ufffd" in tok.decode(new[: i + 1]) for i in range(len(new)))  # byte tokens cut characters
+    pieces, text = streamed(tok, prompt, new)
+    assert tok.decode(prompt) + text == tok.decode(prompt + new) == "Hello wörld 😀 日本語! ok"
+    assert all("\ufffd" not in p for p in pieces)
+
+
+def test_ids_that_decode_to_nothing_are_said_once(tmp_path, offline_data):
+    from rwkv_plug.data.tokenizer import load_tokenizer
+
+    tok = word_level_tokenizer(tmp_path / "wl")
+    notes: list[str] = []
+    beyond = len(WORDS) + 5  # a model row the tokenizer has no token for: HF decodes it to ""
+    pieces, text = streamed(tok, tok.encode("the"), [2, beyond, 3, beyond + 1], notes)
+    assert text == " cat sat" and pieces[1] == pieces[3] == ""
+    assert notes == [f"note: token id {beyond} decodes to no text with this tokenizer, so it prints nothing "
+                     "(said once; the model still sees every id)"]
+    world = load_tokenizer("world", {})  # world raises on ids outside its vocab: left out, said once
+    notes.clear()
+    pieces, text = streamed(world, world.encode("a"), [65535, *world.encode(" b c"), 65534], notes)
+    assert text == " b c" and len(notes) == 1 and "token id 65535 cannot be decoded" in notes[0]
+
+
+def test_generate_command_streams_a_word_level_tokenizers_decode(tmp_path, capsys, offline_data):
+    from rwkv_plug.core.cli import main
+
+    tok = word_level_tokenizer(tmp_path / "wl")
+    sd = init_state_dict(1, 64, tok.vocab_size, seed=0, dtype=torch.float32)
+    g = torch.Generator().manual_seed(1)
+    sd = {k: v + 0.5 * torch.randn(v.shape, generator=g) for k, v in sd.items()}
+    save_state_dict(sd, tmp_path / "m.pth")
+    prompt = "the cat"
+    ids = tok.encode(prompt)
+    expected = generate(load_model(tmp_path / "m.pth").eval(), ids, 8, temperature=0)
+    main(["generate", str(tmp_path / "m.pth"), "--prompt", prompt, "--tokenizer", str(tmp_path / "wl"),
+          "--temperature", "0", "--max-tokens", "8"])
+    out = capsys.readouterr().out
+    assert out == tok.decode(ids + expected) + "\n"
+    assert len(out.split()) == 2 + len(expected)  # one word per id: nothing glued

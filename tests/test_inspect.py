@@ -49,6 +49,18 @@ def test_inspect_plain_marks_masks_tokens_and_ctx_boundaries(tmp_path):
     assert "]]" + "|".join(tok.decode([t]) for t in c) in out.replace("\n", "")
 
 
+def test_inspect_reports_the_padding_of_fits_batches(tmp_path):
+    cfg, rows = _config(tmp_path)
+    cfg.write_text("trainer:\n  microbatch_size: 2\n" + cfg.read_text())
+    result = CliRunner().invoke(cli, ["inspect", str(cfg), "--samples", "0"])
+    assert result.exit_code == 0, result.output
+    tok = load_tokenizer("neox", {})
+    n = [len(tok.encode(r["prompt"])) + len(tok.encode(r["completion"])) for r in rows[:2]]  # the train rows
+    share = (2 * max(n) - sum(n)) / (2 * max(n))  # one batch of both, padded to the longer
+    assert (f"  padding: {share:.1%} of the token positions in the training batches in the dataset's order "
+            "(microbatch_size 2; each batch is padded to its longest sample)") in result.output.splitlines()
+
+
 def test_inspect_color_and_ctx_len_option(tmp_path):
     cfg, _ = _config(tmp_path, ctx_len=1024)
     result = CliRunner().invoke(cli, ["inspect", str(cfg), "--color", "--ctx-len", "3", "--split", "test"],

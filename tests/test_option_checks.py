@@ -21,7 +21,7 @@ def problems_of(section: dict) -> list[str]:
 
 
 @pytest.mark.parametrize("section, problem", [
-    ({"multi_column_keys": ["a", "b"], "multi_column_prefix": ["x"]},
+    ({"multi_column_keys": ["a", "b"], "multi_column_prefix": ["x"], "multi_column_train_mask": [True, True]},
      "data.multi_column_prefix has 1 entries but data.multi_column_keys has 2; give one per key (null for none)"),
     ({"multi_column_train_mask": [True]},
      "data.multi_column_train_mask has 1 entries but data.multi_column_keys has 3; give one true/false per key"),

@@ -228,6 +228,70 @@ def test_asking_for_a_plugin_that_is_not_installed_says_so(broken_site):
     strict = run_cli("--strict-plugins", "list-strategies", env={**broken_site, "RWKV_PLUG_PLUGINS": "nosuch"})
     assert strict.returncode != 0 and "'nosuch'" in strict.stderr and "Traceback" not in strict.stderr
 
+@pytest.fixture
+def misspelled_site(tmp_path):
+    """An installed plugin whose strategies hook is misspelled; its tokenizer hook is right."""
+    _fake_distribution(
+        tmp_path,
+        "typoplug",
+        """
+        from rwkv_plug import Strategy, Tokenizer, hookimpl
+
+        class Loud(Strategy):
+            '''Never registered: the hook that returns it is misspelled.'''
+            name = "loud"
+            def encode(self, row):
+                raise NotImplementedError
+
+        class Quiet(Tokenizer):
+            '''Never registered either: a broken plugin contributes nothing.'''
+            name = "quiet"
+
+        @hookimpl
+        def register_strategy():
+            return [Loud]
+
+        @hookimpl
+        def register_tokenizers():
+            return [Quiet]
+        """,
+    )
+    return {"PYTHONPATH": str(tmp_path), "RWKV_PLUG_PLUGINS": "all"}
+
+
+def test_a_misspelled_hook_makes_the_plugin_broken_with_the_hook_named(misspelled_site):
+    listed = run_cli("plugins", env=misspelled_site)
+    assert listed.returncode == 0, listed.stderr
+    info = {p["name"]: p for p in json.loads(listed.stdout)}["typoplug"]
+    assert info["error"].startswith("implements unknown hook 'register_strategy'. "
+                                    "Did you mean 'register_strategies'? Hooks are: register_commands, "), info
+    warning = [line for line in listed.stderr.splitlines() if "typoplug" in line]
+    assert warning == [f"warning: plugin 'typoplug' (distribution typoplug) {info['error']}; skipped"]
+    strategies = run_cli("list-strategies", env=misspelled_site)
+    tokenizers = run_cli("list-tokenizers", env=misspelled_site)
+    assert strategies.returncode == 0 and "loud" not in strategies.stdout and "text" in strategies.stdout
+    assert tokenizers.returncode == 0 and "quiet" not in tokenizers.stdout  # its good hook is skipped too
+    strict = run_cli("--strict-plugins", "list-strategies", env=misspelled_site)
+    assert strict.returncode != 0 and "unknown hook 'register_strategy'" in strict.stderr
+    assert "Traceback" not in strict.stderr
+
+
+def test_registering_a_misspelled_hook_in_process_is_an_error_and_leaves_nothing_behind():
+    class Typo:
+        @hookimpl
+        def register_kernel(self):
+            return []
+
+    p = plugins.current()
+    with pytest.raises(PluginError, match="plugin 'typo' implements unknown hook 'register_kernel'. "
+                                          "Did you mean 'register_kernels'?"):
+        p.register(Typo(), name="typo")
+    assert "typo" not in p.info and p.pm.get_plugin("typo") is None
+    p.pm.check_pending()  # the set is clean again
+    p.register(ShoutPlugin(), name="shout-plugin")  # and later plugins register as usual
+    assert "shout" in plugins.strategies()
+
+
 def test_tokenizer_kernel_and_model_hooks_fill_their_registries():
     from rwkv_plug.core.interfaces import Kernel, ModelArch, Tokenizer
 

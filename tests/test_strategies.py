@@ -241,11 +241,35 @@ def test_multi_column_null_prefix_entry_means_none_at_that_position():
     assert rendered(s, tok) == ("A: 1 | 2 <b | C: 3", "A:  | 2 <b | C: 3")
 
 
-def test_user_keys_without_other_lists_use_no_decoration():
+def test_three_renamed_keys_keep_the_seed_layout():
+    """The seed's Instruction/Input/Output example with other column names and only the keys set."""
+    tok = PairTokenizer()
+    row = {"task": DOLLY["instruction"], "context": DOLLY["input"], "reply": DOLLY["output"]}
+    s = MultiColumnStrategy(data_options({"multi_column_keys": ["task", "context", "reply"]}), tok).encode(row)
+    e = tok.encode
+    head = e("Instruction:\n") + e(row["task"]) + e("\n\n") + e("Input:\n")
+    tail = e("\n\n") + e("Output:\n") + e(row["reply"])
+    assert s.input_ids == head + e(row["context"]) + tail
+    assert s.loss_mask == [1] * len(head) + [0] * len(e(row["context"])) + [1] * len(tail)
+    # the same as the seed's own keys with every list written out
+    seed = MultiColumnStrategy(data_options(yaml.safe_load(SEED_YAML)["data"]), tok).encode(DOLLY)
+    assert (s.input_ids, s.loss_mask) == (seed.input_ids, seed.loss_mask)
+
+
+def test_other_key_counts_must_write_out_prefix_and_train_mask():
+    message = ("data.multi_column_keys has 2 keys, so the defaults for 3 keys do not apply: add "
+               "data.multi_column_prefix and data.multi_column_train_mask, one entry per key, e.g. "
+               "multi_column_prefix: ['Question:\\n', 'Answer:\\n'], multi_column_train_mask: [true, true]")
+    section = {"multi_column_keys": ["question", "answer"]}
+    with pytest.raises(ConfigError) as exc:
+        MultiColumnStrategy(data_options(section), ByteTokenizer())
+    assert str(exc.value) == message
+    assert MultiColumnStrategy.check_options(data_options(section)) == [message]  # found when the config is read
+    # with both lists given, the separator still defaults to the seed's blank line
     tok = ByteTokenizer()
-    opts = data_options({"multi_column_keys": ["question", "answer"]})
-    s = MultiColumnStrategy(opts, tok).encode({"question": "Q", "answer": "A"})
-    assert rendered(s, tok) == ("QA", "QA")
+    opts = data_options({**section, "multi_column_prefix": ["Q: ", None], "multi_column_train_mask": [False, True]})
+    s = MultiColumnStrategy(opts, tok).encode({"question": "why", "answer": "because"})
+    assert rendered(s, tok) == ("Q: why\n\nbecause", "Q: \n\nbecause")
 
 
 @pytest.mark.parametrize(
@@ -318,7 +342,8 @@ def test_encode_batch_equals_encode_with_one_tokenizer_call(cls, rows):
         (["output", "text"], {}, MultiColumnStrategy),  # any one key is enough (seed wording)
         (["prompt", "text"], {}, TextStrategy),
         (["code", "instruction", "prompt", "completion"], {"custom_text_key": "code"}, TextStrategy),
-        (["q", "text"], {"multi_column_keys": ["q", "a"]}, MultiColumnStrategy),
+        (["q", "text"], {"multi_column_keys": ["q", "a"], "multi_column_prefix": ["Q", "A"],
+                         "multi_column_train_mask": [True, True]}, MultiColumnStrategy),
     ],
 )
 def test_detection_order(columns, section, expected):

@@ -16,8 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rwkv_plug.core.errors import ConfigError
-from rwkv_plug.core.interfaces import BadRow, Option, Sample, Strategy
+from rwkv_plug import BadRow, ConfigError, Option, Sample, Strategy
 
 DEFAULT_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
 
@@ -76,10 +75,10 @@ class ChatStrategy(Strategy):
             if role not in self.labels or not isinstance(content, str):
                 raise BadRow(f"message {i} in '{key}' needs a known role and string content")
             learn = role in self.trained
-            if i:
-                sample.extend(self.separator, learn=False)
             sample.extend(self.labels[role], learn=False)
             sample.extend(self.tokenizer.encode(" " + content), learn=learn)
-            if learn:  # learning the separator after a reply teaches the model to stop
-                sample.extend(self.separator, learn=True)
+            # one separator ends each turn; it is learned with a trained reply, which teaches
+            # the model to stop, and a last turn that is not trained needs none
+            if learn or i + 1 < len(messages):
+                sample.extend(self.separator, learn=learn)
         return sample

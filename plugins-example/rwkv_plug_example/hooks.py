@@ -1,6 +1,6 @@
 """Registers the example's strategies with rwkv-plug."""
 
-from rwkv_plug.core.hookspecs import hookimpl
+from rwkv_plug import hookimpl
 
 
 @hookimpl

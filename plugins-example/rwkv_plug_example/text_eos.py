@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from rwkv_plug.builtin_strategies.text import TextStrategy
-from rwkv_plug.core.interfaces import Option, Sample
+from rwkv_plug import Option, Sample, TextStrategy
 
 
 class TextWithEndOfText(TextStrategy):

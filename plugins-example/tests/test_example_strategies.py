@@ -9,45 +9,21 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rwkv_plug.core import plugins  # noqa: E402
-from rwkv_plug.core.interfaces import BadRow, Tokenizer  # noqa: E402
+from rwkv_plug import BadRow  # noqa: E402
+from rwkv_plug.testing import ByteTokenizer, data_config_problems, detect_strategy, registered_plugin  # noqa: E402
+from rwkv_plug.testing import strategy_options  # noqa: E402
 from rwkv_plug_example import hooks  # noqa: E402
 from rwkv_plug_example.chat import ChatStrategy  # noqa: E402
 
 
-class ByteTokenizer(Tokenizer):
-    """One token per UTF-8 byte, so expected ids are easy to compute."""
-
-    name = "bytes"
-    vocab_size = 256
-
-    @classmethod
-    def load(cls, spec, options):
-        return cls()
-
-    def encode(self, text):
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids):
-        return bytes(ids).decode("utf-8")
-
-    def fingerprint(self):
-        return "bytes"
-
-
 def _opts(**over):
-    opts = {o.name: o.default for o in ChatStrategy.options}
-    opts.update(over)
-    return opts
+    return strategy_options(ChatStrategy, **over)
 
 
 @pytest.fixture
 def example_plugin():
-    plugins.reset()
-    p = plugins.configure("none")
-    p.register(hooks, name="example")
-    yield p
-    plugins.reset()
+    with registered_plugin(hooks, name="example") as p:
+        yield p
 
 
 def test_chat_renders_and_learns_only_assistant_turns():
@@ -59,6 +35,21 @@ def test_chat_renders_and_learns_only_assistant_turns():
     assert learned == " hello\n\n"
 
 
+def test_chat_writes_one_separator_between_turns_whoever_spoke():
+    tok = ByteTokenizer()
+    row = {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+                        {"role": "assistant", "content": "hello"}, {"role": "user", "content": "bye"},
+                        {"role": "assistant", "content": "ciao"}, {"role": "user", "content": "?"}]}
+    sample = ChatStrategy(_opts(), tok).encode(row)
+    text = tok.decode(sample.input_ids)
+    assert text == ("System: be brief\n\nUser: hi\n\nAssistant: hello\n\nUser: bye\n\n"
+                    "Assistant: ciao\n\nUser: ?")
+    # each reply is learned with the separator that ends it, nothing else is
+    learned = "".join(chr(t) if m else "." for t, m in zip(sample.input_ids, sample.loss_mask))
+    assert learned == ("." * len("System: be brief\n\nUser: hi\n\nAssistant:") + " hello\n\n"
+                       + "." * len("User: bye\n\nAssistant:") + " ciao\n\n" + "." * len("User: ?"))
+
+
 def test_chat_rejects_bad_rows_with_a_reason():
     strategy = ChatStrategy(_opts(), ByteTokenizer())
     with pytest.raises(BadRow, match="messages"):
@@ -68,26 +59,19 @@ def test_chat_rejects_bad_rows_with_a_reason():
 
 
 def test_chat_checks_its_trained_roles_when_the_config_is_read(example_plugin):
-    from rwkv_plug.core.config import Problems
-    from rwkv_plug.data.options import resolve_data_config
-
-    problems = Problems("cfg.yaml")
-    resolve_data_config({"source": "a.jsonl", "data_path": "out", "chat_train_roles": ["asistant"]}, problems)
-    assert problems.items == ["data.chat_train_roles names 'asistant', which data.chat_role_names does not "
+    problems = data_config_problems({"source": "a.jsonl", "data_path": "out", "chat_train_roles": ["asistant"]})
+    assert problems == ["data.chat_train_roles names 'asistant', which data.chat_role_names does not "
                               "have (system, user, assistant)"]
 
 
 def test_chat_is_detected_from_the_messages_column(example_plugin):
-    from rwkv_plug.data.strategy_select import pick_strategy
-
-    chosen = pick_strategy(["messages", "id"], _opts(), None)
-    assert chosen is ChatStrategy
+    assert detect_strategy(["messages", "id"]) is ChatStrategy
 
 
 def test_text_override_appends_end_of_document(example_plugin):
-    entry = plugins.strategies().entry("text")
+    entry = example_plugin.registry("strategy").entry("text")
     assert entry.plugin == "example" and entry.overrides == ["rwkv_plug.builtin_strategies"]
-    opts = {o.name: o.default for o in entry.cls.options}
+    opts = strategy_options(entry.cls)
     tok = ByteTokenizer()
     sample = entry.cls(opts, tok).encode({"text": "abc"})
     assert tok.decode(sample.input_ids) == "abc<|endoftext|>"

@@ -10,8 +10,11 @@ Differences from the reference trainer (fixed defects, see docs/config):
 a ``null`` prefix or suffix entry means "none at this position" (the
 reference shifted later entries); list lengths must match the keys (the
 reference read past the end of the train mask); train mask entries must be
-booleans (the reference compared them by identity with ``False``); an unset
-train mask with user-set keys learns every column (the reference crashed).
+booleans (the reference compared them by identity with ``False``); the
+documented defaults for prefix, train mask and separator still apply when
+only ``multi_column_keys`` is set (the reference dropped them, training
+glued, fully learned text), and keys of another count than the defaults'
+three need their prefix and train mask lists written out.
 """
 
 from __future__ import annotations
@@ -45,26 +48,31 @@ class Layout:
 def resolve_layout(options: Mapping[str, Any]) -> Layout:
     """Apply the defaults and check the ``multi_column_*`` keys; one ConfigError lists every problem.
 
-    As in the reference trainer, the seed's defaults for prefix, suffix,
-    train mask and separator apply only while ``multi_column_keys`` is not
-    set: a user who names the keys describes the layout in full, and an
-    unset list means "none" (all-true for the train mask).
+    An unset list takes the seed's default: the separator and suffix always,
+    the prefix and train mask while there are as many keys as the defaults
+    have (three; the keys may have other names). With another number of
+    keys an unset prefix or train mask is an error naming the key to add.
     """
     keys = options.get("multi_column_keys")
-    defaults = keys is None
-    problems: list[str] = []
-    if defaults:
+    if keys is None:
         keys = list(DEFAULT_KEYS)
     elif not isinstance(keys, (list, tuple)) or not all(isinstance(k, str) and k for k in keys):
         raise ConfigError(
             f"data.multi_column_keys must be a list of column names, got {keys!r}"
         )
     n = len(keys)
+    # [] turns the strategy off: nothing else is read
+    defaults_fit = n == len(DEFAULT_KEYS) or n == 0
+    problems: list[str] = []
+    missing: list[str] = []
 
-    def strings(key: str, default: Sequence[str]) -> tuple[str, ...]:
+    def strings(key: str, default: Sequence[str], always: bool = False) -> tuple[str, ...]:
         value = options.get(key)
         if value is None:
-            return tuple(default) if defaults else ("",) * n
+            if always or defaults_fit:
+                return tuple(default) if n == len(default) else ("",) * n
+            missing.append(key)
+            return ("",) * n
         if not isinstance(value, (list, tuple)):
             problems.append(f"data.{key} must be a list (one entry per key), got {value!r}")
             return ("",) * n
@@ -79,11 +87,13 @@ def resolve_layout(options: Mapping[str, Any]) -> Layout:
         return tuple(e if isinstance(e, str) else "" for e in value)
 
     prefix = strings("multi_column_prefix", DEFAULT_PREFIX)
-    suffix = strings("multi_column_suffix", DEFAULT_SUFFIX)
+    suffix = strings("multi_column_suffix", DEFAULT_SUFFIX, always=True)
 
     mask = options.get("multi_column_train_mask")
     if mask is None:
-        mask = DEFAULT_TRAIN_MASK if defaults else (True,) * n
+        if not defaults_fit:
+            missing.append("multi_column_train_mask")
+        mask = DEFAULT_TRAIN_MASK if n == len(DEFAULT_TRAIN_MASK) else (True,) * n
     elif not isinstance(mask, (list, tuple)):
         problems.append(f"data.multi_column_train_mask must be a list of true/false, got {mask!r}")
         mask = (True,) * n
@@ -101,14 +111,28 @@ def resolve_layout(options: Mapping[str, Any]) -> Layout:
 
     separator = options.get("multi_column_separator")
     if separator is None:
-        separator = DEFAULT_SEPARATOR if defaults else ""
+        separator = DEFAULT_SEPARATOR
     elif not isinstance(separator, str):
         problems.append(f"data.multi_column_separator must be a string, got {separator!r}")
         separator = ""
 
+    if missing:
+        problems.append((
+            f"data.multi_column_keys has {n} keys, so the defaults for "
+            f"{len(DEFAULT_KEYS)} keys do not apply: add "
+            + " and ".join(f"data.{key}" for key in missing)
+            + ", one entry per key, e.g. " + ", ".join(f"{key}: {_example(key, keys)}" for key in missing)
+        ))
     if problems:
         raise ConfigError("; ".join(problems))
     return Layout(tuple(keys), prefix, suffix, tuple(mask), separator)
+
+
+def _example(key: str, keys: Sequence[str]) -> str:
+    """What a user might write for ``key``, e.g. ``['Question:\\n', 'Answer:\\n']`` for keys question, answer."""
+    if key == "multi_column_train_mask":
+        return "[" + ", ".join(["true"] * len(keys)) + "]"
+    return "[" + ", ".join(f"'{k.capitalize()}:\\n'" for k in keys) + "]"
 
 
 _TURNED_OFF = ("data.strategy is multi_column but data.multi_column_keys is [], which turns it off; "
@@ -132,7 +156,7 @@ class MultiColumnStrategy(PieceStrategy):
             "multi_column_prefix",
             None,
             "Text before each column, one entry per key, null entry for none (default with "
-            "default keys: ['Instruction:\\n', 'Input:\\n', 'Output:\\n']).",
+            "three keys: ['Instruction:\\n', 'Input:\\n', 'Output:\\n']; other key counts must set it).",
             escapes=True,
             type=list[str | None],
         ),
@@ -147,14 +171,13 @@ class MultiColumnStrategy(PieceStrategy):
             "multi_column_train_mask",
             None,
             "Whether each column's tokens are learned, one true/false per key (default with "
-            "default keys: [true, false, true]; with your own keys: all true).",
+            "three keys: [true, false, true]; other key counts must set it).",
             type=list[bool],
         ),
         Option(
             "multi_column_separator",
             None,
-            "Text between two emitted columns (default with default keys: '\\n\\n'; with your "
-            "own keys: none).",
+            "Text between two emitted columns (default: '\\n\\n').",
             escapes=True,
             type=str,
         ),

@@ -124,6 +124,11 @@ class HFTokenizer(Tokenizer):
         return cls(spec, tok, kwargs, props)
 
     @property
+    def hf(self) -> Any:
+        """The wrapped ``transformers`` tokenizer (the ``messages`` strategy uses its chat template)."""
+        return self._tok
+
+    @property
     def vocab_size(self) -> int:
         return len(self._tok)
 
@@ -143,7 +148,8 @@ class HFTokenizer(Tokenizer):
             backend = getattr(self._tok, "backend_tokenizer", None)
             content = backend.to_str() if backend is not None else json.dumps(sorted(self._tok.get_vocab().items()))
             meta = json.dumps(
-                [type(self._tok).__name__, self.kwargs, self.props, self._tok.all_special_tokens],
+                [type(self._tok).__name__, self.kwargs, self.props, self._tok.all_special_tokens,
+                 getattr(self._tok, "chat_template", None)],  # a template change changes chat samples
                 sort_keys=True,
                 default=repr,
             )

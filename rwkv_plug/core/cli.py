@@ -163,7 +163,9 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     _state["debug"] = "--debug" in args
     try:
-        cli.main(args=args, prog_name="rwkv-plug", standalone_mode=False)
+        code = cli.main(args=args, prog_name="rwkv-plug", standalone_mode=False)
+        if isinstance(code, int) and code:  # a command's ctx.exit(n): click returns n in this mode
+            sys.exit(code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

@@ -74,6 +74,21 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+#: The top-level sections of a training config (the seed's layout). Every command that reads
+#: one (fit, preload, inspect) checks them with :func:`check_sections`.
+CONFIG_SECTIONS = ("trainer", "model", "data", "seed_everything")
+
+
+def check_sections(raw: Mapping[str, Any], known: Sequence[str], problems: "Problems",
+                   kind: str = "a config") -> None:
+    """Report every top-level section of ``raw`` that is not in ``known``, with a did-you-mean;
+    e.g. ``unknown section 'trainr'. Did you mean 'trainer'? (a config has trainer, model, ...)``."""
+    for section in raw:
+        if section not in known:
+            problems.add(f"unknown section '{section}'.{did_you_mean(str(section), known)} "
+                         f"({kind} has {', '.join(known)})")
+
+
 class Problems:
     """Collects config problems so they can be reported together."""
 
@@ -85,6 +100,11 @@ class Problems:
 
     def add(self, message: str) -> None:
         self.items.append(message)
+
+    def add_missing_file(self, message: str) -> None:
+        """A file that an earlier step makes (``init-model``'s model) does not exist yet: a
+        problem like any other here; ``rwkv-plug check`` shows it as a warning unless --strict."""
+        self.add(message)
 
     def raise_if_any(self) -> None:
         if not self.items:

@@ -5,7 +5,8 @@
                                third-party entry-point names to load.
 ``RWKV_PLUG_STRICT_PLUGINS``   ``1`` makes a broken third-party plugin an error.
 ``RWKV_PLUG_NEOX_TOKENIZER``   Path of the GPT-NeoX 20B ``tokenizer.json``.
-``RWKV_PLUG_CACHE``            Folder for compiled kernels (default
+``RWKV_PLUG_CACHE``            Folder for compiled kernels and kernel
+                               self-check verdicts (default
                                ``~/.cache/rwkv_plug``).
 ``TRITON_INTERPRET``           ``1`` runs Triton kernels in Triton's CPU
                                interpreter (tests, debugging). Triton reads it

@@ -209,6 +209,10 @@ class Kernel(ABC):
     #: Tokens a kernel processes as one block; the conformance suite also
     #: checks a T that is not a multiple of it.
     chunk_size: ClassVar[int] = 16
+    #: ``model.wkv_precision`` (``auto``, ``fp32`` or ``tf32``: how fp32 matrix products
+    #: run, see ``rwkv_plug.kernels.precision``), set on the instance by kernel selection.
+    #: A kernel with one precision only ignores it and says which in its docs.
+    precision: str = "auto"
 
     @classmethod
     def runs_on(cls, device_type: str) -> bool:
@@ -242,6 +246,16 @@ class ModelArch(ABC):
     """An RWKV architecture: builds, initialises and detects models."""
 
     name: ClassVar[str]
+    #: The ``model.tuning`` modes it supports (docs/training.md#tuning-modes). ``state`` needs a model
+    #: whose ``zero_state`` returns ``model.tuned_state`` (a ``StartState``) as its WKV part; ``lora``
+    #: needs ``nn.Linear`` projections for peft to wrap.
+    tuning_modes: ClassVar[tuple[str, ...]] = ("full",)
+    #: How the model indexes the last two dims of its (B, H, N, N) WKV state: ``"kv"`` [key, value]
+    #: or ``"vk"`` [value, key] (state files are [value, key]).
+    wkv_layout: ClassVar[str] = "vk"
+    #: Whether the ``rwkv`` pip package reads a tuned state from ``blocks.N.att.time_state`` keys in a
+    #: model file of this architecture (``export --merge`` of a state-tuning checkpoint writes one).
+    time_state_in_model_file: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod
@@ -268,6 +282,39 @@ class ModelArch(ABC):
         ``source`` names the file in error messages; ``copy=False`` lets the
         model take ownership of the tensors instead of copying them.
         """
+
+    # Optional: each has a default, so an architecture needs only the two above.
+    @classmethod
+    def check_complete(cls, state_dict: Mapping[str, Any], source: str = "state dict") -> dict[str, int]:
+        """Raise ``ModelError`` unless every key and shape is this architecture's; return its sizes.
+
+        ``export`` calls it before writing a file. The default checks nothing and returns ``{}``.
+        """
+        return {}
+
+    @classmethod
+    def init_state_dict(cls, n_layer: int, n_embd: int, vocab_size: int, **options: Any) -> dict[str, Any]:
+        """A freshly initialised state dict (``init-model --arch NAME``); the default cannot make one."""
+        from rwkv_plug.core.errors import ModelError
+
+        raise ModelError(f"model architecture '{cls.name}' cannot initialise new models")
+
+    @classmethod
+    def param_groups(cls, named_params: Any, weight_decay: float, layerwise_lr: bool) -> list[dict[str, Any]]:
+        """Optimizer groups for the trainable ``(name, parameter)`` pairs.
+
+        Each group is ``{"params", "lr_scale" (times the scheduled LR), "weight_decay", "name"}``.
+        The default knows no names: without ``layerwise_lr`` one group ``all`` with the weight
+        decay; with it, ``decay`` (matrices: >= 2-D after squeezing) and ``1x`` (the rest, no decay).
+        """
+        named = [(n, p) for n, p in named_params if p.requires_grad]
+        if not layerwise_lr:
+            return [{"params": [p for _, p in named], "lr_scale": 1.0, "weight_decay": weight_decay, "name": "all"}]
+        matrix = [p for _, p in named if weight_decay > 0 and p.squeeze().dim() >= 2]
+        rest = [p for _, p in named if not (weight_decay > 0 and p.squeeze().dim() >= 2)]
+        groups = [{"params": rest, "lr_scale": 1.0, "weight_decay": 0.0, "name": "1x"},
+                  {"params": matrix, "lr_scale": 1.0, "weight_decay": weight_decay, "name": "decay"}]
+        return [g for g in groups if g["params"]]
 
 
 @dataclass

@@ -65,6 +65,7 @@ class Plugins:
             name = modname.removesuffix(".hooks")
             self.pm.register(module, name=name)
             self.info[name] = PluginInfo(name, "rwkv-plug", _own_version(), True)
+        self.pm.check_pending()  # a built-in's misspelled hook is our bug: fail loudly
         self._registries = {}
 
     def load_entry_points(self, only: str = "all") -> None:
@@ -89,10 +90,32 @@ class Plugins:
             )
             self.info[ep.name] = info
             try:
-                self.pm.register(ep.load(), name=ep.name)
+                plugin = ep.load()
+                self.pm.register(plugin, name=ep.name)
             except Exception as exc:  # a broken plugin must not break the rest
                 self._broken(info, f"failed to load: {type(exc).__name__}: {exc}")
+                continue
+            unknown = self._unknown_hooks(plugin)
+            if unknown:  # it would register silently and contribute nothing
+                self.pm.unregister(name=ep.name)
+                self._broken(info, unknown)
         self._registries = {}
+
+    def _unknown_hooks(self, plugin: Any) -> str | None:
+        """Why ``plugin`` (just registered) is broken by a hook no spec has, or None.
+
+        pluggy's ``check_pending`` finds such hooks in the whole set; plugins are
+        checked as each registers, so any it finds belong to this one.
+        """
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError:
+            known = [name for name in dir(hookspecs) if name.startswith("register_")]
+            names = sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or ()
+                           if not caller.has_spec())
+            return "; ".join(f"implements unknown hook '{n}'.{did_you_mean(n, known)} Hooks are: "
+                             f"{', '.join(known)}" for n in names) or "implements an unknown hook"
+        return None
 
     def _check_wanted(self, wanted: set[str], installed: list[str]) -> None:
         """A name asked for (``--plugins`` / RWKV_PLUG_PLUGINS) that no installed plugin has."""
@@ -104,8 +127,15 @@ class Plugins:
             notice.warn(message)
 
     def register(self, plugin: Any, name: str) -> None:
-        """Register an in-process plugin object (used by tests and embedders)."""
+        """Register an in-process plugin object (used by tests and embedders).
+
+        A hook no spec has (a misspelled name) is a :class:`PluginError`.
+        """
         self.pm.register(plugin, name=name)
+        unknown = self._unknown_hooks(plugin)
+        if unknown:
+            self.pm.unregister(name=name)
+            raise PluginError(f"plugin '{name}' {unknown}")
         self.info[name] = PluginInfo(name, None, None, builtin=False)
         self._registries = {}
 
@@ -197,6 +227,12 @@ def current() -> Plugins:
 def reset() -> None:
     global _current
     _current = None
+
+
+def install(plugins: Plugins | None) -> None:
+    """Make ``plugins`` the process-wide set (None: load afresh on next use); for tests."""
+    global _current
+    _current = plugins
 
 
 # -- typed access, the only way the rest of the code reaches hooks ----------

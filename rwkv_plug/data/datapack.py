@@ -5,6 +5,8 @@ A datapack file has the earlier trainer's three sections::
     datapack:              # where the mix goes and how it mixes
       data_path: packs/mix/
       mixing_mode: shuffle # or concat (train splits in list order)
+      weighting: subsample # with weights: or repeat (see weighted_mix.py)
+      seed: 101            # of the shuffle and of the weighted sampling
     default:               # data: keys every dataset starts from
       tokenizer: world
       data_path: packs/parts/   # a dataset without its own data_path gets <this>/<index>/
@@ -12,11 +14,14 @@ A datapack file has the earlier trainer's three sections::
       - source: a.jsonl
       - source: b.parquet
         name: b
+        weight: 0.3        # optional, on every dataset or none: share of trained tokens
 
 Each dataset is built or reused exactly as ``preload`` would; the mix is
-rebuilt only when a part or the mixing mode changed. Train with it by
-pointing ``data.data_path`` at ``datapack.data_path`` with
-``skip_datapath_setup: true``.
+rebuilt only when a part or the mixing settings changed. With weights, each
+part's train rows are sampled to its share of trained tokens first
+(:mod:`rwkv_plug.data.weighted_mix`); test splits are always concatenated
+whole. Train with it by pointing ``data.data_path`` at
+``datapack.data_path`` with ``skip_datapath_setup: true``.
 """
 
 from __future__ import annotations
@@ -26,27 +31,32 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rwkv_plug.core.config import Problems, load_yaml
+from rwkv_plug.core.config import Problems, check_sections, load_yaml
 from rwkv_plug.core.errors import ConfigError, DataError
 from rwkv_plug.data import store
 
 MIXING_MODES = ("concat", "shuffle")
 #: Seed of the shuffled mix (the earlier trainer's).
 SHUFFLE_SEED = 101
-_PACK_KEYS = ("data_path", "mixing_mode")
+_PACK_KEYS = ("data_path", "mixing_mode", "weighting", "seed")
+#: Keys of a dataset entry that belong to the pack, not to its data: section.
+_ENTRY_KEYS = ("name", "weight")
+PACK_SECTIONS = ("datapack", "default", "dataset")
 
 Log = Callable[[str], None]
 
 
 def load_pack(path: str | Path) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
-    """``(datapack section, [(name, resolved data: section) ...])``, every problem reported at once."""
+    """``(datapack section, [(name, resolved data: section) ...])``, every problem reported at once.
+
+    The datapack section comes back with ``weights``: the datasets' weights in
+    order, or None when they give none.
+    """
     from rwkv_plug.data.options import resolve_data_config
 
     raw = load_yaml(path)
     problems = Problems(str(path))
-    for section in raw:
-        if section not in ("datapack", "default", "dataset"):
-            problems.add(f"unknown section '{section}'; a datapack file has datapack, default and dataset")
+    check_sections(raw, PACK_SECTIONS, problems, kind="a datapack file")
     pack = raw.get("datapack") or {}
     default = raw.get("default") or {}
     entries = raw.get("dataset")
@@ -63,9 +73,10 @@ def load_pack(path: str | Path) -> tuple[dict[str, Any], list[tuple[str, dict[st
     if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
         problems.add("dataset must be a list of data: sections (one mapping per dataset)")
         entries = []
+    _check_weighting(pack, default, entries, problems)
     parts = []
     for i, entry in enumerate(entries):
-        section = {k: v for k, v in {**default, **entry}.items() if k != "name"}
+        section = {k: v for k, v in {**default, **entry}.items() if k not in _ENTRY_KEYS}
         if "data_path" not in entry and default.get("data_path"):
             section["data_path"] = str(Path(default["data_path"]) / str(i))
         sub = Problems(f"dataset[{i}]")
@@ -83,6 +94,7 @@ def build_pack(path: str | Path, force: bool = False, log: Log = print):
     from rwkv_plug.data.pipeline import prepare_dataset
 
     pack, parts = load_pack(path)
+    weights = pack.get("weights")
     built = []
     for name, cfg in parts:
         log(f"datapack: dataset {name}")
@@ -90,15 +102,20 @@ def build_pack(path: str | Path, force: bool = False, log: Log = print):
         built.append((name, cfg, dd, store.read_meta(Path(cfg["data_path"]).expanduser().resolve())))
     _check_same_tokenizer(built)
     out = Path(pack["data_path"]).expanduser().resolve()
-    recipe = store.roundtrip({"mixing_mode": pack["mixing_mode"],
+    mixing = {k: pack[k] for k in ("weights", "weighting", "seed") if pack.get(k) is not None}
+    recipe = store.roundtrip({"mixing_mode": pack["mixing_mode"], **mixing,
                               "parts": [(name, (meta or {}).get("fingerprint")) for name, _, _, meta in built]})
     old = store.read_meta(out)
     if not force and old is not None and old.get("parts", {}).get("datapack") == recipe:
-        log(f"datapack: reusing the mix at {out} (its parts and mixing mode are unchanged)")
+        log(f"datapack: reusing the mix at {out} (its parts and mixing settings are unchanged)")
         return datasets.load_from_disk(str(out)), "reused"
     store.check_replaceable(out)
-    mixed = _mix([dd for _, _, dd, _ in built], pack["mixing_mode"])
-    _save(out, mixed, recipe, built, log)
+    trains = [dd["train"] for _, _, dd, _ in built]
+    report = None
+    if weights is not None:
+        trains, report = _weighted(built, weights, pack.get("weighting") or "subsample", _seed(pack))
+    mixed = _mix(trains, [dd["test"] for _, _, dd, _ in built], pack["mixing_mode"], _seed(pack))
+    _save(out, mixed, recipe, built, log, report)
     return datasets.load_from_disk(str(out)), "built"
 
 
@@ -113,13 +130,56 @@ def _check_same_tokenizer(built: list) -> None:
                         "in the default section")
 
 
-def _mix(parts: list, mode: str):
+def _seed(pack: dict[str, Any]) -> int:
+    return SHUFFLE_SEED if pack.get("seed") is None else int(pack["seed"])
+
+
+def _check_weighting(pack: dict[str, Any], default: dict[str, Any], entries: list, problems: Problems) -> None:
+    """The weights, weighting and seed keys; the weights (or None) are kept as ``pack["weights"]``."""
+    from rwkv_plug.data.weighted_mix import WEIGHTINGS, weight_problems
+
+    if "weight" in default:
+        problems.add("default.weight: a weight belongs to each dataset entry (its share of trained tokens), "
+                     "not to the default section")
+    seed = pack.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        problems.add(f"datapack.seed must be a whole number, 0 or more, got {seed!r}")
+    names = [str(e.get("name") or f"dataset_{i}") for i, e in enumerate(entries)]
+    raw = [e.get("weight") for e in entries]
+    found = weight_problems(raw, names)
+    problems.items.extend(found)
+    weighted = any(w is not None for w in raw)
+    pack["weights"] = [float(w) for w in raw] if weighted and not found else None
+    mode = pack.get("weighting")
+    if mode is not None and mode not in WEIGHTINGS:
+        problems.add(f"datapack.weighting must be one of {', '.join(WEIGHTINGS)}, got {mode!r}")
+    elif mode is not None and not weighted:
+        problems.add("datapack.weighting needs a weight on every dataset (dataset[i].weight); without weights "
+                     "the parts are mixed whole")
+
+
+def _weighted(built: list, weights: list[float], weighting: str, seed: int):
+    """The parts' train splits sampled to their weights, and what each part achieved."""
+    from rwkv_plug.data.weighted_mix import choose_rows, shares, trained_per_row
+
+    names = [name for name, *_ in built]
+    trained = [trained_per_row(dd["train"]) for _, _, dd, _ in built]
+    empty = [n for n, w, t in zip(names, weights, trained) if w > 0 and int(t.sum()) == 0]
+    if empty:
+        raise DataError(f"datapack part(s) {', '.join(empty)} have a weight above 0 but no trained tokens in "
+                        "their train split; give them weight 0 or fix their data")
+    picked = choose_rows(trained, weights, seed, weighting)
+    trains = [dd["train"].select(rows) for (_, _, dd, _), rows in zip(built, picked)]
+    return trains, shares(names, weights, trained, picked)
+
+
+def _mix(trains: list, tests: list, mode: str, seed: int = SHUFFLE_SEED):
     import datasets
 
-    train = datasets.concatenate_datasets([dd["train"] for dd in parts])
+    train = datasets.concatenate_datasets(trains)
     if mode == "shuffle":
-        train = train.shuffle(seed=SHUFFLE_SEED)
-    test = datasets.concatenate_datasets([dd["test"] for dd in parts])
+        train = train.shuffle(seed=seed)
+    test = datasets.concatenate_datasets(tests)
     return datasets.DatasetDict({"train": train, "test": test})
 
 
@@ -137,23 +197,28 @@ def _split_stats(split: str, ds, built: list):
                       max_id=-1 if any(p.max_id < 0 < p.samples for p in parts) else max(p.max_id for p in parts))
 
 
-def _save(out: Path, mixed, recipe: Any, built: list, log: Log) -> None:
-    from rwkv_plug.data.summary import Summary
+def _save(out: Path, mixed, recipe: Any, built: list, log: Log, report: list | None = None) -> None:
+    from rwkv_plug.data.summary import Summary, split_stats
 
     summary = Summary(strategy="datapack", tokenizer=str(((built[0][3] or {}).get("parts") or {})
                                                          .get("tokenizer", {}).get("spec")))
     for name, _, dd, _ in built:
         summary.notes.append(f"datapack part {name}: train {len(dd['train'])}, test {len(dd['test'])} samples")
+    summary.notes.extend(part.line() for part in report or ())
     for split, ds in mixed.items():
-        summary.splits[split] = _split_stats(split, ds, built)
+        # a weighted train split is a sample of the parts: its statistics are counted, not added up
+        summary.splits[split] = (split_stats(ds)[0] if report is not None and split == "train"
+                                 else _split_stats(split, ds, built))
         summary.rows_in[split] = summary.documents_kept[split] = len(ds)
     staged = store.build_dir(out)
     try:
         mixed.save_to_disk(str(staged))
         first = (built[0][3] or {}).get("parts") or {}
-        store.write_meta(staged, {"meta_version": store.META_VERSION, "fingerprint": store.digest(recipe),
-                                  "parts": {"datapack": recipe, "tokenizer": first.get("tokenizer")},
-                                  "summary": summary.to_json()})
+        meta = {"meta_version": store.META_VERSION, "fingerprint": store.digest(recipe),
+                "parts": {"datapack": recipe, "tokenizer": first.get("tokenizer")}, "summary": summary.to_json()}
+        if report is not None:
+            meta["mix_shares"] = [vars(part) for part in report]
+        store.write_meta(staged, meta)
         store.publish(staged, out)
     finally:
         shutil.rmtree(staged, ignore_errors=True)

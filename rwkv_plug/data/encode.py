@@ -99,21 +99,37 @@ def _mask_array(mask, n: int) -> np.ndarray:
     return np.array(mask, dtype=np.int8)
 
 
+def with_threads(tokenizer: Tokenizer, threads: int | None) -> Tokenizer:
+    """``tokenizer`` set to encode with ``threads`` threads, where it has a ``threads``
+    setting (the built-in world tokenizer); a copy, as loaded tokenizers are shared."""
+    if threads is None or getattr(tokenizer, "threads", None) in (None, threads):
+        return tokenizer
+    import copy
+
+    own = copy.copy(tokenizer)  # shallow: the vocab and trie stay shared
+    own.threads = threads
+    return own
+
+
 class Encoder:
     """The picklable batch function given to ``datasets.map``.
 
     Workers rebuild the tokenizer from its spec (``load_tokenizer``) rather
-    than unpickling a possibly large tokenizer object.
+    than unpickling a possibly large tokenizer object. ``threads`` is how
+    many threads a threaded tokenizer may use (``num_proc`` in this
+    process, 1 in each of ``num_proc`` worker processes).
     """
 
     def __init__(self, strategy_cls: type[Strategy], cfg: Mapping[str, Any],
-                 tokenizer: Tokenizer, row_offset: int = 0, rechunking: bool = False) -> None:
+                 tokenizer: Tokenizer, row_offset: int = 0, rechunking: bool = False,
+                 threads: int | None = None) -> None:
         self.strategy_cls = strategy_cls
         self.cfg = dict(cfg)
         self.row_offset = row_offset
         #: documents become one stream (then a document's first token is a target too)
         self.rechunking = rechunking
-        self._tokenizer: Tokenizer | None = tokenizer
+        self.threads = threads
+        self._tokenizer: Tokenizer | None = with_threads(tokenizer, threads)
         self._strategy: Strategy | None = None
         _ = self.strategy  # build it here, so option errors surface before any worker starts
 
@@ -129,9 +145,13 @@ class Encoder:
             if self._tokenizer is None:
                 from rwkv_plug.data.tokenizer import load_tokenizer
 
-                self._tokenizer = load_tokenizer(self.cfg["tokenizer"], self.cfg)
+                self._tokenizer = with_threads(load_tokenizer(self.cfg["tokenizer"], self.cfg), self.threads)
             self._strategy = self.strategy_cls(self.cfg, self._tokenizer)
         return self._strategy
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.strategy.tokenizer
 
     @property
     def flat(self) -> bool:

@@ -11,15 +11,18 @@ from rwkv_plug.core.hookspecs import hookimpl
 
 
 def load_data_config(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(resolved data: section, whole file)``; other sections are left to their owners."""
-    from rwkv_plug.core.config import Problems, load_yaml
+    """``(resolved data: section, whole file)``; the other sections' keys are left to their
+    owners, but an unknown section is reported as ``fit`` reports it."""
+    from rwkv_plug.core.config import CONFIG_SECTIONS, Problems, check_sections, load_yaml
     from rwkv_plug.core.errors import ConfigError
     from rwkv_plug.data.options import resolve_data_config
 
     whole = load_yaml(path)
-    if "data" not in whole:
-        raise ConfigError(f"{path}: there is no data: section; add one with data_path and source")
     problems = Problems(path)
+    check_sections(whole, CONFIG_SECTIONS, problems)
+    if "data" not in whole:
+        problems.add("there is no data: section; add one with data_path and source")
+        problems.raise_if_any()
     cfg = resolve_data_config(whole["data"], problems)
     problems.raise_if_any()
     return cfg, whole
@@ -85,7 +88,10 @@ def inspect_cmd(config: str, samples: int, split: str, color: bool | None, ctx_l
     if color is None:
         color = sys.stdout.isatty()
     dd, _ = prepare_dataset(cfg, log=click.echo)
-    for line in view.stats_lines(dd, ctx_len):
+    trainer = whole.get("trainer") if isinstance(whole.get("trainer"), dict) else {}
+    micro = trainer.get("microbatch_size", 1)  # fit's default
+    micro = micro if isinstance(micro, int) and micro > 0 else 1
+    for line in view.stats_lines(dd, ctx_len, micro, bool(cfg.get("packing_enable"))):
         click.echo(line)
     tokenizer = load_tokenizer(cfg["tokenizer"], cfg)
     ds = dd[split]

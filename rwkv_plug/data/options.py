@@ -73,8 +73,8 @@ DATA_OPTIONS: tuple[Option, ...] = (
     Option("dataset_length", -1, "Keep this many source train rows (a fraction if in (0,1)); "
            "applied once, to the source rows before tokenising.", type=float, check=_row_range),
     Option("reverse_train_dataset_before_save", False, "Reverse the order of the train split."),
-    Option("num_proc", None, "Workers for tokenising (default: CPU count; the world "
-           "tokenizer with the text strategy uses threads in one process; tiny datasets use 1).",
+    Option("num_proc", None, "Workers for tokenising (default: CPU count): the world tokenizer's "
+           "threads in one process with the text strategy, else worker processes (tiny datasets: one).",
            type=int, check=_at_least(1)),
     Option("dataloader_shuffle_training", False, "Shuffle the train split every epoch "
            "(ignored with sort_by_length); read by fit, not by the build."),
@@ -180,6 +180,9 @@ def _check_values(cfg: dict, problems: Problems) -> None:
         cfg["source_dataset_params"] = {}
     elif isinstance(params, Mapping) and "split" in params:
         problems.add("data.source_dataset_params.split is not allowed: use data.source_dataset_split")
+    if isinstance(params, Mapping) and params.get("streaming") not in (None, False):
+        problems.add("data.source_dataset_params.streaming is not supported yet: remove it; the source is "
+                     "downloaded and read whole (data.dataset_offset/dataset_length keep part of it)")
     if source in BUILDERS and not cfg.get("source_data_dir") and not (
         isinstance(params, Mapping) and params.get("data_files")
     ):

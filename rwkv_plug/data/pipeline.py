@@ -67,18 +67,19 @@ def prepare_dataset(data_cfg: dict, *, force: bool = False, log: Log = print):
         return _as_it_is(data_path, log), "reused"
     tokenizer = load_tokenizer(cfg["tokenizer"], cfg)
     src = resolve_source(cfg)
-    parts = {
-        "config": {k: v for k, v in sorted(cfg.items()) if k not in store.NOT_CONTENT},
+    base = {
         "source": src.identity(),
         "tokenizer": {"spec": cfg["tokenizer"], "fingerprint": tokenizer.fingerprint(),
                       "vocab_size": tokenizer.vocab_size,
                       "plugin": store.plugin_version(plugins.tokenizers(), tokenizer.name)},
         "rwkv_plug": __version__,
     }
-    parts = store.roundtrip(parts)
+    # the strategy this config picks for the columns of the dataset there (if any) decides
+    # which strategy's options count; the build records the one it used
+    parts = _parts(base, cfg, tokenizer, _strategy_for(store.read_meta(data_path), cfg))
     for left in tempdirs.sweep(data_path):
         log(f"removed {left}, left behind by a build that was killed")
-    reason = "--force was given" if force else store.stale_reason(data_path, parts, plugins.strategies())
+    reason = "--force was given" if force else store.stale_reason(data_path, parts)
     if reason is None:
         log(f"reusing the dataset at {data_path} (its fingerprint matches the config, source and tokenizer)")
         return datasets.load_from_disk(str(data_path)), "reused"
@@ -88,7 +89,8 @@ def prepare_dataset(data_cfg: dict, *, force: bool = False, log: Log = print):
     work = store.build_dir(data_path, kind="work")  # intermediate files, removed below
     old = None
     try:
-        dd, summary = _build(cfg, src, tokenizer, work, log)
+        dd, summary, strategy, columns = _build(cfg, src, tokenizer, work, log)
+        parts = _parts(base, cfg, tokenizer, strategy)
         # the statistics and the id check read the splits while the save writes them
         with ThreadPoolExecutor(1) as pool:
             checked = pool.submit(_finish_summary, dd, summary, tokenizer.vocab_size)
@@ -97,7 +99,7 @@ def prepare_dataset(data_cfg: dict, *, force: bool = False, log: Log = print):
         entry = store.plugin_version(plugins.strategies(), summary.strategy)
         store.write_meta(staged, {"meta_version": store.META_VERSION, "parts": parts,
                                   "fingerprint": store.digest(parts), "strategy": entry,
-                                  "summary": summary.to_json()})
+                                  "columns": columns, "summary": summary.to_json()})
         del dd  # release the work files before publishing
         old = store.publish(staged, data_path, remove_old=False)
     finally:
@@ -115,6 +117,31 @@ def prepare_dataset(data_cfg: dict, *, force: bool = False, log: Log = print):
     finally:
         if remover is not None:
             remover.join()
+
+
+def _parts(base: dict[str, Any], cfg: dict, tokenizer, strategy: type | None) -> dict[str, Any]:
+    """The fingerprinted parts: ``base`` (source, tokenizer, version) plus the strategy (name,
+    plugin and version) and the config keys of the pipeline, the tokenizer and that strategy."""
+    from rwkv_plug.core import plugins
+
+    config = store.content_config(cfg, (o.name for o in DATA_OPTIONS), (type(tokenizer), strategy))
+    entry = store.plugin_version(plugins.strategies(), strategy.name) if strategy else None
+    return store.roundtrip({**base, "config": config, "strategy": entry})
+
+
+def _strategy_for(meta: dict[str, Any] | None, cfg: dict) -> type | None:
+    """The strategy ``cfg`` picks for the source columns recorded in ``meta``; None when
+    there is no record, or no strategy fits them (the build then says why)."""
+    from rwkv_plug.core.errors import RwkvPlugError
+    from rwkv_plug.data.strategy_select import pick_strategy
+
+    columns = (meta or {}).get("columns")
+    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+        return None
+    try:
+        return pick_strategy(columns, cfg, cfg.get("strategy"))
+    except RwkvPlugError:
+        return None
 
 
 @dataclass
@@ -154,7 +181,8 @@ def _build(cfg: dict, src: Source, tokenizer, work: Path, log: Log):
     if ignored:
         b.summary.notes.append(f"source splits not used: {', '.join(ignored)}")
     row_offset = _select_rows(dd, cfg, b.summary)
-    b.strategy = pick_strategy(dd["train"].column_names, cfg, cfg.get("strategy"))
+    columns = list(dd["train"].column_names)
+    b.strategy = pick_strategy(columns, cfg, cfg.get("strategy"))
     b.summary.strategy = b.strategy.name
     log(f"strategy '{b.strategy.name}' for columns {', '.join(dd['train'].column_names)}")
     b.rechunk = _rechunk_plan(cfg, src, tokenizer, b.summary)
@@ -169,7 +197,7 @@ def _build(cfg: dict, src: Source, tokenizer, work: Path, log: Log):
     if b.rechunk is not None:
         encoded = _rechunked(b, encoded)
     train, test = _arrange(b, encoded)
-    return datasets.DatasetDict({"train": train, "test": test}), b.summary
+    return datasets.DatasetDict({"train": train, "test": test}), b.summary, b.strategy, columns
 
 
 def _select_rows(dd, cfg: dict, summary: Summary) -> int:
@@ -260,14 +288,16 @@ def _encode_split(b: _Build, name: str, ds, row_offset: int):
     the rechunk directly (the in-process path with ``b.rechunk`` set)."""
     from rwkv_plug.data.encode import Encoder, encoded_features
 
-    fn = Encoder(b.strategy, b.cfg, b.tokenizer, row_offset, rechunking=b.rechunk is not None)
-    if in_process(fn, b.tokenizer) or ds.data.nbytes < SMALL_BYTES or min(b.nproc, len(ds)) <= 1:
+    # num_proc threads for a tokenizer that runs its own (world) in this process ...
+    fn = Encoder(b.strategy, b.cfg, b.tokenizer, row_offset, rechunking=b.rechunk is not None, threads=b.nproc)
+    if in_process(fn, fn.tokenizer) or ds.data.nbytes < SMALL_BYTES or min(b.nproc, len(ds)) <= 1:
         from rwkv_plug.data.in_process import encode_in_process
 
         result, table = encode_in_process(name, ds, fn, b.cfg, b.work, b.rechunk)
         _account(name, table, b.cfg, b.summary, b.locate)
         return result
     procs = max(1, min(b.nproc, len(ds)))
+    fn.threads = 1  # ... or num_proc processes of one thread each
     batch = max(1, min(MAP_BATCH_ROWS, -(-len(ds) // procs)))
     with main_handles_ctrl_c():
         enc = ds.map(fn, batched=True, batch_size=batch, with_indices=True,

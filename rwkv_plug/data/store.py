@@ -2,7 +2,10 @@
 
 The metadata file records everything that determines the dataset's content,
 so a later run can say exactly why it rebuilds ("tokenizer changed") or
-that it reuses the folder. Saves go to a temp folder next to ``data_path``
+that it reuses the folder. Of the ``data:`` keys that is the pipeline's own
+and the options of the strategy and tokenizer in use, not those of every
+registered plugin: installing or removing an unrelated plugin keeps the
+dataset. Saves go to a temp folder next to ``data_path``
 and are renamed into place, so a crash never leaves a half-written dataset.
 """
 
@@ -12,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +24,8 @@ from rwkv_plug.core.errors import DataError
 from rwkv_plug.data import tempdirs
 
 META_FILE = "rwkv_plug_dataset.json"
-META_VERSION = 1
+#: 2: the config part holds only the keys of the strategy and tokenizer in use.
+META_VERSION = 2
 #: Config keys that do not change the built rows, so they stay out of the fingerprint.
 NOT_CONTENT = ("data_path", "num_proc", "strict", "dataloader_shuffle_training", "dataloader_prefetch_factor",
                "dataloader_pin_memory", "dataloader_swap_train_test_split", "skip_datapath_setup",
@@ -38,6 +43,16 @@ def plugin_version(registry, name: str) -> dict[str, Any]:
     return {"name": name, "plugin": entry.plugin,
             "distribution": info.distribution if info else None,
             "version": info.version if info else None}
+
+
+def content_config(cfg: dict[str, Any], own_keys: Iterable[str], plugin_classes: Iterable[type | None]) -> dict[str, Any]:
+    """The keys of ``cfg`` that determine the built rows: ``own_keys`` (the pipeline's) and
+    the options that ``plugin_classes`` (the strategy and tokenizer in use) declare,
+    less :data:`NOT_CONTENT`."""
+    keys = set(own_keys)
+    for cls in plugin_classes:
+        keys.update(o.name for o in (getattr(cls, "options", ()) or ()))
+    return {k: cfg.get(k) for k in sorted(keys) if k not in NOT_CONTENT}
 
 
 def digest(obj: Any) -> str:
@@ -100,8 +115,12 @@ def read_meta(data_path: Path) -> dict[str, Any] | None:
         return None
 
 
-def stale_reason(data_path: Path, parts: dict[str, Any], strategies) -> str | None:
-    """Why ``data_path`` must be rebuilt, or None when it is fresh."""
+def stale_reason(data_path: Path, parts: dict[str, Any]) -> str | None:
+    """Why ``data_path`` must be rebuilt, or None when it is fresh.
+
+    ``parts["strategy"]`` is the :func:`plugin_version` entry of the strategy the
+    config picks for the recorded columns (None when none fits them).
+    """
     if not data_path.exists():
         return f"no dataset at {data_path} yet"
     try:
@@ -111,7 +130,7 @@ def stale_reason(data_path: Path, parts: dict[str, Any], strategies) -> str | No
     if meta is None:
         return f"{data_path} has no {META_FILE} (built by another tool or interrupted)"
     if meta.get("meta_version") != META_VERSION:
-        return "the dataset format changed"
+        return f"the dataset record's format changed ({meta.get('meta_version')} -> {META_VERSION})"
     old = meta.get("parts") or {}
     if old.get("tokenizer") != parts["tokenizer"]:
         return "tokenizer changed"
@@ -121,13 +140,16 @@ def stale_reason(data_path: Path, parts: dict[str, Any], strategies) -> str | No
         old_source = {**old_source, "revision": source.get("revision")}
     if old_source != source:
         return _source_change(old_source, source)
+    old_strategy, strategy = old.get("strategy") or {}, parts.get("strategy") or {}
+    if old_strategy.get("name") != strategy.get("name"):
+        return (f"the strategy for its columns changed ({old_strategy.get('name')} -> "
+                f"{strategy.get('name') or 'none fits'})")
     if old.get("config") != parts["config"]:
         return f"data config changed ({config_change(old.get('config') or {}, parts['config'])})"
     if old.get("rwkv_plug") != parts["rwkv_plug"]:
         return f"rwkv-plug version changed ({old.get('rwkv_plug')} -> {parts['rwkv_plug']})"
-    used = meta.get("strategy") or {}
-    if used and plugin_version(strategies, used.get("name", "")) != used:
-        return f"the plugin providing strategy '{used.get('name')}' changed"
+    if old_strategy != strategy:
+        return f"the plugin providing strategy '{strategy.get('name')}' changed"
     return None
 
 

@@ -44,7 +44,7 @@ def histogram(lengths: np.ndarray, bins: int = 10) -> list[str]:
     return lines
 
 
-def stats_lines(dd, ctx_len: int | None) -> list[str]:
+def stats_lines(dd, ctx_len: int | None, microbatch_size: int | None = None, packing: bool = False) -> list[str]:
     out = []
     for name in dd:
         stats, lengths = split_stats(dd[name])
@@ -57,6 +57,11 @@ def stats_lines(dd, ctx_len: int | None) -> list[str]:
                 chunks = np.ceil(np.maximum(lengths - 1, 1) / ctx_len).astype(int)
                 out.append(f"  ctx_len {ctx_len}: {chunks.mean():.2f} chunks per sample on average, "
                            f"max {chunks.max()}")
+        if name == "train" and microbatch_size and len(lengths):  # as fit reports it (dataset order, one device)
+            from rwkv_plug.training.padding import padding_line, padding_share
+
+            share = padding_share(lengths, microbatch_size)
+            out.append("  " + padding_line(share, microbatch_size, packing, " in the dataset's order"))
         out.append("  token-length histogram:")
         out.extend(histogram(lengths))
     return out

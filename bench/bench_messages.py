@@ -1,0 +1,110 @@
+"""The messages strategy's encoding speed against the bare batched tokenizer, in one run.
+
+Each document of real English text (bench/corpus.py, or local files with
+``--files``) is cut into a conversation: a system prompt, then user and
+assistant messages of about ``--message-chars`` characters in turn. Timed:
+
+* bare: ``tokenizer.encode_batch`` of each conversation rendered as one
+  string in the RWKV layout (``System: ...\\n\\nUser: ...\\n\\nAssistant: ...``),
+  the same text the strategy produces;
+* strategy: the strategy on the rows (checks every message, tokenises
+  each message's content on its own, builds the masks).
+
+Two pairs: ``flat``, the pipeline's path (``MessagesStrategy.encode_flat``
+vs the tokenizer's ``encode_flat`` through ``flat_encode``: numpy arrays, no
+Python int per token), and ``lists`` (``encode_batch`` vs ``encode_batch``).
+The ratio is bare time / strategy time (target >= 0.8x on the flat path,
+which preload uses). The best of ``--repeat`` runs of each is kept, the
+runs of a pair interleaved, since the machine may be shared.
+Usage: python bench/bench_messages.py [--mb 10] [--tokenizers world,neox]
+       python bench/bench_messages.py --files 'docs/*.md' --tokenizers world   (a quick local check)
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def best_times(fns: list[Callable[[], object]], repeat: int) -> list[float]:
+    """The best time of each function, the runs interleaved so a change in load hits all alike."""
+    best = [float("inf")] * len(fns)
+    for _ in range(repeat):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best
+
+
+def conversation(doc: str, message_chars: int) -> dict:
+    """An OpenAI-style row: a system prompt, then user/assistant pieces of ``doc`` in turn."""
+    messages = [{"role": "system", "content": "You are a helpful assistant."}]
+    for i, start in enumerate(range(0, len(doc), message_chars)):
+        messages.append({"role": ("user", "assistant")[i % 2], "content": doc[start:start + message_chars]})
+    if messages[-1]["role"] != "assistant":
+        messages.append({"role": "assistant", "content": "Noted."})
+    return {"messages": messages}
+
+
+def rwkv_text(row: dict) -> str:
+    names = {"system": "System", "user": "User", "assistant": "Assistant"}
+    return "".join(f"{names[m['role']]}: {m['content']}\n\n" for m in row["messages"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mb", type=int, default=10)
+    ap.add_argument("--files", default="", help="a glob of local text files to use instead of the corpus")
+    ap.add_argument("--tokenizers", default="world,neox")
+    ap.add_argument("--message-chars", type=int, default=400)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+
+    from bench_preload import split_documents
+
+    from rwkv_plug.builtin_strategies.messages import MessagesStrategy
+    from rwkv_plug.builtin_strategies.pieces import flat_encode
+    from rwkv_plug.core.config import Problems
+    from rwkv_plug.data.options import resolve_data_config
+    from rwkv_plug.data.tokenizer import load_tokenizer
+
+    if args.files:
+        text = "".join(Path(p).read_text(encoding="utf-8", errors="replace") for p in sorted(glob.glob(args.files)))
+        source = args.files
+    else:
+        from corpus import get_corpus
+
+        text, source = get_corpus(args.mb), f"corpus {args.mb} MB"
+    rows = [conversation(d, args.message_chars) for d in split_documents(text) if d.strip()]
+    rendered = [rwkv_text(r) for r in rows]
+    n_messages = sum(len(r["messages"]) for r in rows)
+    print(f"{source}: {len(rows)} conversations, {n_messages} messages")
+    for name in args.tokenizers.split(","):
+        problems = Problems("bench")
+        opts = resolve_data_config({"source": "x.jsonl", "data_path": "x", "tokenizer": name}, problems)
+        problems.raise_if_any()
+        tok = load_tokenizer(name, opts)
+        strategy = MessagesStrategy(opts, tok)
+        samples = strategy.encode_batch(rows)
+        bad = [s for s in samples if isinstance(s, Exception)]
+        if bad:
+            raise SystemExit(f"{len(bad)} rows skipped, e.g. {bad[0]}: the benchmark's rows must all encode")
+        n_tokens = sum(len(s) for s in samples)
+        del samples
+        pairs = [("flat", lambda: flat_encode(tok, rendered), lambda: strategy.encode_flat(rows)),
+                 ("lists", lambda: tok.encode_batch(rendered), lambda: strategy.encode_batch(rows))]
+        for path, bare, strat in pairs:
+            t_bare, t_strat = best_times([bare, strat], args.repeat)
+            print(f"{name:5s} messages {path:5s}  bare {n_tokens / t_bare / 1e6:6.2f}M tok/s  "
+                  f"strategy {n_tokens / t_strat / 1e6:6.2f}M tok/s  ratio {t_bare / t_strat:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -52,9 +52,13 @@ def provenance() -> str:
             f"load {load}")
 
 
-def build_model(layers: int, embd: int, vocab: int, kernel: str = "torch"):
+def build_model(layers: int, embd: int, vocab: int, kernel: str = "torch", arch: str = "rwkv5"):
     from rwkv_plug.models import load_model
-    from rwkv_plug.models.init import init_state_dict
+
+    if arch == "rwkv7":
+        from rwkv_plug.models.init7 import init_state_dict
+    else:
+        from rwkv_plug.models.init import init_state_dict
 
     sd = init_state_dict(layers, embd, vocab, seed=0, dtype=torch.float32)
     g = torch.Generator().manual_seed(1)
@@ -89,7 +93,7 @@ def train_step(model, opt, ids, ctx: int, truncated: bool = False) -> float:
 
 
 def throughput(a) -> dict:
-    model = build_model(a.layers, a.embd, a.vocab, a.kernel)
+    model = build_model(a.layers, a.embd, a.vocab, a.kernel, a.arch)
     params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("emb."))
     opt = make_opt(model)
     ids = torch.randint(0, a.vocab, (1, a.ctx + 1))
@@ -105,7 +109,7 @@ def throughput(a) -> dict:
         fracs.append(6 * params * (a.ctx / step) / peak)
     best = min(range(len(times)), key=lambda i: times[i])
     return {
-        "model": f"L{a.layers}-D{a.embd} vocab {a.vocab}", "ctx_len": a.ctx, "batch": 1, "dtype": "fp32",
+        "arch": a.arch, "model": f"L{a.layers}-D{a.embd} vocab {a.vocab}", "ctx_len": a.ctx, "batch": 1, "dtype": "fp32",
         "kernel": a.kernel, "threads": torch.get_num_threads(), "non_embedding_params": params,
         "tokens_per_s_median": round(a.ctx / sorted(times)[len(times) // 2], 1),
         "tokens_per_s_best": round(a.ctx / times[best], 1),
@@ -140,7 +144,7 @@ def kept_state_bytes(model, batch: int, tokens: int, ctx: int) -> int:
 def long_one(a) -> dict:
     from rwkv_plug.training.bptt import BpttSettings, sequence_loss
 
-    model = build_model(a.layers, a.embd, a.vocab, a.kernel)
+    model = build_model(a.layers, a.embd, a.vocab, a.kernel, a.arch)
     opt = make_opt(model)
     train_step(model, opt, torch.randint(0, a.vocab, (1, a.ctx + 1)), a.ctx)  # warm-up, one chunk
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -169,7 +173,7 @@ def long(a) -> list[dict]:
     rows = []
     for n in a.tokens:
         cmd = [sys.executable, __file__, "long-one", "--tokens", str(n), "--ctx", str(a.ctx), "--layers",
-               str(a.layers), "--embd", str(a.embd), "--vocab", str(a.vocab), "--kernel", a.kernel]
+               str(a.layers), "--embd", str(a.embd), "--vocab", str(a.vocab), "--kernel", a.kernel, "--arch", a.arch]
         if a.truncated:
             cmd.append("--truncated")
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -192,7 +196,7 @@ def linearity(a) -> list[dict]:
     """Per-chunk forward and backward time against the number of chunks (best of 2 each)."""
     from rwkv_plug.training.bptt import BpttSettings, sequence_loss
 
-    model = build_model(a.layers, a.embd, a.vocab, a.kernel)
+    model = build_model(a.layers, a.embd, a.vocab, a.kernel, a.arch)
     rows = []
     for n in a.tokens:  # here: chunk counts
         best = None
@@ -213,11 +217,13 @@ def linearity(a) -> list[dict]:
 
 
 def exact(a) -> dict:
-    """fp32: chunked exact BPTT against one full-sequence backward."""
+    """Chunked exact BPTT against one full-sequence backward (fp32, or fp64 with --fp64)."""
     from rwkv_plug.training.bptt import BpttSettings, sequence_loss
     from rwkv_plug.training.loss import chunk_loss
 
-    model = build_model(a.layers, a.embd, a.vocab, a.kernel)
+    model = build_model(a.layers, a.embd, a.vocab, a.kernel, a.arch)
+    if a.fp64:
+        model = model.double()
     ids = torch.randint(0, a.vocab, (1, a.tokens[0] + 1), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
     logits, _ = model(ids[:, :-1])
@@ -227,12 +233,33 @@ def exact(a) -> dict:
     sequence_loss(model, ids, mask, BpttSettings(ctx_len=a.ctx), train=True).loss.backward()
     rel = {n: ((p.grad - ref[n]).abs().max() / ref[n].abs().max()).item() for n, p in model.named_parameters()}
     worst = max(rel, key=rel.get)
-    return {"tokens": a.tokens[0], "ctx_len": a.ctx, "max_rel_diff": rel[worst], "worst_param": worst}
+    return {"arch": a.arch, "dtype": "fp64" if a.fp64 else "fp32", "model": f"L{a.layers}-D{a.embd}",
+            "tokens": a.tokens[0], "ctx_len": a.ctx, "max_rel_diff": rel[worst], "worst_param": worst}
+
+
+def arch_ratio(a) -> dict:
+    """rwkv7 against rwkv5 tokens/s, the same shape, steps interleaved in one run."""
+    models = {arch: build_model(a.layers, a.embd, a.vocab, a.kernel, arch) for arch in ("rwkv5", "rwkv7")}
+    opts = {arch: make_opt(m) for arch, m in models.items()}
+    ids = torch.randint(0, a.vocab, (1, a.ctx + 1))
+    times: dict[str, list[float]] = {arch: [] for arch in models}
+    for arch in models:  # warm-up
+        train_step(models[arch], opts[arch], ids, a.ctx)
+    for _ in range(a.steps):
+        for arch in models:  # interleaved, so load swings hit both alike
+            times[arch].append(train_step(models[arch], opts[arch], ids, a.ctx))
+    med = {arch: sorted(ts)[len(ts) // 2] for arch, ts in times.items()}
+    best = {arch: min(ts) for arch, ts in times.items()}
+    return {"model": f"L{a.layers}-D{a.embd} vocab {a.vocab}", "ctx_len": a.ctx, "dtype": "fp32",
+            "kernel": a.kernel, **{f"{arch}_tokens_per_s_median": round(a.ctx / med[arch], 1) for arch in med},
+            "rwkv7_over_rwkv5_median": round(med["rwkv5"] / med["rwkv7"], 3),
+            "rwkv7_over_rwkv5_best": round(best["rwkv5"] / best["rwkv7"], 3),
+            "step_s": {arch: [round(x, 2) for x in ts] for arch, ts in times.items()}}
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["throughput", "long", "long-one", "exact", "linearity"])
+    p.add_argument("what", choices=["throughput", "long", "long-one", "exact", "linearity", "arch-ratio"])
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--embd", type=int, default=512)
     p.add_argument("--vocab", type=int, default=65536)
@@ -241,9 +268,12 @@ def main() -> None:
     p.add_argument("--tokens", type=int, nargs="+", default=[2048])
     p.add_argument("--kernel", default="torch")
     p.add_argument("--truncated", action="store_true")
+    p.add_argument("--arch", default="rwkv5", choices=["rwkv5", "rwkv7"])
+    p.add_argument("--fp64", action="store_true", help="exact: compare in fp64")
     a = p.parse_args()
     print(f"# {provenance()}", flush=True)
-    modes = {"throughput": throughput, "long": long, "long-one": long_one, "exact": exact, "linearity": linearity}
+    modes = {"throughput": throughput, "long": long, "long-one": long_one, "exact": exact, "linearity": linearity,
+             "arch-ratio": arch_ratio}
     result = modes[a.what](a)
     if a.what not in ("long", "linearity"):
         print(json.dumps(result), flush=True)

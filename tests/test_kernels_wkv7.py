@@ -60,6 +60,25 @@ def test_chunked_equals_the_reference_in_fp64(theta, T, chunk):
     assert max(errors.values()) < 1e-10, errors
 
 
+def test_model_range_decays_take_the_factored_form_and_tiny_ones_the_product_form(monkeypatch):
+    # both forms run, on the decays each is meant for, and agree with the reference in fp32
+    import rwkv_plug.kernels.wkv7.torch_chunked as tc
+
+    calls = []
+    for name in ("_within_chunk_factored", "_within_chunk"):
+        real = getattr(tc, name)
+        monkeypatch.setattr(tc, name, lambda *a, _n=name, _f=real: calls.append(_n) or _f(*a))
+    model_like = _inputs(T=37, theta=(-6.0, -0.5))  # RWKV-7's range: w >= exp(-e^-0.5)
+    assert model_like["w"].min() >= 0.54
+    tiny = _inputs(T=37, theta=DECAY_NEAR_0)
+    for x, form in ((model_like, "_within_chunk_factored"), (tiny, "_within_chunk")):
+        calls.clear()
+        got = _run(tc.wkv7_chunked, x, torch.float32)
+        assert set(calls) == {form}
+        errors = _max_rel(got, _run(wkv7_recurrent, x))
+        assert max(errors.values()) < 1e-5, (form, errors)
+
+
 def test_near_zero_decays_are_exact_in_fp32_without_clamping():
     x = _inputs(T=40, theta=(2.0, 4.4))  # w from 6e-4 down to ~6e-36
     assert x["w"].min() < 1e-30

@@ -41,6 +41,12 @@ from rwkv_plug.kernels.wkv7.reference import check_shapes
 
 #: Tokens per chunk: the (L, L + 1, N) decay products cost about L per token.
 CHUNK = 16
+#: When every decay of a call is at least this, the chunk's decay ratios are formed as
+#: g_t / g_s (g: cumulative products from the chunk start) inside small matrix products:
+#: g >= 0.25^16 ~ 2e-10, so 1/g and the 1/g^2 of its gradient stay far from fp32's range
+#: limits. RWKV-7's decays are >= exp(-e^-0.5) ~ 0.545, so models always take this path;
+#: smaller decays take the product form, exact for any w.
+FACTORED_MIN_DECAY = 0.25
 
 
 def wkv7_chunked(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, s0: Tensor,
@@ -113,10 +119,30 @@ def _within_chunk(r: Tensor, w: Tensor, k: Tensor, a: Tensor, b: Tensor):
     return A_rb, A_rk, A_ab, A_ak, r * g, a_dec, b_end, k_end, g[..., -1, :]
 
 
+def _within_chunk_factored(r: Tensor, w: Tensor, k: Tensor, a: Tensor, b: Tensor, tf32: bool):
+    """:func:`_within_chunk` with ``E[t, s] = g_t / g_s``: (L, N) x (N, L) products, no (L, L, N).
+
+    Only for decays bounded away from 0 (``FACTORED_MIN_DECAY``), where the ratio cannot
+    overflow; every pair matrix is the same one as the product form's, to rounding.
+    """
+    g = torch.cumprod(w, dim=-2)  # (B, H, nc, L, N): w_0 ... w_t
+    inv = 1.0 / g
+    g_prev = F.pad(g[..., :-1, :], (0, 0, 1, 0), value=1.0)  # w_0 ... w_(t-1)
+    r_dec, a_dec = r * g, a * g_prev
+    b_in, k_in = (b * inv).transpose(-1, -2), (k * inv).transpose(-1, -2)  # (B, H, nc, N, L)
+    A_rb, A_rk = (matmul(r_dec, x, tf32).tril() for x in (b_in, k_in))  # s <= t
+    A_ab, A_ak = (matmul(a_dec, x, tf32).tril(-1) for x in (b_in, k_in))  # s < t
+    g_end = g[..., -1, :]
+    to_end = inv * g_end.unsqueeze(-2)  # w_(s+1) ... w_(L-1)
+    return A_rb, A_rk, A_ab, A_ak, r_dec, a_dec, b * to_end, k * to_end, g_end
+
+
 def _chunks(r, w, k, v, a, b, s0, tf32):
     """All inputs ``(B, H, nc, L, N)``; returns ``y`` of that shape and the final state."""
     L, N = r.shape[-2:]
-    if torch.is_grad_enabled():
+    if bool(w.detach().min() >= FACTORED_MIN_DECAY):
+        parts = _within_chunk_factored(r, w, k, a, b, tf32)
+    elif torch.is_grad_enabled():
         # Recompute the (L, L + 1, N) intermediates in the backward instead of keeping
         # them: ~L times the inputs' size, far more than everything else here.
         parts = checkpoint(_within_chunk, r, w, k, a, b, use_reentrant=False,

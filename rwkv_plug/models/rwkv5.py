@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rwkv_plug.models.kernel_slot import KernelSlot
+
 HEAD_SIZE = 64
 #: GroupNorm runs on out / 8 (official x052); same as eps 64e-5 on out.
 HEAD_SIZE_DIVISOR = 8
@@ -126,7 +128,7 @@ class Block(nn.Module):
         return x, att_shift, wkv, ffn_shift
 
 
-class RWKV5(nn.Module):
+class RWKV5(KernelSlot, nn.Module):
     """RWKV-v5 language model: ``model(idx, state) -> (logits, new_state)``.
 
     The WKV op comes from the kernel registry (``kernel`` is a registered
@@ -136,6 +138,8 @@ class RWKV5(nn.Module):
 
     #: The registered architecture (``rwkv-plug list-models``) this model belongs to.
     arch_name = "rwkv5"
+
+    wkv_op = "wkv5"
 
     def __init__(
         self,
@@ -165,33 +169,6 @@ class RWKV5(nn.Module):
         self.set_kernel(kernel)
         #: The trainable WKV start state of ``model.tuning: state`` (a StartState), or None.
         self.tuned_state = None
-
-    # -- kernel -----------------------------------------------------------
-    def set_kernel(self, kernel, precision: str = "auto") -> None:
-        """Use another WKV kernel: a registered name, ``"auto"``, or an object with ``wkv5``.
-
-        ``precision`` is ``model.wkv_precision`` for a kernel resolved by name.
-        """
-        self.kernel_name = kernel if isinstance(kernel, str) else getattr(kernel, "name", "custom")
-        self._kernel_spec = kernel
-        self.wkv_precision = precision
-        self._kernels: dict[tuple[str, torch.dtype], object] = {}
-
-    def kernel_for(self, device: torch.device, dtype: torch.dtype):
-        """The kernel object used for inputs on ``device`` in ``dtype`` (resolved once)."""
-        if not isinstance(self._kernel_spec, str):
-            return self._kernel_spec
-        key = (str(device), dtype)
-        if key not in self._kernels:
-            from rwkv_plug.kernels.select import resolve_kernel
-
-            self._kernels[key] = resolve_kernel(self._kernel_spec, device, dtype, op="wkv5",
-                                                precision=self.wkv_precision)
-        return self._kernels[key]
-
-    def __getstate__(self):
-        # resolved kernels may hold compiled extensions; re-resolve after unpickling
-        return {**self.__dict__, "_kernels": {}}
 
     # -- state ------------------------------------------------------------
     def zero_state(self, batch_size: int, device=None) -> tuple[Tensor, ...]:

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rwkv_plug.models.kernel_slot import KernelSlot
+
 HEAD_SIZE = 64
 #: The decay is exp(-e^-0.5 * sigmoid(.)), in (exp(-e^-0.5), 1): never 0, never quite 1.
 DECAY_SCALE = math.exp(-0.5)
@@ -154,7 +156,7 @@ class Block(nn.Module):
         return x, v_first, att_shift, wkv, ffn_shift
 
 
-class RWKV7(nn.Module):
+class RWKV7(KernelSlot, nn.Module):
     """RWKV-7 language model: ``model(idx, state) -> (logits, new_state)``.
 
     The wkv7 op comes from the kernel registry (``kernel`` is a registered
@@ -164,6 +166,8 @@ class RWKV7(nn.Module):
 
     #: The registered architecture (``rwkv-plug list-models``) this model belongs to.
     arch_name = "rwkv7"
+
+    wkv_op = "wkv7"
 
     def __init__(
         self,
@@ -192,33 +196,6 @@ class RWKV7(nn.Module):
         self.set_kernel(kernel)
         #: The trainable WKV start state of ``model.tuning: state`` (a StartState), or None.
         self.tuned_state = None
-
-    # -- kernel -----------------------------------------------------------
-    def set_kernel(self, kernel, precision: str = "auto") -> None:
-        """Use another wkv7 kernel: a registered name, ``"auto"``, or an object with ``wkv7``.
-
-        ``precision`` is ``model.wkv_precision`` for a kernel resolved by name.
-        """
-        self.kernel_name = kernel if isinstance(kernel, str) else getattr(kernel, "name", "custom")
-        self._kernel_spec = kernel
-        self.wkv_precision = precision
-        self._kernels: dict[tuple[str, torch.dtype], object] = {}
-
-    def kernel_for(self, device: torch.device, dtype: torch.dtype):
-        """The kernel object used for inputs on ``device`` in ``dtype`` (resolved once)."""
-        if not isinstance(self._kernel_spec, str):
-            return self._kernel_spec
-        key = (str(device), dtype)
-        if key not in self._kernels:
-            from rwkv_plug.kernels.select import resolve_kernel
-
-            self._kernels[key] = resolve_kernel(self._kernel_spec, device, dtype, op="wkv7",
-                                                precision=self.wkv_precision)
-        return self._kernels[key]
-
-    def __getstate__(self):
-        # resolved kernels may hold compiled extensions; re-resolve after unpickling
-        return {**self.__dict__, "_kernels": {}}
 
     # -- state ------------------------------------------------------------
     def zero_state(self, batch_size: int, device=None) -> tuple[Tensor, ...]:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rwkv_plug.models.kernel_slot import KernelSlot
+from rwkv_plug.models.recurrent_state import start_state
 
 HEAD_SIZE = 64
 #: GroupNorm runs on out / 8 (official x052); same as eps 64e-5 on out.
@@ -178,15 +179,7 @@ class RWKV5(KernelSlot, nn.Module):
         device = self.emb.weight.device if device is None else device
         dtype = self.emb.weight.dtype
         B, C, H, N = batch_size, self.n_embd, self.n_head, HEAD_SIZE
-        state: list[Tensor] = []
-        for i in range(self.n_layer):
-            state += [
-                torch.zeros(B, C, dtype=dtype, device=device),
-                torch.zeros(B, H, N, N, dtype=torch.float32, device=device) if self.tuned_state is None
-                else self.tuned_state.batch(i, B, device),
-                torch.zeros(B, C, dtype=dtype, device=device),
-            ]
-        return tuple(state)
+        return start_state(self.n_layer, B, C, H, N, dtype, torch.float32, device, self.tuned_state)
 
     # -- forward ----------------------------------------------------------
     def forward(self, idx: Tensor, state: tuple[Tensor, ...] | None = None):

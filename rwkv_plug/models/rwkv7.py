@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rwkv_plug.models.kernel_slot import KernelSlot
+from rwkv_plug.models.recurrent_state import start_state
 
 HEAD_SIZE = 64
 #: The decay is exp(-e^-0.5 * sigmoid(.)), in (exp(-e^-0.5), 1): never 0, never quite 1.
@@ -208,15 +209,7 @@ class RWKV7(KernelSlot, nn.Module):
         dtype = self.emb.weight.dtype
         B, C, H, N = batch_size, self.n_embd, self.n_head, HEAD_SIZE
         sdt = torch.promote_types(dtype, torch.float32)
-        state: list[Tensor] = []
-        for i in range(self.n_layer):
-            state += [
-                torch.zeros(B, C, dtype=dtype, device=device),
-                torch.zeros(B, H, N, N, dtype=sdt, device=device) if self.tuned_state is None
-                else self.tuned_state.batch(i, B, device),
-                torch.zeros(B, C, dtype=dtype, device=device),
-            ]
-        return tuple(state)
+        return start_state(self.n_layer, B, C, H, N, dtype, sdt, device, self.tuned_state)
 
     # -- forward ----------------------------------------------------------
     def forward(self, idx: Tensor, state: tuple[Tensor, ...] | None = None):

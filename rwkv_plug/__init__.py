@@ -18,7 +18,8 @@ __version__ = "0.1.0"
 _PUBLIC: dict[str, str] = {
     "hookimpl": "rwkv_plug.core.hookspecs",
     **dict.fromkeys(
-        ("Strategy", "Tokenizer", "Kernel", "KernelCaps", "ModelArch", "Option", "Sample", "BadRow"),
+        ("Strategy", "Tokenizer", "Kernel", "KernelCaps", "ModelArch", "Option", "Legacy", "Sample", "BadRow",
+         "FlatSamples"),
         "rwkv_plug.core.interfaces",
     ),
     **dict.fromkeys(
@@ -38,7 +39,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
         ConfigError, DataError, KernelError, ModelError, PluginError, RwkvPlugError, TokenizerError,
     )
     from rwkv_plug.core.hookspecs import hookimpl
-    from rwkv_plug.core.interfaces import BadRow, Kernel, KernelCaps, ModelArch, Option, Sample, Strategy, Tokenizer
+    from rwkv_plug.core.interfaces import (
+        BadRow, FlatSamples, Kernel, KernelCaps, Legacy, ModelArch, Option, Sample, Strategy, Tokenizer,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -40,6 +40,19 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     )
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` are skipped, with the reason, where CUDA is not available."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False here)")
+        for item in gpu:
+            item.add_marker(skip)
+
+
 def pytest_configure(config):
     # Tiny models run faster on one thread, and tests then don't fight each other
     # (or a tokenizer's worker threads) for the machine's two cores.

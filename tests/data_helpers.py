@@ -1,4 +1,4 @@
-"""Helpers shared by the dataset pipeline tests (tests/test_data_*.py)."""
+"""Helpers shared by the dataset pipeline tests (tests/data/test_data_*.py)."""
 
 from __future__ import annotations
 

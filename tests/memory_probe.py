@@ -1,6 +1,7 @@
 """Measure the peak memory of real training steps; run as a script in a fresh process.
 
-    python memory_probe.py step L C V B T LENGTH   # sequence_loss + backward + fused Adam, as fit's step
+    python memory_probe.py step L C V B T LENGTH [KEPT]  # sequence_loss + backward + fused Adam, as fit's step
+                                                         # (KEPT: model.bptt_kept_states, default its default)
     python memory_probe.py fit CONFIG              # a real `fit` of CONFIG (its 2nd optimizer step)
 
 Prints one JSON line. What is measured, and why it is honest: the estimate
@@ -37,7 +38,7 @@ def reset_peak() -> None:
         f.write("5")
 
 
-def measure_step(L: int, C: int, V: int, B: int, T: int, length: int) -> dict:
+def measure_step(L: int, C: int, V: int, B: int, T: int, length: int, kept: int | None = None) -> dict:
     from rwkv_plug.core import plugins
     from rwkv_plug.training.bptt import BpttSettings, sequence_loss
     from rwkv_plug.training.optim import LrSchedule, build_optimizer
@@ -51,7 +52,8 @@ def measure_step(L: int, C: int, V: int, B: int, T: int, length: int) -> dict:
         return model, opt
 
     def step(model, opt, ids, mask, ctx):  # what fit's training step and optimizer step do
-        sequence_loss(model, ids, mask, BpttSettings(ctx_len=ctx), train=True).loss.backward()
+        settings = BpttSettings(ctx_len=ctx) if kept is None else BpttSettings(ctx_len=ctx, kept_states=kept)
+        sequence_loss(model, ids, mask, settings, train=True).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -71,7 +73,9 @@ def measure_step(L: int, C: int, V: int, B: int, T: int, length: int) -> dict:
 
 
 def measure_fit(config: str) -> dict:
-    """fit's own pipeline (trainer, model, data, module), peak growth over its 2nd optimizer step."""
+    """fit's own pipeline (trainer, model, data, module): the peak growth from before the model is
+    loaded to the end of its 2nd optimizer step (weights, Adam's moments, gradients and anything
+    kept from step to step, such as the CPU's pooled gradient buffers, included)."""
     import lightning as L
 
     from rwkv_plug.training.config import load_fit_config
@@ -79,28 +83,25 @@ def measure_fit(config: str) -> dict:
 
     class Peak(L.Callback):
         def __init__(self) -> None:
-            self.before = self.peak = None
-
-        def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            if trainer.global_step == 1 and self.before is None:  # Adam's moments exist from step 1 on
-                self.before = rss("VmRSS")
-                reset_peak()
+            self.peak = None
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            if trainer.global_step == 2 and self.peak is None:  # the step's optimizer update is done
-                self.peak = rss("VmHWM") - self.before
+            if trainer.global_step == 2 and self.peak is None:  # the 2nd step's optimizer update is done
+                self.peak = rss("VmHWM")
 
     cfg = load_fit_config(config, overrides={"trainer.max_steps": 2})
     peak = Peak()
     trainer = build_trainer(cfg, extra_callbacks=[peak])
+    before = rss("VmRSS")
+    reset_peak()
     module = _training_module(cfg, trainer, load_training_model(cfg.model), lambda msg: None)
     trainer.fit(module)
-    return {"step_peak": peak.peak}
+    return {"peak": peak.peak - before}
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
     if sys.argv[1] == "step":
-        print(json.dumps(measure_step(*(int(a) for a in sys.argv[2:8]))))
+        print(json.dumps(measure_step(*(int(a) for a in sys.argv[2:9]))))
     else:
         print(json.dumps(measure_fit(sys.argv[2])))

@@ -26,46 +26,68 @@ def example_plugin():
         yield p
 
 
-def test_chat_renders_and_learns_only_assistant_turns():
-    tok = ByteTokenizer()
-    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
-    sample = ChatStrategy(_opts(), tok).encode(row)
-    assert tok.decode(sample.input_ids) == "User: hi\n\nAssistant: hello\n\n"
-    learned = tok.decode([t for t, m in zip(sample.input_ids, sample.loss_mask) if m])
-    assert learned == " hello\n\n"
+CONVERSATION = {"messages": [
+    {"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+    {"role": "assistant", "content": "hello"}, {"role": "user", "content": "bye"},
+    {"role": "assistant", "content": "ciao"}, {"role": "user", "content": "?"},
+    {"role": "assistant", "content": "!"}]}
+RENDERED = ("System: be brief\n\nUser: hi\n\nAssistant: hello\n\nUser: bye\n\nAssistant: ciao\n\n"
+            "User: ?\n\nAssistant: !\n\n")
 
 
-def test_chat_writes_one_separator_between_turns_whoever_spoke():
-    tok = ByteTokenizer()
-    row = {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
-                        {"role": "assistant", "content": "hello"}, {"role": "user", "content": "bye"},
-                        {"role": "assistant", "content": "ciao"}, {"role": "user", "content": "?"}]}
-    sample = ChatStrategy(_opts(), tok).encode(row)
-    text = tok.decode(sample.input_ids)
-    assert text == ("System: be brief\n\nUser: hi\n\nAssistant: hello\n\nUser: bye\n\n"
-                    "Assistant: ciao\n\nUser: ?")
-    # each reply is learned with the separator that ends it, nothing else is
-    learned = "".join(chr(t) if m else "." for t, m in zip(sample.input_ids, sample.loss_mask))
-    assert learned == ("." * len("System: be brief\n\nUser: hi\n\nAssistant:") + " hello\n\n"
-                       + "." * len("User: bye\n\nAssistant:") + " ciao\n\n" + "." * len("User: ?"))
+def learned_text(sample) -> str:
+    """The sample as text, each token that is not learned shown as '.' (ByteTokenizer: one byte each)."""
+    return "".join(chr(t) if m else "." for t, m in zip(sample.input_ids, sample.loss_mask))
+
+
+def dots(text: str) -> str:
+    return "." * len(text.encode())
+
+
+def test_chat_renders_every_turn_and_learns_only_the_last_reply():
+    sample = ChatStrategy(_opts(), ByteTokenizer()).encode(CONVERSATION)
+    assert ByteTokenizer().decode(sample.input_ids) == RENDERED  # one separator after every turn
+    head = RENDERED[:RENDERED.rindex(" !")]
+    assert learned_text(sample) == dots(head) + " !\n\n"
+
+
+@pytest.mark.parametrize("replies, learned", [(2, [" ciao\n\n", " !\n\n"]),
+                                              (0, [" hello\n\n", " ciao\n\n", " !\n\n"]),
+                                              (5, [" hello\n\n", " ciao\n\n", " !\n\n"])])
+def test_chat_learns_the_last_n_replies(replies, learned):
+    sample = ChatStrategy(_opts(chat_learned_replies=replies), ByteTokenizer()).encode(CONVERSATION)
+    assert [run for run in learned_text(sample).split(".") if run] == learned
+
+
+def test_chat_ends_without_a_separator_after_an_unlearned_last_turn():
+    row = {"messages": CONVERSATION["messages"][:-1]}  # ends with the user's "?"
+    sample = ChatStrategy(_opts(), ByteTokenizer()).encode(row)
+    assert ByteTokenizer().decode(sample.input_ids) == RENDERED[:RENDERED.rindex("\n\nAssistant: !")]
+    assert [run for run in learned_text(sample).split(".") if run] == [" ciao\n\n"]
 
 
 def test_chat_rejects_bad_rows_with_a_reason():
     strategy = ChatStrategy(_opts(), ByteTokenizer())
-    with pytest.raises(BadRow, match="messages"):
+    with pytest.raises(BadRow, match="column 'messages' is not a non-empty list"):
         strategy.encode({"messages": None})
     with pytest.raises(BadRow, match="message 0"):
         strategy.encode({"messages": [{"role": "robot", "content": "x"}]})
+    with pytest.raises(BadRow, match="no assistant reply"):
+        strategy.encode({"messages": [{"role": "user", "content": "x"}]})
 
 
-def test_chat_checks_its_trained_roles_when_the_config_is_read(example_plugin):
-    problems = data_config_problems({"source": "a.jsonl", "data_path": "out", "chat_train_roles": ["asistant"]})
-    assert problems == ["data.chat_train_roles names 'asistant', which data.chat_role_names does not "
-                              "have (system, user, assistant)"]
+def test_chat_options_are_checked_when_the_config_is_read(example_plugin):
+    base = {"source": "a.jsonl", "data_path": "out"}
+    assert data_config_problems({**base, "chat_learned_replies": -1}) == [
+        "data.chat_learned_replies must be 0 or more, got -1"]
+    assert data_config_problems({**base, "chat_role_names": {"user": "User", "bot": "Bot"}}) == [
+        "data.chat_role_names needs an 'assistant' role, whose replies are learned (roles: user, bot)"]
 
 
-def test_chat_is_detected_from_the_messages_column(example_plugin):
-    assert detect_strategy(["messages", "id"]) is ChatStrategy
+def test_chat_is_chosen_by_name_only(example_plugin):
+    # a messages column gets the built-in messages strategy; chat never takes it over
+    assert detect_strategy(["messages", "id"]).name == "messages"
+    assert detect_strategy(["messages", "id"], strategy="chat") is ChatStrategy
 
 
 def test_text_override_appends_end_of_document(example_plugin):

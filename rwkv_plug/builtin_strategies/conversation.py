@@ -40,24 +40,33 @@ class ConversationStrategy(PieceStrategy):
     name = "conversation"
     detect_priority = 5  # with conversation_format set, tried before the other built-ins
     options = (
-        Option("conversation_format", None, "iopairs or sender; null turns the strategy off.",
+        Option("conversation_format", None, "`iopairs` or `sender` turns the `conversation` strategy on "
+                                            "(below); null leaves it off.",
                type=str, choices=FORMATS),
-        Option("conversation_key", None, "Column holding the list of turns (required with conversation_format).",
+        Option("conversation_key", None, "The column holding each row's list of turns; required with "
+                                         "`conversation_format`.",
                type=str),
-        Option("conversation_input_key_prefix_map", None, "iopairs: key -> text before that key's value.",
+        Option("conversation_input_key_prefix_map", None, "`iopairs`: key → text before that key's value. "
+                                                          "Escapes apply.",
                type=dict[str, str], escapes=True),
-        Option("conversation_input_key_mask", None, "iopairs: key -> whether its text is learned (missing: true).",
+        Option("conversation_input_key_mask", None, "`iopairs`: key → whether that key's text is learned (a key "
+                                                    "not listed: learned).",
                type=dict[str, bool]),
-        Option("conversation_sender_key", None, "sender: the key of a turn that names its sender.", type=str),
-        Option("conversation_sender_value_map", None, "sender: raw sender -> label for {sender} in the templates.",
+        Option("conversation_sender_key", None, "`sender`: the key of a turn naming its sender; required with "
+                                                "`sender`.", type=str),
+        Option("conversation_sender_value_map", None, "`sender`: raw sender → label that replaces `{sender}` in "
+                                                      "the templates. Escapes apply.",
                type=dict[str, str], escapes=True),
-        Option("conversation_input_key_map", None, "sender: key -> template before its text, with {sender}.",
+        Option("conversation_input_key_map", None, "`sender`: key of a turn → template written before its text "
+                                                   "(with `{sender}`); only these keys are read. Required with "
+                                                   "`sender`. Escapes apply.",
                type=dict[str, str], escapes=True),
-        Option("conversation_sender_suffix", None, "Text after a value: per key (iopairs) or per raw sender "
-               "(sender).", type=dict[str, str], escapes=True),
-        Option("conversation_sender_mask", None, "sender: raw sender -> whether its text is learned (missing: "
-               "true).", type=dict[str, bool]),
-        Option("conversation_end_of_conversation", None, "Text appended once after each conversation.",
+        Option("conversation_sender_suffix", None, "Text after a value: per key with `iopairs`, per raw sender "
+                                                   "with `sender`. Escapes apply.", type=dict[str, str], escapes=True),
+        Option("conversation_sender_mask", None, "`sender`: raw sender → whether its text is learned (a sender "
+                                                 "not listed: learned).", type=dict[str, bool]),
+        Option("conversation_end_of_conversation", None, "Text appended once after each conversation that "
+                                                         "produced tokens. Escapes apply.",
                type=str, escapes=True),
     )
 

@@ -34,9 +34,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from rwkv_plug.builtin_strategies.pieces import FlatSamples, Piece, PieceStrategy, flat_encode
+from rwkv_plug.builtin_strategies.pieces import Piece, PieceStrategy
 from rwkv_plug.core.errors import ConfigError, DataError, did_you_mean
-from rwkv_plug.core.interfaces import BadRow, Option, Sample
+from rwkv_plug.core.interfaces import BadRow, FlatSamples, Option, Sample
 
 COLUMNS = ("messages", "conversations")
 FORMATS = ("rwkv", "chat_template")
@@ -67,22 +67,31 @@ class MessagesStrategy(PieceStrategy):
     name = "messages"
     detect_priority = 8  # a messages column is unambiguous: after an explicit conversation_format only
     options = (
-        Option("messages_column", None, "Column holding the list of messages (null: 'messages', else "
-               "'conversations'). Setting it to a column the dataset lacks is an error.", type=str),
-        Option("messages_format", "rwkv", "rwkv (User: ...\\n\\nAssistant: ...) or chat_template (an hf "
-               "tokenizer's own template and its assistant mask).", choices=FORMATS),
-        Option("messages_role_names", dict(DEFAULT_ROLE_NAMES), "Role -> display name written before its "
-               "messages in the rwkv layout; its keys are the roles a message may have.", type=dict[str, str]),
-        Option("messages_role_map", dict(DEFAULT_ROLE_MAP), "Raw role name (ShareGPT 'from') -> role; a name "
-               "not listed is taken as the role itself.", type=dict[str, str]),
-        Option("messages_train_roles", ["assistant"], "Roles whose messages are learned (a message's own "
-               "'train' flag overrides it).", type=list[str]),
-        Option("messages_train_end_of_turn", True, "rwkv layout: whether the end-of-turn text after a learned "
-               "message is learned too (teaches the model to stop)."),
-        Option("messages_turn_end", "\n\n", "rwkv layout: the text that ends every message.", escapes=True,
+        Option("messages_column", None, "The column holding each row's list of messages (`messages` strategy, "
+                                        "below). Naming a column the dataset lacks is an error with a "
+                                        "did-you-mean. Unset (null): `messages`, else `conversations`.", type=str),
+        Option("messages_format", "rwkv", "`rwkv`: RWKV's chat layout (`User: ...\\n\\nAssistant: ...\\n\\n`). "
+                                          "`chat_template`: the `hf` tokenizer's own chat template and the "
+                                          "assistant mask `transformers` computes from its `{% generation %}` "
+                                          "blocks.", choices=FORMATS),
+        Option("messages_role_names", dict(DEFAULT_ROLE_NAMES), "Role → display name written as `Name:` before "
+                                                                "its messages in the `rwkv` layout. Its keys "
+                                                                "are the roles a message may have; any other "
+                                                                "role skips the row.", type=dict[str, str]),
+        Option("messages_role_map", dict(DEFAULT_ROLE_MAP), "Raw role name (ShareGPT `from`, or `role`) → role; "
+                                                            "a name not listed is taken as the role itself.", type=dict[str, str]),
+        Option("messages_train_roles", ["assistant"], "Roles whose messages are learned; a message's own "
+                                                      "`train: true/false` overrides it. Must be `[assistant]` "
+                                                      "with `chat_template`.", type=list[str]),
+        Option("messages_train_end_of_turn", True, "`rwkv` layout: the end-of-turn text after a learned message "
+                                                   "is learned too, so the model learns to stop. (`false` is "
+                                                   "refused with `chat_template`, whose `{% generation %}` "
+                                                   "blocks decide.)"),
+        Option("messages_turn_end", "\n\n", "`rwkv` layout: the text that ends every message. Escapes apply.", escapes=True,
                check=lambda v: None if v else "a non-empty text"),
-        Option("messages_system_column", "system", "Column whose text becomes a leading system message when "
-               "the list has none (null: no such column).", type=str | None),
+        Option("messages_system_column", "system", "A column whose text becomes a leading system message when "
+                                                   "the row's list has none (null or empty cells are ignored; "
+                                                   "null turns it off).", type=str | None),
     )
 
     @classmethod
@@ -240,61 +249,24 @@ class MessagesStrategy(PieceStrategy):
             out.append((self.turn_end, turn.train and self.learn_end))
         return out
 
-    def encode_flat(self, rows: Sequence[Mapping[str, Any]]) -> FlatSamples | None:
-        """``encode_batch`` of the rwkv layout as flat arrays (the pipeline's fast path), or None to decline.
-
-        Every content is tokenised in one ``flat_encode`` call; each message is
-        three pieces (label, content, end of turn; an empty content is a piece of
-        no tokens), spliced together with one numpy gather, so no Python object
-        is made per token. Declines for ``chat_template`` and for subclasses that
-        change how a row is read or encoded.
-        """
+    def _flat_layout(self) -> bool:
+        """Whether rows are read and laid out as this class does in the rwkv format (the flat path's)."""
         cls, own = type(self), MessagesStrategy
-        if (self.format != "rwkv" or cls.pieces is not own.pieces or cls.turns is not own.turns
-                or cls.encode_batch is not own.encode_batch or cls.encode is not own.encode):
-            return None
-        import numpy as np
+        return (self.format == "rwkv" and cls.pieces is own.pieces and cls.turns is own.turns
+                and cls.encode_batch is own.encode_batch and cls.encode is own.encode)
 
-        role_index = {role: i for i, role in enumerate(self.labels)}
-        roles: list[str] = []  # per message, over all rows
-        contents: list[str] = []
-        learned: list[bool] = []
-        per_row = np.zeros(len(rows), dtype=np.int64)  # messages per row
-        bad: dict[int, BadRow] = {}
-        for i, row in enumerate(rows):
-            try:
-                turns = self.turns(row)
-            except BadRow as exc:
-                bad[i] = exc
-                continue
-            per_row[i] = len(turns)
-            r, c, t = zip(*turns)
-            roles += r
-            contents += c
-            learned += t
-        texts = [" " + c for c in contents if c]
-        has_text = np.fromiter(map(bool, contents), dtype=bool, count=len(contents))
-        text_of = np.where(has_text, np.cumsum(has_text) - 1, -1)  # each message's index in texts, -1: none
-        text_ids, text_offsets = flat_encode(self.tokenizer, texts)
-        fixed = [*self.labels.values(), self.turn_end]  # after the texts in the pool
-        fixed_len = np.array([len(f) for f in fixed], dtype=np.int64)
-        fixed_start = len(text_ids) + np.cumsum(fixed_len) - fixed_len
-        pool = np.concatenate([text_ids, np.array([t for f in fixed for t in f], dtype=np.int32)])
-        role = np.fromiter(map(role_index.__getitem__, roles), dtype=np.int64, count=len(roles))
-        safe = np.where(has_text, text_of, 0)
-        text_start = np.where(has_text, text_offsets[:-1][safe] if len(texts) else 0, 0)
-        text_len = np.where(has_text, np.diff(text_offsets)[safe] if len(texts) else 0, 0)
-        train = np.asarray(learned, dtype=np.int8)
-        # pieces in order: (message, [label, content, end]) flattened
-        starts = np.stack([fixed_start[role], text_start, np.full(len(role), fixed_start[-1])], axis=1).ravel()
-        lens = np.stack([fixed_len[role], text_len, np.full(len(role), fixed_len[-1])], axis=1).ravel()
-        learn = np.stack([np.zeros_like(train), train, train * int(self.learn_end)], axis=1).ravel()
-        ends = np.cumsum(lens)
-        # token j of piece p comes from pool[starts[p] + (j - where piece p begins in the output)]
-        gather = np.repeat(starts - (ends - lens), lens) + np.arange(int(ends[-1]) if len(ends) else 0)
-        token_bounds = np.concatenate([[0], ends]).astype(np.int64)
-        offsets = token_bounds[3 * np.concatenate([[0], np.cumsum(per_row)])]
-        return FlatSamples(pool[gather], offsets, np.repeat(learn, lens), bad)  # pool is int32 already
+    def fast_paths(self) -> frozenset[str]:
+        return frozenset({"flat"}) if self._flat_layout() else frozenset()
+
+    def encode_flat(self, rows: Sequence[Mapping[str, Any]]) -> FlatSamples | None:
+        """``encode_batch`` of the rwkv layout as flat arrays (the pipeline's fast path), or None to decline
+        (``chat_template``, and subclasses that change how a row is read or laid out); see
+        :mod:`rwkv_plug.builtin_strategies.messages_flat`."""
+        if not self._flat_layout():
+            return None
+        from rwkv_plug.builtin_strategies.messages_flat import encode_rwkv_flat
+
+        return encode_rwkv_flat(self, rows)
 
     # -- the tokenizer's chat template --------------------------------------
     def encode(self, row: Mapping[str, Any]) -> Sample:

@@ -148,36 +148,38 @@ class MultiColumnStrategy(PieceStrategy):
         Option(
             "multi_column_keys",
             None,
-            "Columns to join, in order (null means ['instruction', 'input', 'output'] with the "
-            "defaults below; [] disables multi_column).",
+            "Columns to join, in this order. `[]` turns multi_column off. Unset (null): `['instruction', "
+            "'input', 'output']`.",
             type=list[str],
         ),
         Option(
             "multi_column_prefix",
             None,
-            "Text before each column, one entry per key, null entry for none (default with "
-            "three keys: ['Instruction:\\n', 'Input:\\n', 'Output:\\n']; other key counts must set it).",
+            "Text before each column, one entry per key; a `null` entry means no prefix there. Escapes apply. "
+            "Unset (null): `['Instruction:\\n', 'Input:\\n', 'Output:\\n']` with three keys; required with "
+            "another number of keys.",
             escapes=True,
             type=list[str | None],
         ),
         Option(
             "multi_column_suffix",
             None,
-            "Text after each column, one entry per key, null entry for none (default: none).",
+            "Text after each column, one entry per key; a `null` entry means none. Escapes apply. Unset (null): "
+            "none.",
             escapes=True,
             type=list[str | None],
         ),
         Option(
             "multi_column_train_mask",
             None,
-            "Whether each column's tokens are learned, one true/false per key (default with "
-            "three keys: [true, false, true]; other key counts must set it).",
+            "Whether each column's tokens are learned, one `true`/`false` per key. Unset (null): `[true, false, "
+            "true]` with three keys; required with another number of keys.",
             type=list[bool],
         ),
         Option(
             "multi_column_separator",
             None,
-            "Text between two emitted columns (default: '\\n\\n').",
+            "Text between two emitted columns. Escapes apply. Unset (null): `'\\n\\n'`.",
             escapes=True,
             type=str,
         ),

@@ -13,44 +13,21 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from rwkv_plug.core.interfaces import BadRow, Sample, Strategy
+from rwkv_plug.core.interfaces import BadRow, Sample, Strategy, Tokenizer
 
 #: ``(text or ids, learn)``.
 Piece = tuple[str | Sequence[int], bool]
 
 
-@dataclass
-class FlatSamples:
-    """A batch of samples back to back, the optional fast path's result.
-
-    Row i is ``ids[offsets[i]:offsets[i + 1]]``; rows in ``bad`` are empty
-    and skipped with that reason. ``mask`` is int8 like ``ids``, or None
-    when every token is learned. Same content as ``encode_batch``.
-    """
-
-    ids: Any  # np.ndarray, int32
-    offsets: Any  # np.ndarray, int64, rows + 1
-    mask: Any = None  # np.ndarray, int8, or None: all ones
-    bad: dict[int, BadRow] = field(default_factory=dict)
-
-
-def flat_encode(tokenizer: Any, texts: Sequence[str]) -> tuple[Any, Any]:
-    """``(ids int32, offsets int64)`` of ``texts``: the tokenizer's ``encode_flat``
-    when it has one (no Python int per token), else its ``encode_batch`` flattened."""
+def flat_encode(tokenizer: Tokenizer, texts: Sequence[str]) -> tuple[Any, Any]:
+    """``tokenizer.encode_flat(texts)`` as ``(ids int32, offsets int64)`` numpy arrays
+    (no copy when they are already that)."""
     import numpy as np
 
-    fast = getattr(tokenizer, "encode_flat", None)
-    if fast is not None:
-        ids, offsets = fast(texts)
-        return np.asarray(ids, dtype=np.int32), np.asarray(offsets, dtype=np.int64)
-    lists = tokenizer.encode_batch(texts) if texts else []
-    offsets = np.zeros(len(lists) + 1, dtype=np.int64)
-    np.cumsum([len(x) for x in lists], out=offsets[1:])
-    parts = [np.asarray(x, dtype=np.int32) for x in lists]
-    return (np.concatenate(parts) if parts else np.zeros(0, np.int32)), offsets
+    ids, offsets = tokenizer.encode_flat(texts)
+    return np.asarray(ids, dtype=np.int32), np.asarray(offsets, dtype=np.int64)
 
 
 def cell_text(row: Mapping[str, Any], column: str) -> str:

@@ -19,7 +19,7 @@ class PromptCompletionStrategy(PieceStrategy):
         Option(
             "disable_prompt_completion_mask",
             False,
-            "If true, prompt tokens are learned too; by default only completion tokens are.",
+            "`prompt_completion` only: if true, prompt tokens are learned too.",
         ),
     )
 

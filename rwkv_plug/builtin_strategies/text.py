@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rwkv_plug.builtin_strategies.pieces import FlatSamples, Piece, PieceStrategy, cell_text, flat_encode
+from rwkv_plug.builtin_strategies.pieces import Piece, PieceStrategy, cell_text, flat_encode
 from rwkv_plug.core.errors import ConfigError, DataError, did_you_mean
-from rwkv_plug.core.interfaces import BadRow, Option
+from rwkv_plug.core.interfaces import BadRow, FlatSamples, Option
 
 
 def text_column(options: Mapping[str, Any]) -> str:
@@ -27,8 +27,9 @@ class TextStrategy(PieceStrategy):
         Option(
             "custom_text_key",
             None,
-            "Column to train on as plain text (null means 'text'). Setting it picks the "
-            "text strategy first, before multi_column and prompt_completion.",
+            "Column to train on as plain text. Setting it means \"use the text strategy\": it is tried before "
+            "every other strategy, and a name that is not a column is an error with a did-you-mean. Unset "
+            "(null): the column `text`.",
             type=str,
         ),
     )
@@ -75,12 +76,14 @@ class TextStrategy(PieceStrategy):
         return (cls.pieces is TextStrategy.pieces and cls.encode_batch is PieceStrategy.encode_batch
                 and cls.encode is PieceStrategy.encode)
 
-    def encode_flat(self, rows: Sequence[Mapping[str, Any]]) -> FlatSamples | None:
-        """``encode_batch`` as flat arrays (the pipeline's fast path), or None to decline.
+    def fast_paths(self) -> frozenset[str]:
+        """Both, unless a subclass changes how a row is read or encoded: it then keeps its
+        own behaviour through ``encode_batch``."""
+        return frozenset({"flat", "arrow"}) if self._own_encoding() else frozenset()
 
-        Declines for subclasses that change how a row is read or encoded, so
-        they keep their own behaviour through the generic path.
-        """
+    def encode_flat(self, rows: Sequence[Mapping[str, Any]]) -> FlatSamples | None:
+        """``encode_batch`` as flat arrays (the pipeline's fast path), or None to decline
+        (for subclasses that change how a row is read or encoded)."""
         if not self._own_encoding():
             return None
         import numpy as np
@@ -104,13 +107,12 @@ class TextStrategy(PieceStrategy):
     def encode_arrow(self, table: Any) -> FlatSamples | None:
         """``encode_flat`` of a pyarrow table's rows, or None to decline.
 
-        Hands the string column's UTF-8 bytes to a tokenizer with
-        ``encode_spans`` (the built-in world one), so no ``str`` is made per
-        row; declines (the caller converts the rows and uses ``encode_flat``)
-        for other tokenizers, subclasses and columns that are not strings.
+        Hands the string column's UTF-8 bytes to the tokenizer's
+        ``encode_spans``, so no ``str`` is made per row; declines (the caller
+        converts the rows and uses ``encode_flat``) for subclasses and
+        columns that are not strings.
         """
-        spans = getattr(self.tokenizer, "encode_spans", None)
-        if (spans is None or not self._own_encoding() or type(self).encode_flat is not TextStrategy.encode_flat
+        if (not self._own_encoding() or type(self).encode_flat is not TextStrategy.encode_flat
                 or self.column not in table.column_names):
             return None
         import numpy as np
@@ -134,7 +136,7 @@ class TextStrategy(PieceStrategy):
         bad = dict(sorted(bad.items()))
         good = np.flatnonzero(~null & (lens > 0))
         data = arr.buffers()[2]
-        ids, offsets = spans(b"" if data is None else data, ends[:-1][good], lens[good])
+        ids, offsets = self.tokenizer.encode_spans(b"" if data is None else data, ends[:-1][good], lens[good])
         offsets = np.asarray(offsets, dtype=np.int64)
         if bad:  # give the bad rows zero tokens
             sizes = np.zeros(n, dtype=np.int64)

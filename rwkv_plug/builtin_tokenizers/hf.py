@@ -60,19 +60,24 @@ class HFTokenizer(Tokenizer):
 
     name = "hf"
     options = (
-        Option("tokenizer_kwargs", None, "HF tokenizers: extra keyword arguments for AutoTokenizer.from_pretrained.",
+        Option("tokenizer_kwargs", None, "HF tokenizers: a mapping of extra keyword arguments for "
+                                         "`AutoTokenizer.from_pretrained` (for example `{use_fast: false}` or "
+                                         "`{revision: main}`).",
                type=dict),
         Option(
             "autoTokenizer",
             None,
-            "HF tokenizers, reference-compatible form: {kwargs: {...}, props: {...}}; "
-            "kwargs go to from_pretrained, props are set as attributes afterwards.",
+            "HF tokenizers, the reference trainer's form: `{kwargs: {...}, props: {...}}`. `kwargs` go to "
+            "`from_pretrained`, `props` are set as attributes on the loaded tokenizer. Either sub-key may be "
+            "left out (the reference required both); any other sub-key is an error. A kwarg set both here and "
+            "in `tokenizer_kwargs` is an error.",
             type=dict,
         ),
         Option(
             "tokenizer_trust_remote_code",
             False,
-            "HF tokenizers: allow running code from the tokenizer's repository.",
+            "HF tokenizers: allow running Python code from the tokenizer's repository. Off unless you set it; "
+            "`trust_remote_code` inside the kwargs is rejected with a pointer to this key.",
         ),
     )
 

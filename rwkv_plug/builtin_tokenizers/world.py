@@ -166,15 +166,18 @@ class WorldTokenizer(Tokenizer):
         Option(
             "world_add_endoftext_token",
             True,
-            "World tokenizer: id 0 is the text <|endoftext|>, which encodes to [0].",
+            "`world` only: id 0 is the literal text `<|endoftext|>` (that text encodes to `[0]` and "
+            "`decode([0])` gives it back). With false, the text is ordinary bytes and id 0 is not a valid id.",
         ),
     )
+    reads_spans = True  # encode_spans walks an Arrow column's bytes in C
 
     def __init__(self, vocab_path: Path, add_endoftext: bool = True, threads: int | None = None) -> None:
         self.vocab_path = Path(vocab_path)
         self.add_endoftext = bool(add_endoftext)
-        #: Threads ``encode_batch`` uses for batches over 64 KB; set 1 inside worker processes.
-        self.threads = threads if threads is not None else (os.cpu_count() or 1)
+        #: Threads ``encode_batch``/``encode_flat``/``encode_spans`` use for batches over 64 KB
+        #: (``Tokenizer.threads``); the dataset build sets ``num_proc`` (1 in worker processes).
+        self.threads: int | None = threads if threads is not None else (os.cpu_count() or 1)
         self._tokens, self._trie = _engine(self.vocab_path, self.add_endoftext)
         self._fingerprint: str | None = None
 

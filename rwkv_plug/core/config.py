@@ -95,8 +95,6 @@ class Problems:
     def __init__(self, source: str) -> None:
         self.source = source
         self.items: list[str] = []
-        #: ``section.key`` of every value that failed its type check (rules over it would only repeat that)
-        self.bad_values: set[str] = set()
 
     def add(self, message: str) -> None:
         self.items.append(message)
@@ -115,48 +113,51 @@ class Problems:
         raise ConfigError(f"{self.source}: {len(self.items)} problems: {listed}")
 
 
+class Resolved(dict):
+    """A section's values by option name (defaults filled in), with the names whose value
+    failed its check in :attr:`failed`: rules across keys skip those (they were reported)."""
+
+    failed: frozenset[str] = frozenset()
+
+
 def resolve_options(
     section: str,
     values: Mapping[str, Any] | None,
     options: Sequence[Option],
     problems: Problems,
-    unsupported: Mapping[str, str] | None = None,
     passthrough: Iterable[str] = (),
     *,
-    noop: Mapping[str, Any] | None = None,
-    fixed: Mapping[str, str] | None = None,
     check_types: bool = False,
-) -> dict[str, Any]:
+    yaml_numbers: bool = False,
+) -> Resolved:
     """Validate ``values`` against declared ``options`` and fill in defaults.
 
-    Unknown keys are reported with a did-you-mean; keys in ``unsupported``
-    are reported with their "not supported yet" reason, unless set to their
-    value in ``noop`` (where they do nothing), which is accepted and left
-    out of the result; keys in ``fixed`` are alike, but their value is fixed
-    by design, so any other is reported as ``section.key: reason``; keys in
-    ``passthrough`` are accepted as given.
-    Aliases map to their option name. With ``check_types``, every value
-    given is checked against its option's type (see
-    :mod:`rwkv_plug.core.option_types`) and each mismatch reported as
-    ``section.key: expected ..., got ...``.
+    Unknown keys are reported with a did-you-mean; a key whose option has a
+    :class:`~rwkv_plug.core.interfaces.Legacy` policy is refused with its
+    reason, unless set to its no-op value, and is left out of the result (an
+    option without one of the same name, e.g. a plugin's, wins over it); keys
+    in ``passthrough`` are accepted as given. Aliases map to their option
+    name. With ``check_types``, every value given is checked against its
+    declaration (type, choices, range, check; see
+    :func:`rwkv_plug.core.option_types.check_value`, with ``yaml_numbers``
+    passed on) and each mismatch reported as ``section.key must be ..., got ...``.
     """
     values = dict(values or {})
     by_name: dict[str, Option] = {}
-    for opt in options:
+    for opt in sorted(options, key=lambda o: o.legacy is not None):  # declared keys first
         by_name.setdefault(opt.name, opt)
         for alias in opt.aliases:
             by_name.setdefault(alias, opt)
     passthrough = set(passthrough)
-    out: dict[str, Any] = {opt.name: opt.default for opt in options}
+    out = Resolved({opt.name: opt.default for opt in options if by_name.get(opt.name) is opt and not opt.legacy})
     seen: dict[str, str] = {}
-    refused = {k: f" is not supported yet: {why}" for k, why in (unsupported or {}).items()}
-    refused.update({k: f": {why}" for k, why in (fixed or {}).items()})
+    failed: set[str] = set()
     for key, value in values.items():
-        if key in refused:
-            if not (noop and key in noop and is_noop(value, noop[key])):
-                problems.add(f"{section}.{key}{refused[key]}")
-            continue
         opt = by_name.get(key)
+        if opt is not None and opt.legacy is not None:
+            if not is_noop(value, opt.legacy.noop):
+                problems.add(opt.legacy.refusal(f"{section}.{key}"))
+            continue
         if opt is None:
             if key in passthrough:
                 out[key] = value
@@ -169,11 +170,12 @@ def resolve_options(
             continue
         seen[opt.name] = key
         if check_types:
-            value, problem = check_value(opt, value)
+            value, problem = check_value(opt, value, yaml_numbers)
             if problem:
                 problems.add(f"{section}.{key} {problem}")
-                problems.bad_values.add(f"{section}.{opt.name}")
+                failed.add(opt.name)
         out[opt.name] = _unescape_value(value) if opt.escapes else value
+    out.failed = frozenset(failed)
     return out
 
 

@@ -9,9 +9,12 @@ validate them with did-you-mean suggestions and check their values.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+# the data side's interfaces live in their own module; importing them here keeps one place to import from
+from rwkv_plug.core.data_interfaces import BadRow, FlatSamples, Sample, Strategy, Tokenizer  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -21,7 +24,8 @@ class Option:
     Attributes:
         name: the key as written in YAML.
         default: the value used when the key is absent.
-        help: one sentence for ``docs/config.md`` and error messages.
+        help: what the key does, as the key tables of ``docs/config.md`` show
+            it (they are generated from it: ``make docs``).
         escapes: if true, string values (or lists of them) have backslash
             escapes such as ``'\\n'`` turned into real characters, so that
             single-quoted YAML behaves as users expect.
@@ -38,6 +42,18 @@ class Option:
         check: an extra rule run on a non-null value of the right type;
             returns None when the value is fine, else what it must be
             (``"1 or more"``), which the error message shows.
+        minimum: numbers below it are refused (``must be >= 1, got 0``).
+        below: numbers at or above it are refused (``must be < 1, got 1.5``).
+        expects: what a value must be, in a user's words, shown for any
+            wrong value of this key instead of the type's or choices' words
+            (``"'cosine' or 'linear'"`` gives ``must be 'cosine' or 'linear',
+            got 5``).
+        suggest: a wrong string gets a did-you-mean among ``choices``.
+        legacy: set for a key of the earlier trainer that is not implemented
+            here: the key is refused with :attr:`Legacy.reason` (or accepted,
+            doing nothing, at :attr:`Legacy.noop`) and is in no result.
+        shown_default: the default as ``docs/config.md`` shows it, where the
+            value itself would mislead (``"required"``, ``"CPU count"``).
     """
 
     name: str
@@ -48,139 +64,58 @@ class Option:
     type: Any = None
     choices: tuple[Any, ...] = ()
     check: Callable[[Any], str | None] | None = None
+    minimum: float | None = None
+    below: float | None = None
+    expects: str = ""
+    suggest: bool = False
+    legacy: "Legacy | None" = None
+    shown_default: str | None = None
+
+
+class _NoNoop:
+    def __repr__(self) -> str:
+        return "NO_NOOP"
+
+
+#: :attr:`Legacy.noop` when no value makes the key a no-op.
+NO_NOOP: Any = _NoNoop()
+
+
+@dataclass(frozen=True)
+class Legacy:
+    """How a key of the earlier trainer that rwkv-plug does not implement is treated.
+
+    Attributes:
+        reason: why, and what to do instead (shown in the error).
+        noop: the value at which the key does nothing, so a config that sets
+            it there is accepted (``true``/``false`` never equal 1/0 here).
+        kind: how the error reads: ``"unsupported"`` -> ``section.key is not
+            supported yet: reason``; ``"fixed"`` (the architecture fixes the
+            value) -> ``section.key: reason``; ``"ours"`` (rwkv-plug sets it
+            itself) -> ``section.key cannot be set: reason``.
+    """
+
+    reason: str
+    noop: Any = NO_NOOP
+    kind: str = "unsupported"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("unsupported", "fixed", "ours"):
+            raise ValueError(f"Legacy.kind must be 'unsupported', 'fixed' or 'ours', got {self.kind!r}")
+
+    def refusal(self, where: str) -> str:
+        """The error for ``where`` (``section.key``) set to a value other than :attr:`noop`."""
+        if self.kind == "fixed":
+            return f"{where}: {self.reason}"
+        if self.kind == "ours":
+            return f"{where} cannot be set: {self.reason}"
+        return f"{where} is not supported yet: {self.reason}"
 
 
 def describe(cls: type) -> str:
     """The first line of a plugin class's docstring."""
     doc = (cls.__doc__ or "").strip()
     return doc.splitlines()[0] if doc else ""
-
-
-@dataclass
-class Sample:
-    """One tokenized training sample.
-
-    ``loss_mask`` is target-aligned: ``loss_mask[j] == 1`` means token ``j``
-    is learned as the prediction from tokens ``0..j-1``. ``loss_mask[0]``
-    is therefore never used by the loss.
-    """
-
-    input_ids: list[int]
-    loss_mask: list[int]
-
-    def __post_init__(self) -> None:
-        if len(self.input_ids) != len(self.loss_mask):
-            raise ValueError("input_ids and loss_mask differ in length")
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    def extend(self, ids: Sequence[int], learn: bool) -> None:
-        self.input_ids.extend(ids)
-        self.loss_mask.extend([1 if learn else 0] * len(ids))
-
-
-class BadRow(Exception):
-    """Raised by ``Strategy.encode`` for a row that must be skipped.
-
-    The pipeline counts it (with the row number) instead of crashing.
-    """
-
-
-class Tokenizer(ABC):
-    """Turns text into token ids and back."""
-
-    name: ClassVar[str]
-    options: ClassVar[tuple[Option, ...]] = ()
-
-    @classmethod
-    @abstractmethod
-    def load(cls, spec: str, options: Mapping[str, Any]) -> "Tokenizer":
-        """Build the tokenizer; ``spec`` is the user's ``data.tokenizer`` value."""
-
-    @classmethod
-    def check_options(cls, options: Mapping[str, Any]) -> list[str]:
-        """Problems with this tokenizer's ``data:`` options that their types cannot show
-        (rules across keys), found when the config is read; none by default."""
-        return []
-
-    @property
-    @abstractmethod
-    def vocab_size(self) -> int:
-        """Rows the model's embedding needs (neox 50277, world 65536)."""
-
-    @abstractmethod
-    def encode(self, text: str) -> list[int]: ...
-
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [self.encode(t) for t in texts]
-
-    @abstractmethod
-    def decode(self, ids: Sequence[int]) -> str: ...
-
-    @abstractmethod
-    def fingerprint(self) -> str:
-        """A stable hash of the vocab and settings, for dataset caches."""
-
-
-class Strategy(ABC):
-    """Turns one dataset row into a :class:`Sample`."""
-
-    name: ClassVar[str]
-    options: ClassVar[tuple[Option, ...]] = ()
-    #: Lower is tried first when the strategy is auto-detected.
-    detect_priority: ClassVar[int] = 100
-
-    def __init__(self, options: Mapping[str, Any], tokenizer: Tokenizer) -> None:
-        self.opts = dict(options)
-        self.tokenizer = tokenizer
-
-    @classmethod
-    def matches(cls, columns: Sequence[str], options: Mapping[str, Any]) -> bool:
-        """Whether this strategy can be auto-picked for a dataset with ``columns``.
-
-        A strategy that overrides it and describes its columns in ``expects``
-        is also held to it when forced with ``data.strategy``; one that keeps
-        this default (or returns "" from ``expects``) is never auto-picked and
-        never checked.
-        """
-        return False
-
-    @classmethod
-    def expects(cls, options: Mapping[str, Any]) -> str:
-        """The columns needed, as a verb phrase ("needs prompt and completion"), for errors
-        when no strategy fits the columns or a forced one does not."""
-        return ""
-
-    @classmethod
-    def check_options(cls, options: Mapping[str, Any]) -> list[str]:
-        """Problems with this strategy's ``data:`` options that their types cannot show (a
-        list that must match another's length), found when the config is read, whichever
-        strategy the data will pick; none by default. Only look at your own keys."""
-        return []
-
-    @classmethod
-    def priority(cls, options: Mapping[str, Any]) -> int:
-        """Detection order under these options (lower first); ``detect_priority`` by default.
-
-        Override when an option the user set means "pick me first", as
-        ``custom_text_key`` does for the ``text`` strategy.
-        """
-        return cls.detect_priority
-
-    @abstractmethod
-    def encode(self, row: Mapping[str, Any]) -> Sample:
-        """Encode one row; raise :class:`BadRow` to skip it with a reason."""
-
-    def encode_batch(self, rows: Sequence[Mapping[str, Any]]) -> list[Sample | BadRow]:
-        """Encode many rows; a strategy may override this to batch the tokenizer."""
-        out: list[Sample | BadRow] = []
-        for row in rows:
-            try:
-                out.append(self.encode(row))
-            except BadRow as exc:
-                out.append(exc)
-        return out
 
 
 @dataclass(frozen=True)
@@ -194,6 +129,9 @@ class KernelCaps:
     #: The ops the kernel implements (``"wkv5"``, ``"wkv7"``), one method of that name each;
     #: selection only picks a kernel for an op it lists.
     ops: tuple[str, ...] = ("wkv5",)
+    #: Whether every op takes ``resets``/``s_reset`` (state resets at record boundaries inside a
+    #: packed row, ``rwkv_plug.kernels.resets``); ``data.packing_state: reset`` needs it.
+    resets: bool = False
 
 
 class Kernel(ABC):
@@ -201,7 +139,8 @@ class Kernel(ABC):
 
     A kernel implements, as a method of the same name, every op in ``caps.ops``:
     ``wkv5(r, k, v, w, u, s0)`` and ``wkv7(r, w, k, v, a, b, s0)``, each returning
-    ``(y, sT)``.
+    ``(y, sT)``. With ``caps.resets`` they also take keyword arguments ``resets`` and
+    ``s_reset`` (``rwkv_plug.kernels.resets``).
     """
 
     name: ClassVar[str]

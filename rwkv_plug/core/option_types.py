@@ -117,24 +117,66 @@ def describe(tp: Any, many: bool = False) -> str:
     return " or ".join(words)
 
 
-def check_value(opt: Option, value: Any) -> tuple[Any, str | None]:
+def check_value(opt: Option, value: Any, yaml_numbers: bool = False) -> tuple[Any, str | None]:
     """``(value, None)`` when ``value`` suits ``opt``, else ``(value, "must be ..., got ...")``.
 
     The returned value may be converted: a YAML 1.1 string such as ``'3e-4'``
-    given where a number is expected becomes that number.
+    given where a number is expected becomes that number. With
+    ``yaml_numbers`` (the ``model:`` and ``trainer:`` sections, as the earlier
+    trainer read them) a number key also takes an integer-valued float or
+    string where an integer is expected, and the value becomes the key's type
+    (``2048.0`` -> ``2048``, ``1`` -> ``1.0``). When ``opt.expects`` is set,
+    every wrong value is reported in its words.
     """
     tp = option_type(opt)
     members = _members(tp)
-    if isinstance(value, str) and float in members and str not in members and yaml_number(value) is not None:
-        value = float(yaml_number(value))
-    if not matches(tp, value):
-        return value, f"must be {describe(tp)}, got {value!r}"
-    if value is None:
+    number = _number_kind(members)
+    given = value
+    if yaml_numbers and number is not None and (value is not None or _NONE not in members):
+        value, problem = _yaml_number(value, number)
+    else:
+        if isinstance(value, str) and float in members and str not in members and yaml_number(value) is not None:
+            value = float(yaml_number(value))
+        problem = None if matches(tp, value) else f"must be {describe(tp)}, got {value!r}"
+    if problem is None and value is not None:
+        problem = _rules(opt, value, given)
+    if problem is None:
         return value, None
+    if opt.expects:
+        problem = f"must be {opt.expects}, got {value!r}"
+    if opt.suggest:  # the earlier wording: always a full stop, then any did-you-mean
+        from rwkv_plug.core.errors import did_you_mean
+
+        problem += "." + (did_you_mean(value, [str(c) for c in opt.choices]) if isinstance(value, str) else "")
+    return value, problem
+
+
+def _number_kind(members: tuple[Any, ...]) -> type | None:
+    """``int`` or ``float`` when a value of these types is a number and nothing else but null."""
+    rest = [m for m in members if m is not _NONE]
+    return rest[0] if len(rest) == 1 and rest[0] in (int, float) else None
+
+
+def _yaml_number(value: Any, kind: type) -> tuple[Any, str | None]:
+    """``value`` read as a number of ``kind`` the way the earlier trainer's sections were."""
+    if isinstance(value, bool) or value is None:
+        return value, f"must be a number, got {value!r}"
+    parsed = yaml_number(value) if isinstance(value, str) else value
+    if not isinstance(parsed, (int, float)) or (kind is int and not float(parsed).is_integer()):
+        return value, f"must be {'an integer' if kind is int else 'a number'}, got {value!r}"
+    return kind(parsed), None
+
+
+def _rules(opt: Option, value: Any, given: Any) -> str | None:
+    """The declaration's own rules for a non-null value of the right type: choices, range, check."""
     if opt.choices and value not in opt.choices:
-        return value, f"must be one of {', '.join(repr(c) for c in opt.choices)}, got {value!r}"
+        return f"must be one of {', '.join(repr(c) for c in opt.choices)}, got {value!r}"
+    if opt.minimum is not None and value < opt.minimum:
+        return f"must be >= {opt.minimum}, got {given!r}"
+    if opt.below is not None and value >= opt.below:
+        return f"must be < {opt.below}, got {value!r}"
     if opt.check is not None:
         wanted = opt.check(value)
         if wanted:
-            return value, f"must be {wanted}, got {value!r}"
-    return value, None
+            return f"must be {wanted}, got {value!r}"
+    return None

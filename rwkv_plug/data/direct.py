@@ -11,7 +11,7 @@ It gives exactly what ``load_dataset`` gives or it gives nothing: whenever
 a JSON array or BOM, nested objects, mixed types that it JSON-encodes,
 batches whose inferred types differ, a parse error, an empty table), it
 returns None and the caller uses ``load_dataset``, with its behaviour and
-error messages. ``tests/test_data_direct.py`` compares the two. One
+error messages. ``tests/data/test_data_direct.py`` compares the two. One
 exception: a JSON column that holds text in one file of a split and other
 values in another is refused with the file and line, because
 ``load_dataset`` would silently turn those values into text.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import codecs
 import io
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,24 @@ def read_direct(src: Any, limit: int | None = None) -> dict[str, Any] | None:
     in others, across the files of one split, is a ``DataError`` naming the
     file and line: ``load_dataset`` would silently turn those values into text.
     """
+    split_files = direct_files(src, limit)
+    if split_files is None:
+        return None
+    try:
+        per_file = {split: [list(file_tables(src.builder, f, files)) for f in files]
+                    for split, files in split_files.items()}
+        return assemble(src, split_files, per_file)
+    except _Fallback:
+        return None
+    except DataError:
+        raise
+    except Exception:  # noqa: BLE001 - load_dataset re-reads and reports it its own way
+        return None
+
+
+def direct_files(src: Any, limit: int | None = None) -> dict[str, list[Path]] | None:
+    """``{split: [file, ...]}`` when ``src`` is a plain local source the direct reader
+    takes (under ``limit`` bytes), else None."""
     limit = DIRECT_LIMIT if limit is None else limit
     params = src.params
     data_files = params.get("data_files")
@@ -64,28 +83,25 @@ def read_direct(src: Any, limit: int | None = None) -> dict[str, Any] | None:
         split_files = {s: [Path(f) for f in _as_list(files)] for s, files in data_files.items()}
         if sum(f.stat().st_size for files in split_files.values() for f in files) > limit:
             return None
-        out, counts = _read(src.builder, split_files)
-    except _Fallback:
+    except OSError:
         return None
-    except DataError:
-        raise
-    except Exception:  # noqa: BLE001 - load_dataset re-reads and reports it its own way
-        return None
-    src.row_counts = counts
-    return out
+    return split_files
 
 
 def _as_list(files: Any) -> list[str]:
     return [files] if isinstance(files, (str, Path)) else list(files)
 
 
-def _read(builder: str, split_files: dict[str, list[Path]]) -> tuple[dict[str, Any], dict[str, list[int]]]:
+def assemble(src: Any, split_files: dict[str, list[Path]], per_file: dict[str, list[list]]) -> dict[str, Any]:
+    """``read_direct``'s result from the parsed batches of each file of each split
+    (``per_file[split][i]``: the tables of ``split_files[split][i]``); sets
+    ``src.row_counts``. Raises ``_Fallback`` where ``load_dataset`` must read the source."""
     import datasets
     from datasets.table import InMemoryTable, table_cast
 
     from rwkv_plug.data.store import digest
 
-    per_file = {split: [_read_file(builder, f, files) for f in files] for split, files in split_files.items()}
+    builder = src.builder
     counts = {split: [sum(t.num_rows for t in ts) for ts in parts] for split, parts in per_file.items()}
     tables = {split: [t for ts in parts for t in ts] for split, parts in per_file.items()}
     if builder == "json":
@@ -118,7 +134,8 @@ def _read(builder: str, split_files: dict[str, list[Path]]) -> tuple[dict[str, A
                               [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]])
         out[split] = datasets.Dataset(InMemoryTable(table), info=datasets.DatasetInfo(features=features),
                                       split=datasets.NamedSplit(split), fingerprint=fingerprint)
-    return out, counts
+    src.row_counts = counts
+    return out
 
 
 def _text_and_other(tables: list) -> bool:
@@ -133,9 +150,10 @@ def _text_and_other(tables: list) -> bool:
     return any(len(k) > 1 for k in kinds.values())
 
 
-def _read_file(builder: str, path: Path, split_files: list[Path]) -> list:
+def file_tables(builder: str, path: Path, split_files: list[Path]) -> Iterator[Any]:
+    """The parsed batches of one file of a split (whose files are ``split_files``), in order."""
     try:
-        return _READERS[builder](path)
+        yield from _READERS[builder](path)
     except _Mixed:
         if len(split_files) > 1:
             _check_text_clash({"": split_files}, None)
@@ -163,15 +181,16 @@ def _concat(parts: list) -> Any:
 
 
 # -- one reader per builder, each yielding tables as datasets' builder would ----
-def _json_tables(path: Path) -> list:
+def _json_tables(path: Path) -> Iterator[Any]:
     """The json builder's batches: 10 MB cut at a line end, each parsed by pyarrow
-    as one block (as datasets does); batches are parsed on parallel threads."""
+    as one block (as datasets does); batches are parsed on parallel threads, up to
+    ``workers`` ahead of the one the caller takes (who may tokenise it meanwhile)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from rwkv_plug.data.workers import cpu_count
 
     workers = max(1, min(4, cpu_count()))
-    out, pending = [], []
+    pending: list = []
     with open(path, "rb") as f, ThreadPoolExecutor(workers) as pool:
         first = True
         while True:
@@ -184,9 +203,9 @@ def _json_tables(path: Path) -> list:
             batch += f.readline()
             pending.append(pool.submit(_parse_json_batch, batch))
             if len(pending) > workers:  # bound the bytes held in memory
-                out.append(pending.pop(0).result())
-        out.extend(p.result() for p in pending)
-    return out
+                yield pending.pop(0).result()
+        while pending:
+            yield pending.pop(0).result()
 
 
 def _parse_json_batch(batch: bytes) -> Any:

@@ -5,11 +5,13 @@ output row that says either "keep" or why it was dropped (``_drop``), and
 which source row it was (``_row``). The summary counts those afterwards;
 nothing is dropped without a reason on record.
 
-Fast path: a strategy may offer ``encode_flat(rows)`` returning
-:class:`~rwkv_plug.builtin_strategies.pieces.FlatSamples` (the built-in
-``text`` strategy does); the filters then run on whole arrays and no Python
-object is made per token. It must give the same table as the per-row path
-(``tests/test_data_flat.py``); third-party strategies need not have it.
+Fast paths: a strategy whose ``fast_paths()`` names ``"flat"`` gives a batch
+as one :class:`~rwkv_plug.core.interfaces.FlatSamples` (``encode_flat``, or
+``encode_arrow`` from Arrow buffers); the filters then run on whole arrays
+and no Python object is made per token. They must give the same table as
+the per-row path (``tests/data/test_data_flat.py``). When a fast path
+raises, the batch is encoded the slow way and a warning says so, once per
+strategy and path.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import numpy as np
 import pyarrow as pa
 
 from rwkv_plug.core.errors import DataError
-from rwkv_plug.core.interfaces import BadRow, Sample, Strategy, Tokenizer
+from rwkv_plug.core.interfaces import BadRow, FlatSamples, Sample, Strategy, Tokenizer
+from rwkv_plug.core.notice import warn_once
 
 FILTER_TOO_SHORT = "1 token or less (nothing to learn)"
 FILTER_NO_MASK = "no trained tokens (all-zero loss mask)"
@@ -100,15 +103,17 @@ def _mask_array(mask, n: int) -> np.ndarray:
 
 
 def with_threads(tokenizer: Tokenizer, threads: int | None) -> Tokenizer:
-    """``tokenizer`` set to encode with ``threads`` threads, where it has a ``threads``
-    setting (the built-in world tokenizer); a copy, as loaded tokenizers are shared."""
-    if threads is None or getattr(tokenizer, "threads", None) in (None, threads):
-        return tokenizer
-    import copy
+    """``tokenizer.with_threads(threads)``; ``tokenizer`` itself when ``threads`` is None."""
+    return tokenizer if threads is None else tokenizer.with_threads(threads)
 
-    own = copy.copy(tokenizer)  # shallow: the vocab and trie stay shared
-    own.threads = threads
-    return own
+
+def fell_back(strategy: Strategy, path: str, slower: str, exc: BaseException) -> None:
+    """Say, once per strategy and path in this process, that ``path`` failed and ``slower``
+    encoded the batch instead."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    warn_once(("fell back", strategy.name, path),
+              f"strategy '{strategy.name}': {path} failed ({type(exc).__name__}: {first}); encoded with "
+              f"{slower} instead (same samples, slower)")
 
 
 class Encoder:
@@ -155,8 +160,14 @@ class Encoder:
 
     @property
     def flat(self) -> bool:
-        """Whether the strategy has the optional flat fast path (``encode_flat``)."""
-        return callable(getattr(self.strategy, "encode_flat", None))
+        """Whether the strategy declares the flat fast path (``encode_flat``)."""
+        return "flat" in self.strategy.fast_paths()
+
+    @property
+    def arrow(self) -> bool:
+        """Whether batches go to the strategy as Arrow tables (``encode_arrow``): it declares
+        that path and the flat one, and its tokenizer reads Arrow string bytes itself."""
+        return self.flat and "arrow" in self.strategy.fast_paths() and self.tokenizer.reads_spans
 
     def _limits(self) -> tuple[int, int, int]:
         return (int(self.cfg.get("data_prefix_skip_mask") or 0), int(self.cfg.get("min_token_size") or -1),
@@ -167,13 +178,19 @@ class Encoder:
         rows = [dict(zip(names, values)) for values in zip(*(batch[n] for n in names))]
         if self.flat:
             try:
-                flat = self.strategy.encode_flat(rows)  # type: ignore[attr-defined]
+                flat = self.strategy.encode_flat(rows)
             except (BadRow, DataError):
                 raise
-            except Exception:
-                flat = None  # the generic path below finds and names the failing row
+            except Exception as exc:  # the generic path finds and names a failing row, else says so
+                table = self._rows_table(rows, indices)
+                fell_back(self.strategy, "encode_flat", "encode_batch", exc)
+                return table
             if flat is not None:
                 return self._table_from_flat(flat, indices)
+        return self._rows_table(rows, indices)
+
+    def _rows_table(self, rows: list[dict], indices: list[int]) -> pa.Table:
+        """The table of ``rows`` encoded as samples (``encode_batch``), filtered row by row."""
         results = self._encode(rows, indices)
         skip, min_size, max_size = self._limits()
         ids_out: list[np.ndarray] = []
@@ -205,18 +222,18 @@ class Encoder:
     def call_arrow(self, table: pa.Table, indices: list[int], batch: Callable[[], dict]) -> pa.Table:
         """``self(batch(), indices)``, where ``table`` holds the same rows in Arrow form.
 
-        Strategies with ``encode_arrow`` (``text``) read the table's buffers
-        directly; when they decline, ``batch()`` gives the rows as ``datasets``
-        formats them and ``__call__`` runs.
+        With :attr:`arrow`, the strategy reads the table's buffers directly;
+        when it declines, ``batch()`` gives the rows as ``datasets`` formats
+        them and ``__call__`` runs.
         """
-        fast = getattr(self.strategy, "encode_arrow", None) if self.flat else None
-        if fast is not None:
+        if self.arrow:
             try:
-                flat = fast(table)
+                flat = self.strategy.encode_arrow(table)
             except (BadRow, DataError):
                 raise
-            except Exception:
-                flat = None  # __call__ below finds and names the failing row
+            except Exception as exc:  # __call__ below finds and names a failing row
+                fell_back(self.strategy, "encode_arrow", "encode_flat", exc)
+                flat = None
             if flat is not None:
                 return self._table_from_flat(flat, indices)
         return self(batch(), indices)
@@ -233,11 +250,11 @@ class Encoder:
             "_row": pa.array(np.asarray(indices, dtype=np.int64) + self.row_offset),
         })
 
-    def _table_from_flat(self, flat: Any, indices: list[int]) -> pa.Table:
-        """The same table as the per-row path, computed on whole arrays.
-
-        ``flat`` is a :class:`~rwkv_plug.builtin_strategies.pieces.FlatSamples`.
-        """
+    def _table_from_flat(self, flat: FlatSamples, indices: list[int]) -> pa.Table:
+        """The same table as the per-row path, computed on whole arrays."""
+        if not isinstance(flat, FlatSamples) or len(flat.offsets) != len(indices) + 1:
+            raise DataError(f"strategy '{self.strategy.name}': its fast path returned "
+                            f"{type(flat).__name__}, not a FlatSamples of {len(indices)} rows")
         skip, min_size, max_size = self._limits()
         offsets = np.asarray(flat.offsets, dtype=np.int64)
         ids = np.asarray(flat.ids, dtype=np.int32)
@@ -290,8 +307,8 @@ class Encoder:
             return self._checked(results, indices)
         except (BadRow, DataError):
             raise
-        except Exception:
-            pass  # find the row that broke it, below
+        except Exception as exc:  # find the row that broke it, below
+            failed = exc
         results = []
         for idx, row in zip(indices, rows):
             try:
@@ -302,6 +319,7 @@ class Encoder:
                 row = idx + self.row_offset
                 raise StrategyFailed(f"row {row} (0-based): strategy '{strategy.name}' failed with "
                                      f"{type(exc).__name__}: {exc}", row) from None
+        fell_back(strategy, "encode_batch", "encode, row by row", failed)  # no row failed on its own
         return self._checked(results, indices)
 
     def _checked(self, results: list, indices: list[int]) -> list[Sample | BadRow]:

@@ -1,7 +1,8 @@
 """Tokenising a split in this process, batch by batch, without ``datasets.map``.
 
 The path for small sources and for tokenizers that keep every core busy from
-their own threads (the world trie). Batches are encoded one or two ahead in a
+their own threads (the world trie). A split comes as a Dataset, or as the
+Arrow tables a parser yields while it goes on parsing (data/streamed.py). Batches are encoded one or two ahead in a
 helper thread (the flat path releases the GIL) while this thread hands the
 previous one to the output: straight to the rechunker when documents are
 rechunked, else to an Arrow file. No intermediate file of unchunked samples
@@ -26,74 +27,96 @@ BATCH_BYTES = 8 << 20
 MIN_BATCH_ROWS = 256
 
 
-def encode_in_process(name: str, ds, fn: Encoder, cfg: Mapping[str, Any], work, rechunk=None):
-    """Encode ``ds`` with ``fn``; returns ``(Dataset or RechunkResult, table of
-    _drop/_bad/_row for every source row)``.
+def encode_in_process(name: str, ds, fn: Encoder, output: "ChunkOutput | FileOutput") -> pa.Table:
+    """Encode ``ds`` with ``fn``, feeding the kept samples to ``output`` (whose ``finish()``
+    then gives the result); returns the table of _drop/_bad/_row for every source row.
+    ``output`` is aborted if encoding fails."""
+    n = len(ds)
+    step = _step(ds.data.nbytes, len(ds.data), n)
+    starts = range(0, n, step)
+    # a strategy that reads Arrow slices gets them: no Python object per cell
+    arrow = ds.with_format("arrow") if fn.arrow else None
 
-    Kept samples go to the rechunker when ``rechunk`` is ``(size, separator
-    ids)``, else to ``work/encoded-<name>.arrow``.
-    """
+    def jobs() -> Iterator[tuple[Callable, tuple]]:
+        for start in starts:
+            stop = min(n, start + step)
+            indices = list(range(start, stop))
+            if arrow is None:
+                yield fn, (ds[start:stop], indices)
+            else:
+                yield fn.call_arrow, (arrow[start:stop], indices, lambda a=start, b=stop: ds[a:b])
+
+    return _run(name, jobs(), len(starts), fn.flat and len(starts) > 1, output)
+
+
+def encode_tables(name: str, tables: Iterator[pa.Table], fn: Encoder, output: "ChunkOutput | FileOutput",
+                  rows: Callable[[pa.Table], dict]) -> pa.Table:
+    """:func:`encode_in_process` of a split that arrives as Arrow tables (the source's
+    rows in order, each table one batch, as a parser yields them): each is encoded
+    while the next is taken from ``tables``. ``rows(table)`` gives a table's rows as
+    ``datasets`` formats them, for a strategy that declines the Arrow path."""
+    def jobs() -> Iterator[tuple[Callable, tuple]]:
+        done = 0
+        for table in tables:  # cut as encode_in_process cuts a split
+            n = table.num_rows
+            step = _step(table.nbytes, n, n)
+            for start in range(0, n, step):
+                part = table.slice(start, step)
+                indices = list(range(done + start, done + start + part.num_rows))
+                if fn.arrow:
+                    yield fn.call_arrow, (part, indices, lambda t=part: rows(t))
+                else:
+                    yield fn, (rows(part), indices)
+            done += n
+
+    return _run(name, jobs(), None, fn.flat, output)
+
+
+def _step(nbytes: int, table_rows: int, n: int) -> int:
+    """Rows per batch: about BATCH_BYTES of source, at least MIN_BATCH_ROWS, at most ``n``."""
+    per_row = max(1, nbytes // max(1, table_rows))
+    return max(1, min(n, max(MIN_BATCH_ROWS, BATCH_BYTES // per_row)))
+
+
+def _run(name: str, jobs: Iterator[tuple[Callable, tuple]], total: int | None, ahead: bool,
+         output: "ChunkOutput | FileOutput") -> pa.Table:
+    """Run each ``(call, args)`` of ``jobs`` in order, feeding the tables they return to
+    ``output``; with ``ahead`` (the flat path tokenises without the GIL) a helper thread
+    encodes up to two batches ahead while this thread feeds the previous one."""
     from datasets.utils.tqdm import tqdm  # honours datasets.disable_progress_bars()
 
-    n = len(ds)
-    per_row = max(1, ds.data.nbytes // max(1, len(ds.data)))
-    step = max(1, min(n, max(MIN_BATCH_ROWS, BATCH_BYTES // per_row)))
-    starts = range(0, n, step)
-    output = _ChunkOutput(name, cfg, work, rechunk) if rechunk is not None else _FileOutput(name, work)
     status: list[pa.Table] = []
-    # The flat path tokenises without the GIL: encode ahead in a helper thread.
-    pool = ThreadPoolExecutor(1) if fn.flat and len(starts) > 1 else None
+    pool = ThreadPoolExecutor(1) if ahead else None
     try:
-        batches = _encoded_batches(ds, fn, starts, step, pool)
-        for table in tqdm(batches, total=len(starts), unit="batch", desc=f"tokenising {name}"):
+        for table in tqdm(_encoded(jobs, pool), total=total, unit="batch", desc=f"tokenising {name}"):
             status.append(table.select(["_drop", "_bad", "_row"]))
             output.feed(table)
-        result = output.finish()
     except BaseException:
         output.abort()
         raise
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-    return result, pa.concat_tables(status) if status else _empty_status()
+    return pa.concat_tables(status) if status else _empty_status()
 
 
-def _encoded_batches(ds, fn: Encoder, starts: range, step: int, pool: ThreadPoolExecutor | None) -> Iterator[pa.Table]:
-    """The encoded tables of the batches at ``starts``, in order; with a ``pool``, two are
-    kept queued in it so it starts the next the moment one is done."""
-    n = len(ds)
-    # a strategy that reads Arrow slices gets them: no Python object per cell
-    arrow = ds.with_format("arrow") if callable(getattr(fn.strategy, "encode_arrow", None)) else None
-
-    def encode(start: int) -> Any:
-        stop = min(n, start + step)
-        indices = list(range(start, stop))
-        if arrow is None:
-            call: Callable = fn
-            args: tuple = (ds[start:stop], indices)
-        else:
-            call, args = fn.call_arrow, (arrow[start:stop], indices, lambda: ds[start:stop])
-        return pool.submit(call, *args) if pool is not None else call(*args)
-
+def _encoded(jobs: Iterator[tuple[Callable, tuple]], pool: ThreadPoolExecutor | None) -> Iterator[pa.Table]:
+    """The tables of ``jobs``, in order; with a ``pool``, two more are kept queued in it
+    while the caller takes one, so it starts the next the moment one is done."""
     queue: deque = deque()
-    queued = 0
-
-    def fill() -> None:
-        nonlocal queued
-        while queued < len(starts) and len(queue) < (2 if pool is not None else 1):
-            queue.append(encode(starts[queued]))
-            queued += 1
-
-    fill()
+    for call, args in jobs:
+        queue.append(pool.submit(call, *args) if pool is not None else call(*args))
+        if len(queue) <= (2 if pool is not None else 0):
+            continue
+        table = queue.popleft()
+        yield table.result() if pool is not None else table
     while queue:
         table = queue.popleft()
-        table = table.result() if pool is not None else table
-        fill()  # the helper goes on while the caller writes this batch
-        yield table
+        yield table.result() if pool is not None else table
 
 
-class _ChunkOutput:
-    """Kept samples fed straight to the rechunker."""
+class ChunkOutput:
+    """Kept samples fed straight to the rechunker; ``finish()`` gives its ``RechunkResult``."""
 
     def __init__(self, name: str, cfg: Mapping[str, Any], work, rechunk: tuple[int, list[int]]) -> None:
         from rwkv_plug.data.rechunk import Rechunker
@@ -118,8 +141,8 @@ class _ChunkOutput:
         self._sink.abort()
 
 
-class _FileOutput:
-    """Kept samples written to an Arrow file, opened as a Dataset at the end."""
+class FileOutput:
+    """Kept samples written to an Arrow file; ``finish()`` opens it as a Dataset."""
 
     def __init__(self, name: str, work) -> None:
         from datasets.arrow_writer import ArrowWriter

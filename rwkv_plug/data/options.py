@@ -12,9 +12,10 @@ from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Any
 
-from rwkv_plug.core.config import Problems, resolve_options
+from rwkv_plug.core.config import Problems, Resolved, resolve_options
 from rwkv_plug.core.errors import RwkvPlugError
-from rwkv_plug.core.interfaces import Option
+from rwkv_plug.core.interfaces import Legacy, Option
+from rwkv_plug.core.sections import build, section_class
 from rwkv_plug.data.sources import BUILDERS, PICKLE_REFUSED, PICKLE_SUFFIXES
 
 
@@ -41,80 +42,160 @@ def _not_empty(value: Any) -> str | None:
 
 
 DATA_OPTIONS: tuple[Option, ...] = (
-    Option("data_path", None, "Folder where the built dataset is saved and reused (required).", type=str),
-    Option("source", None, "HF hub dataset name, builder name (text/json/csv/parquet), "
-           "or a local file or folder (required).", type=str),
-    Option("source_data_dir", None, "data_dir for a builder source such as `text` or `json`.", type=str),
-    Option("source_dataset_params", None, "Extra keyword arguments for HF load_dataset "
-           "(name, data_files, revision, ...).", type=dict),
-    Option("source_dataset_split", "train", "Split of the source used as the train split.",
-           check=_not_empty),
-    Option("tokenizer", "neox", "neox, world, or an HF tokenizer name or local folder.", check=_not_empty),
-    Option("strategy", None, "Force a row strategy by name instead of picking one from the columns.",
+    Option("data_path", None,
+           "Folder the built dataset is saved to (HF `save_to_disk` layout plus `rwkv_plug_dataset.json`) and "
+           "reused from.",
+           type=str, shown_default="required"),
+    Option("source", None,
+           "An HF hub dataset name; a builder name `text`/`json`/`csv`/`parquet` (with `source_data_dir`); or a "
+           "local `.txt`/`.text`/`.jsonl`/`.json`/`.csv`/`.parquet` file, or a folder of one kind of such files "
+           "(other files are ignored; a file whose path has the word `test`/`eval` forms the test split, "
+           "`validation`/`valid`/`val`/`dev` a validation split that is not used). A `.txt` file is one row (one "
+           "document). Pickles (`.pkl`/`.pickle`, the `pandas` builder) are refused: loading one can run code; "
+           "convert it to parquet, e.g. `pandas.read_pickle(...).to_parquet(...)`. In a folder of JSON files, a "
+           "column that holds text in some rows and numbers (or other values) in others is an error naming the file "
+           "and line (`datasets` would silently turn those values into text).",
+           type=str, shown_default="required"),
+    Option("source_data_dir", None,
+           "`data_dir` for a builder-name source.",
            type=str),
-    Option("min_token_size", -1, "Drop documents shorter than this many tokens (>0 active)."),
-    Option("max_token_size", -1, "Drop documents longer than this many tokens (>0 active); "
-           "never truncated."),
-    Option("text_rechunk_size", 4096, "Tokens per sample after rechunking; <=0 disables rechunking."),
-    Option("text_rechunk_auto", True, "Rechunk automatically for .txt files and the `text` builder."),
-    Option("text_rechunk_force", False, "Rechunk any source."),
-    Option("text_rechunk_separator", "\n", "Text put after every document in the rechunked stream "
-           "(escapes such as '\\n' are honoured); '' for none.", escapes=True),
-    Option("test_split", 0.01, "Test split size: a fraction in (0,1), a row count, or <=0 for one row. "
-           "Ignored when the source has a test split.", check=_split_size),
-    Option("test_split_shuffle", False, "Shuffle (with a fixed seed) before taking the test split.",
+    Option("source_dataset_params", None,
+           "Extra `load_dataset` keyword arguments (`name`, `data_files`, `revision`, `sample_by` ...). `split` is "
+           "not allowed: use `source_dataset_split`. `streaming: true` is not supported yet (refused; the source is "
+           "downloaded and read whole, `dataset_offset`/`dataset_length` keep part of it).",
+           type=dict, shown_default="`{}`"),
+    Option("source_dataset_split", "train",
+           "Source split used as the train split; a missing split is an error listing the splits there are.",
+           check=_not_empty),
+    Option("tokenizer", "neox",
+           "`neox`, `world`, a registered tokenizer name, or an HF tokenizer name / local folder.",
+           check=_not_empty),
+    Option("strategy", None,
+           "Force a strategy by name instead of picking it from the columns. If the strategy describes the columns "
+           "it needs (all built-ins do) and the source lacks them, the build stops before tokenising, with what the "
+           "strategy needs and the columns found.",
+           type=str),
+    Option("min_token_size", -1,
+           "Drop documents shorter than this (>0 active), before rechunking."),
+    Option("max_token_size", -1,
+           "Drop documents longer than this (>0 active), before rechunking. Never truncated."),
+    Option("text_rechunk_size", 4096,
+           "Tokens per sample when rechunking; <=0 turns rechunking off."),
+    Option("text_rechunk_auto", True,
+           "Rechunk `.txt` sources (a file, a folder of them, or the `text` builder) automatically."),
+    Option("text_rechunk_force", False,
+           "Rechunk any source."),
+    Option("text_rechunk_separator", "\n",
+           "Text appended after every document in the rechunked stream (mask 1). Escapes apply; `\"<|endoftext|>\"` "
+           "gives token 0 with neox and world; `''` for none.",
+           escapes=True),
+    Option("test_split", 0.01,
+           "Fraction in (0,1) → ceil(f·N) rows; integer k → k rows; <=0 → 1 row. Ignored when the source has a "
+           "`test` split.",
+           check=_split_size),
+    Option("test_split_shuffle", False,
+           "Without it the test rows are the last rows; with it a seeded (42) shuffle, the same on every build.",
            aliases=("test_shuffle",)),
-    Option("data_prefix_skip_mask", 0, "Do not learn the first N tokens of every sample "
-           "(and of every rechunked chunk).", check=_at_least(0)),
-    Option("sort_by_length", False, "Sort the train split by sample length."),
-    Option("sort_asc", True, "Sort ascending (true) or descending (false)."),
-    Option("dataset_offset", -1, "Skip this many source train rows (a fraction if in (0,1)); "
-           "applied once, to the source rows before tokenising.", type=float, check=_row_range),
-    Option("dataset_length", -1, "Keep this many source train rows (a fraction if in (0,1)); "
-           "applied once, to the source rows before tokenising.", type=float, check=_row_range),
-    Option("reverse_train_dataset_before_save", False, "Reverse the order of the train split."),
-    Option("num_proc", None, "Workers for tokenising (default: CPU count): the world tokenizer's "
-           "threads in one process with the text strategy, else worker processes (tiny datasets: one).",
-           type=int, check=_at_least(1)),
-    Option("dataloader_shuffle_training", False, "Shuffle the train split every epoch "
-           "(ignored with sort_by_length); read by fit, not by the build."),
-    Option("strict", False, "Fail the build on the first bad row instead of skipping it."),
-    Option("skip_datapath_setup", False, "Use data_path as it is, without checking it against the config "
-           "or building it (fit and inspect); preload always checks."),
-    Option("processing_max_batch_size", 100000, "No effect: rechunking and packing stream whole splits; "
-           "accepted for the earlier trainer's configs."),
-    Option("dataloader_prefetch_factor", 0, "DataLoader worker processes, each prefetching this many batches "
-           "(0: the main process collates, enough for tokenised data); read by fit.", check=_at_least(0)),
-    Option("dataloader_pin_memory", True, "Pin the batches' memory when training on a CUDA device; read by fit."),
-    Option("dataloader_swap_train_test_split", False, "Debug: train on the test split and validate on the "
-           "train split; read by fit."),
-    Option("packing_enable", False, "Pack short train samples into longer ones (not with rechunking, whose "
-           "samples already have one size)."),
-    Option("packing_chunksize", 4096, "Packed samples are capped at a multiple of this many tokens.",
+    Option("data_prefix_skip_mask", 0,
+           "Do not learn the first N tokens of every document (every strategy) and of every rechunked chunk.",
+           check=_at_least(0)),
+    Option("sort_by_length", False,
+           "Sort the train split by length (after the test split is taken)."),
+    Option("sort_asc", True,
+           "Ascending (true) or descending (false)."),
+    Option("dataset_offset", -1,
+           "Skip this many source train rows (a fraction if in (0,1)). Applied **once**, to the source rows before "
+           "tokenising.",
+           type=float, check=_row_range),
+    Option("dataset_length", -1,
+           "Keep this many source train rows (a fraction if in (0,1)). Applied **once**, with `dataset_offset`.",
+           type=float, check=_row_range),
+    Option("reverse_train_dataset_before_save", False,
+           "Reverse the order of the train split."),
+    Option("num_proc", None,
+           "Workers for tokenising. The built-in `world` tokenizer with the `text` or `messages` (`rwkv` "
+           "layout) strategy (any strategy with the flat fast path, see plugin_hooks.md) tokenises on exactly "
+           "`num_proc` threads in one process (1: one thread); other combinations use `num_proc` worker "
+           "processes, where the `world` tokenizer runs one thread each. Sources under 1 MB use one process (a "
+           "pool costs more than it saves), the `world` tokenizer still on `num_proc` threads. `num_proc` "
+           "counts tokenising workers only: the main thread rechunks each batch while the next is tokenised, "
+           "and a local JSON source is parsed on up to 4 threads. A JSON Lines `train` source tokenised in one "
+           "process (and with no `dataset_offset`/`dataset_length`) is tokenised while it is parsed, one 10 MB "
+           "batch after another, giving the same dataset as parsing first; other sources are parsed whole "
+           "before tokenising starts.",
+           type=int, check=_at_least(1), shown_default="CPU count"),
+    Option("dataloader_shuffle_training", False,
+           "Shuffle the train split every epoch (ignored with `sort_by_length`). Read by `fit`; does not change the "
+           "built dataset."),
+    Option("strict", False,
+           "Fail the build at the first bad row (None / missing / non-text cell ...) instead of skipping and "
+           "counting it."),
+    Option("skip_datapath_setup", False,
+           "Use `data_path` as it is: no check against the config and no build (`fit`, `inspect`; a missing dataset "
+           "is an error; `source` is then optional). `preload` always checks, as in the earlier trainer. Used to "
+           "train on a datapack (below)."),
+    Option("processing_max_batch_size", 100000,
+           "No effect: rechunking and packing stream whole splits. Accepted so the earlier trainer's configs run."),
+    Option("dataloader_prefetch_factor", 0,
+           "DataLoader worker processes for training and validation, each prefetching this many batches (the "
+           "earlier trainer's meaning: one number for both). 0 collates in the main process, which is enough for "
+           "tokenised data (the earlier trainer's default 4, and its crash on 0, are not kept). Read by `fit`.",
+           check=_at_least(0)),
+    Option("dataloader_pin_memory", True,
+           "Pin the batches' memory, when training on a CUDA device (ignored on CPU). Read by `fit`."),
+    Option("dataloader_swap_train_test_split", False,
+           "Debugging aid: train on the test split and validate on the train split (`fit` says so). Read by `fit`."),
+    Option("packing_enable", False,
+           "Pack short train samples into longer ones, so a step trains more tokens (below). Not applied to "
+           "rechunked samples, which already have one size; the test split is never packed."),
+    Option("packing_chunksize", 4096,
+           "A packed sample's cap is its first record's length (at least `packing_min_ctx_len`) rounded up to a "
+           "multiple of this. Use a multiple of `model.ctx_len`.",
            check=_at_least(1)),
-    Option("packing_min_ctx_len", -1, "The smallest cap of a packed sample; -1 or 0 means packing_chunksize."),
-    Option("packing_in_sequence", False, "Pack the train samples in their order; false shuffles them "
-           "(seed 101) first."),
-    Option("packing_batchsize", 20160, "No effect: the earlier trainer read it but never used it; packing "
-           "needs no batch size."),
+    Option("packing_min_ctx_len", -1,
+           "The smallest cap; -1 or 0 means `packing_chunksize`."),
+    Option("packing_state", "reset",
+           "`reset`: each packed record starts from the fresh state, exactly as if trained alone (below); needs a "
+           "kernel that resets (`torch`; `kernel: auto` picks one). `carry`: the earlier trainer's packing, the "
+           "state carries from one record into the next after a separator token.",
+           choices=("reset", "carry")),
+    Option("packing_align", 32,
+           "With `packing_state: reset`, each record starts at a multiple of this many tokens (masked padding "
+           "between), where the kernel can reset its state: a multiple of the kernel's chunk (`torch`: 32) that "
+           "divides `model.ctx_len` (`fit` refuses a `ctx_len` it does not divide).",
+           check=_at_least(1)),
+    Option("packing_in_sequence", False,
+           "Pack the train samples in their order; false shuffles them (seed 101, the same every build) first."),
+    Option("packing_batchsize", 20160,
+           "No effect. The earlier trainer read it but never used it (it grouped by `packing_chunksize` instead); "
+           "packing needs no batch size."),
 )
 
 _DATAPACK = ("build the pack with `rwkv-plug datapack PACK.yaml`, then train with data_path set to its "
              "datapack.data_path and skip_datapath_setup: true")
 
-#: Keys of the reference trainer that rwkv-plug rejects for now, with why.
-UNSUPPORTED: dict[str, str] = {
-    "datapack_config_path": _DATAPACK,
-    "dataset_name": _DATAPACK,
-    "dataset_index": _DATAPACK,
-    "is_random_datapack": _DATAPACK,
-    "data_path_storage_options": "remote storage for data_path comes later; use a local folder",
-}
+#: Keys of the reference trainer that rwkv-plug rejects for now, with why; each is accepted
+#: (doing nothing) at its no-op value: false for a flag, null for the others.
+DATA_LEGACY: tuple[Option, ...] = (
+    Option("datapack_config_path", legacy=Legacy(_DATAPACK, noop=None)),
+    Option("dataset_name", legacy=Legacy(_DATAPACK, noop=None)),
+    Option("dataset_index", legacy=Legacy(_DATAPACK, noop=None)),
+    Option("is_random_datapack", legacy=Legacy(_DATAPACK, noop=False)),
+    Option("data_path_storage_options", legacy=Legacy("remote storage for data_path comes later; use a local folder",
+                                                      noop=None)),
+)
 
-#: Flags of :data:`UNSUPPORTED` that do nothing when false; every other
-#: unsupported key does nothing when null. At that value a key is accepted.
-_NOOP_FALSE = ("is_random_datapack",)
-DATA_NOOP: dict[str, Any] = {key: False if key in _NOOP_FALSE else None for key in UNSUPPORTED}
+
+#: The validated ``data:`` section: one frozen field per key of :data:`DATA_OPTIONS`, the keys that
+#: strategies and tokenizers declare in its ``plugin_options`` field (it also reads like a read-only
+#: mapping of all of them, which is how the pipeline takes it).
+DataConfig = section_class("DataConfig", DATA_OPTIONS, __name__,
+                           "The validated ``data:`` section (docs/config.md).", extensible=True)
+
+
+def data_config(values: Mapping[str, Any]) -> DataConfig:
+    """The typed, frozen form of a validated ``data:`` section (:func:`resolve_data_config`'s result)."""
+    return build(DataConfig, values)
 
 
 def plugin_options() -> list[Option]:
@@ -138,10 +219,7 @@ def resolve_data_config(raw: Mapping | None, problems: Problems) -> dict:
     if raw is not None and not isinstance(raw, Mapping):
         problems.add(f"the data section must be a mapping of keys, got {type(raw).__name__}")
         raw = {}
-    options = list(DATA_OPTIONS) + plugin_options()
-    declared = {o.name for o in options} | {a for o in options for a in o.aliases}
-    unsupported = {k: v for k, v in UNSUPPORTED.items() if k not in declared}
-    cfg = resolve_options("data", raw, options, problems, unsupported=unsupported, noop=DATA_NOOP,
+    cfg = resolve_options("data", raw, [*DATA_OPTIONS, *DATA_LEGACY, *plugin_options()], problems,
                           check_types=True)
     _check_values(cfg, problems)
     return cfg
@@ -152,7 +230,7 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def _check_values(cfg: dict, problems: Problems) -> None:
+def _check_values(cfg: Resolved, problems: Problems) -> None:
     """What the options' types cannot say: required keys and rules across keys."""
     for key in ("data_path",) if cfg.get("skip_datapath_setup") is True else ("data_path", "source"):
         if cfg.get(key) in (None, ""):
@@ -203,10 +281,10 @@ def _check_values(cfg: dict, problems: Problems) -> None:
             problems.add(f"data.strategy: {exc}")
 
 
-def _plugin_checks(what: str, cls: type, cfg: dict, problems: Problems) -> None:
+def _plugin_checks(what: str, cls: type, cfg: Resolved, problems: Problems) -> None:
     """A strategy's or tokenizer's own option rules (``check_options``), into ``problems``;
     skipped when one of its options already failed its type check (it was reported)."""
-    if any(f"data.{o.name}" in problems.bad_values for o in getattr(cls, "options", ()) or ()):
+    if any(o.name in cfg.failed for o in getattr(cls, "options", ()) or ()):
         return
     try:
         found = cls.check_options(cfg)

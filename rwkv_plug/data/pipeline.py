@@ -174,10 +174,19 @@ def _build(cfg: dict, src: Source, tokenizer, work: Path, log: Log):
 
     from rwkv_plug.data.strategy_select import pick_strategy
 
+    from rwkv_plug.data.streamed import build_streamed
+
     nproc = cfg.get("num_proc") or cpu_count()
+    summary = f"{cfg['tokenizer']} (vocab {tokenizer.vocab_size})"
+    # a plain JSON Lines source is tokenised while it is parsed, where that gives the same build
+    b = _Build(cfg, tokenizer, work, nproc, Summary(tokenizer=summary))
+    streamed = build_streamed(b, src, log)
+    if streamed is not None:
+        columns, encoded = streamed
+        train, test = _arrange(b, encoded)
+        return datasets.DatasetDict({"train": train, "test": test}), b.summary, b.strategy, columns
     dd, ignored = load_source(src, cfg, cache_dir=str(work / "hf"), num_proc=nproc)
-    b = _Build(cfg, tokenizer, work, nproc, Summary(tokenizer=f"{cfg['tokenizer']} (vocab {tokenizer.vocab_size})"),
-               _locator(src, cfg))
+    b = _Build(cfg, tokenizer, work, nproc, Summary(tokenizer=summary), _locator(src, cfg))
     if ignored:
         b.summary.notes.append(f"source splits not used: {', '.join(ignored)}")
     row_offset = _select_rows(dd, cfg, b.summary)
@@ -194,8 +203,6 @@ def _build(cfg: dict, src: Source, tokenizer, work: Path, log: Log):
         except StrategyFailed as exc:
             where = b.locate(name, exc.row)
             raise DataError(f"{where + ': ' if where else ''}{name} {exc}") from None
-    if b.rechunk is not None:
-        encoded = _rechunked(b, encoded)
     train, test = _arrange(b, encoded)
     return datasets.DatasetDict({"train": train, "test": test}), b.summary, b.strategy, columns
 
@@ -231,27 +238,22 @@ def _packed(b: _Build, train):
         b.summary.notes.append("packing_enable: not applied, the samples are rechunked to one size")
         return train
     chunk = b.cfg["packing_chunksize"]
+    state = b.cfg.get("packing_state", "reset")
     result = pack(train, chunk, b.cfg["packing_min_ctx_len"] if b.cfg["packing_min_ctx_len"] > 0 else chunk,
-                  b.cfg["packing_in_sequence"])
-    b.summary.notes.append(f"packing: {result.records} train samples packed into {result.samples}")
+                  b.cfg["packing_in_sequence"], state, b.cfg.get("packing_align", 32))
+    b.summary.notes.append(f"packing: {result.records} train samples packed into {result.samples} "
+                           f"(packing_state: {state})")
     return result.dataset
 
 
-def _rechunked(b: _Build, encoded: dict) -> dict:
-    """Each split as fixed-size chunks (those the in-process encoder already chunked as it went)."""
-    from rwkv_plug.data.rechunk import RechunkResult, rechunk
-
-    size, sep = b.rechunk
-    out = {}
-    for name, res in encoded.items():
-        if not isinstance(res, RechunkResult):  # encoded by a pool: rechunk it now
-            res = rechunk(res, size, sep, b.cfg["data_prefix_skip_mask"], str(b.work / f"rechunk-{name}.arrow"))
-        b.summary.rechunk_remainder[name] = res.remainder
-        if res.chunks == 0:
-            raise DataError(f"the {name} split has fewer than text_rechunk_size={size} tokens "
-                            f"({res.remainder}); lower data.text_rechunk_size or add data")
-        out[name] = res.dataset
-    return out
+def _chunks(b: _Build, name: str, res):
+    """The dataset of a split's ``RechunkResult``, its remainder noted in the summary."""
+    size = b.rechunk[0]
+    b.summary.rechunk_remainder[name] = res.remainder
+    if res.chunks == 0:
+        raise DataError(f"the {name} split has fewer than text_rechunk_size={size} tokens "
+                        f"({res.remainder}); lower data.text_rechunk_size or add data")
+    return res.dataset
 
 
 def _arrange(b: _Build, encoded: dict):
@@ -284,18 +286,23 @@ def _finish_summary(dd, summary: Summary, vocab_size: int) -> None:
 
 
 def _encode_split(b: _Build, name: str, ds, row_offset: int):
-    """The split's kept samples: a Dataset, or a RechunkResult when encoding fed
-    the rechunk directly (the in-process path with ``b.rechunk`` set)."""
+    """The split's kept samples as a Dataset, rechunked when ``b.rechunk`` is set."""
     from rwkv_plug.data.encode import Encoder, encoded_features
 
     # num_proc threads for a tokenizer that runs its own (world) in this process ...
     fn = Encoder(b.strategy, b.cfg, b.tokenizer, row_offset, rechunking=b.rechunk is not None, threads=b.nproc)
     if in_process(fn, fn.tokenizer) or ds.data.nbytes < SMALL_BYTES or min(b.nproc, len(ds)) <= 1:
-        from rwkv_plug.data.in_process import encode_in_process
+        from rwkv_plug.data.in_process import ChunkOutput, FileOutput, encode_in_process
 
-        result, table = encode_in_process(name, ds, fn, b.cfg, b.work, b.rechunk)
-        _account(name, table, b.cfg, b.summary, b.locate)
-        return result
+        # kept samples go straight to the rechunker, or to a file
+        output = FileOutput(name, b.work) if b.rechunk is None else ChunkOutput(name, b.cfg, b.work, b.rechunk)
+        table = encode_in_process(name, ds, fn, output)
+        try:
+            _account(name, table, b.cfg, b.summary, b.locate)
+        except BaseException:
+            output.abort()
+            raise
+        return output.finish() if b.rechunk is None else _chunks(b, name, output.finish())
     procs = max(1, min(b.nproc, len(ds)))
     fn.threads = 1  # ... or num_proc processes of one thread each
     batch = max(1, min(MAP_BATCH_ROWS, -(-len(ds) // procs)))
@@ -308,7 +315,14 @@ def _encode_split(b: _Build, name: str, ds, row_offset: int):
                      desc=f"tokenising {name}")
     table = enc.select_columns(["_drop", "_row", "_bad"]).with_format("arrow")[:]
     keep = _account(name, table, b.cfg, b.summary, b.locate)
-    return enc.select(keep).remove_columns(["_drop", "_bad", "_row"])
+    kept = enc.select(keep).remove_columns(["_drop", "_bad", "_row"])
+    if b.rechunk is None:
+        return kept
+    from rwkv_plug.data.rechunk import rechunk
+
+    size, sep = b.rechunk
+    return _chunks(b, name, rechunk(kept, size, sep, b.cfg["data_prefix_skip_mask"],
+                                    str(b.work / f"rechunk-{name}.arrow")))
 
 
 def _account(name: str, table, cfg: dict, summary: Summary,
@@ -365,13 +379,12 @@ def _why_few(summary: Summary) -> str:
 def in_process(encoder, tokenizer) -> bool:
     """Whether tokenising runs in this process whatever ``num_proc`` says.
 
-    A strategy with the flat fast path and a tokenizer that returns flat
-    arrays from its own threads (the built-in world tokenizer) already keep
+    A strategy with the flat fast path and a tokenizer that runs its own
+    threads (``Tokenizer.threads``, the built-in world tokenizer) already keep
     every core busy with next to no Python work per token; worker processes
     would only add start-up, pickling and shard-merge costs.
     """
-    return bool(encoder.flat and callable(getattr(tokenizer, "encode_flat", None))
-                and getattr(tokenizer, "threads", 1) > 1)
+    return bool(encoder.flat and (tokenizer.threads or 1) > 1)
 
 
 def _split_stats(ds) -> SplitStats:

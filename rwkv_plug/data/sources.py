@@ -126,7 +126,7 @@ def _hub_sha(name: str) -> str | None:
         if constants.HF_HUB_OFFLINE:
             return None
         return HfApi().dataset_info(name, timeout=10).sha
-    except Exception:
+    except Exception:  # offline, unreachable, unknown or gated: the name alone is then the key
         return None
 
 

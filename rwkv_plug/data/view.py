@@ -68,11 +68,19 @@ def stats_lines(dd, ctx_len: int | None, microbatch_size: int | None = None, pac
 
 
 def render_sample(ids: Sequence[int], mask: Sequence[int], decode: Callable[[list[int]], str],
-                  color: bool, ctx_len: int | None) -> str:
-    """One sample as text: learned vs masked tokens, token and ctx_len boundaries."""
+                  color: bool, ctx_len: int | None, record_starts: Sequence[int] = ()) -> str:
+    """One sample as text: learned vs masked tokens, token and ctx_len boundaries, and where
+    the records of a reset-packed sample start (``record_starts``, data.packing_state: reset)."""
     parts: list[str] = []
     in_masked = False
+    starts = {int(s): n for n, s in enumerate(record_starts)}
     for i, (tok, m) in enumerate(zip(ids, mask)):
+        if i in starts and i > 0:
+            if in_masked and not color:
+                parts.append("]]")
+                in_masked = False
+            line = f"──── record {starts[i] + 1} starts at token {i}: the state resets ────"
+            parts.append("\n" + (click.style(line, fg="cyan", bold=True) if color else line) + "\n")
         m = m if i > 0 else 0  # the first token is only context: nothing predicts it
         # Masks are target-aligned: token i is learned by the chunk whose inputs end at token
         # i - 1, so chunk c (from 0) learns tokens c*ctx_len+1 .. (c+1)*ctx_len.
@@ -93,7 +101,7 @@ def render_sample(ids: Sequence[int], mask: Sequence[int], decode: Callable[[lis
         elif m and in_masked:
             parts.append("]]")
             in_masked = False
-        elif i > 0 and not at_boundary:
+        elif i > 0 and not at_boundary and i not in starts:
             parts.append("|")
         parts.append(piece)
     if in_masked:

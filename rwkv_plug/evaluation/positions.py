@@ -18,6 +18,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from rwkv_plug.training.head_loss import head_weight, token_losses
+
 
 @dataclass(frozen=True)
 class Bucket:
@@ -48,8 +50,13 @@ def chunked_token_losses(model: torch.nn.Module, ids: torch.Tensor, ctx_len: int
     state = model.zero_state(B, device=ids.device)
     out = []
     for start in range(0, L - 1, ctx_len):
-        logits, state = model(inputs[:, start:start + ctx_len], state)  # (B, T, V)
-        t = targets[:, start:start + ctx_len]
+        x, t = inputs[:, start:start + ctx_len], targets[:, start:start + ctx_len]
+        weight = head_weight(model)
+        if weight is not None:  # the head in token chunks: no (B, T, V) logits
+            h, state = model(x, state, head=False)
+            out.append(token_losses(h, weight, t))
+            continue
+        logits, state = model(x, state)  # (B, T, V)
         flat = logits.reshape(-1, logits.shape[-1])
         if flat.dtype in (torch.float16, torch.bfloat16):
             flat = flat.float()  # CE in at least fp32, as in training
@@ -74,7 +81,7 @@ def loss_by_position(
     Rows are batched ``microbatch_size`` at a time and padded as for training (mask 0, no loss).
     ``on_batch(rows_done)`` is called after each batch (progress).
     """
-    from rwkv_plug.training.data import collate
+    from rwkv_plug.training.batches import collate
 
     sums: dict[int, float] = {}
     counts: dict[int, int] = {}

@@ -9,6 +9,7 @@ flash-linear-attention), each listing its ops in ``caps.ops``;
 ``select.py`` (``resolve_kernel``), ``conformance.py`` (``check_kernel``) with
 ``conformance_ops.py`` (what it needs per op), ``selfcheck.py`` with
 ``verdicts.py`` (the quick check before a fast kernel is used, and its cached
-verdicts), ``precision.py``, ``hooks.py``.
+verdicts), ``precision.py``, ``names.py`` (the one check of a kernel name),
+``hooks.py`` (registration) and ``commands.py`` (``check-kernels``).
 Importing this package does no work.
 """

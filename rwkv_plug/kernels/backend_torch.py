@@ -16,12 +16,14 @@ class TorchKernel(Kernel):
         devices=("cpu", "cuda", "mps"),
         speed_rank=0,
         ops=("wkv5", "wkv7"),
+        resets=True,
     )
-    #: Internal chunk length (any T works; the conformance suite tests a ragged T).
+    #: Internal chunk length (any T works; the conformance suite tests a ragged T); state resets
+    #: go on multiples of it (wkv7's chunk, 16, divides it).
     chunk_size = CHUNK
 
-    def wkv5(self, r, k, v, w, u, s0):
-        return wkv5_chunked(r, k, v, w, u, s0, self.chunk_size, self.precision)
+    def wkv5(self, r, k, v, w, u, s0, resets=None, s_reset=None):
+        return wkv5_chunked(r, k, v, w, u, s0, self.chunk_size, self.precision, resets, s_reset)
 
-    def wkv7(self, r, w, k, v, a, b, s0):
-        return wkv7_chunked(r, w, k, v, a, b, s0, precision=self.precision)
+    def wkv7(self, r, w, k, v, a, b, s0, resets=None, s_reset=None):
+        return wkv7_chunked(r, w, k, v, a, b, s0, precision=self.precision, resets=resets, s_reset=s_reset)

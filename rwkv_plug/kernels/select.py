@@ -13,7 +13,12 @@ from rwkv_plug.core import notice, plugins
 from rwkv_plug.core.errors import KernelError
 from rwkv_plug.core.interfaces import Kernel, kernel_availability
 from rwkv_plug.kernels import selfcheck
+from rwkv_plug.kernels.names import named_kernel
 from rwkv_plug.kernels.precision import WKV_PRECISIONS
+
+
+#: Why a kernel without ``caps.resets`` is refused for reset-packed data.
+NO_RESETS = "cannot reset the state at the record boundaries of packed data (data.packing_state: reset)"
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -47,10 +52,12 @@ def _instance(cls: type, precision: str) -> Kernel:
 
 
 def resolve_kernel(name: str, device: torch.device | str, dtype: torch.dtype, op: str = "wkv5",
-                   precision: str = "auto") -> Kernel:
+                   precision: str = "auto", resets: bool = False) -> Kernel:
     """A kernel instance for ``name`` running ``op`` on ``device`` with ``dtype`` inputs.
 
     ``precision`` (``model.wkv_precision``) is set on the instance as ``precision``.
+    ``resets``: the data resets the state inside a row (``data.packing_state: reset``), so
+    only a kernel whose caps declare ``resets`` will do.
 
     Raises ``UnknownNameError`` (with did-you-mean) for unregistered names and
     ``KernelError`` with the reason when the kernel cannot run here.
@@ -58,19 +65,8 @@ def resolve_kernel(name: str, device: torch.device | str, dtype: torch.dtype, op
     device_type = torch.device(device).type
     dt = dtype_name(dtype)
     registry = plugins.kernels()
-    if str(name).strip().lower() != "auto":
-        cls = registry.get(name)
-        if op not in cls.caps.ops:
-            raise KernelError(
-                f"model.kernel '{name}' does not implement {op} (it implements "
-                f"{', '.join(cls.caps.ops) or 'no op'}); use kernel: auto or another kernel."
-            )
-        ok, reason = kernel_availability(cls)
-        if not ok:
-            raise KernelError(
-                f"model.kernel '{name}' is not available here: {reason}. "
-                "Pick another kernel (rwkv-plug list-kernels) or kernel: auto."
-            )
+    cls = named_kernel(name, op)
+    if cls is not None:
         if not runs_on(cls, device_type):
             raise KernelError(
                 f"model.kernel '{name}' does not run on {device_type} "
@@ -81,6 +77,9 @@ def resolve_kernel(name: str, device: torch.device | str, dtype: torch.dtype, op
                 f"model.kernel '{name}' does not support {dt} inputs "
                 f"(it supports {', '.join(cls.caps.dtypes)}); change precision or the kernel."
             )
+        if resets and not cls.caps.resets:
+            raise KernelError(f"model.kernel '{name}' {NO_RESETS}; use kernel: auto or torch, "
+                              "or set data.packing_state: carry and rebuild the data")
         failed = selfcheck.failure(registry.entry(name), op, device, dtype)
         if failed:  # named by the user: stop rather than train on wrong numbers
             raise KernelError(f"model.kernel '{name}' {failed}. Use kernel: auto or torch, "
@@ -95,6 +94,8 @@ def resolve_kernel(name: str, device: torch.device | str, dtype: torch.dtype, op
         if op not in cls.caps.ops or device_type not in cls.caps.devices or dt not in cls.caps.dtypes:
             continue
         ok, reason = kernel_availability(cls)
+        if ok and resets and not cls.caps.resets:
+            ok, reason = False, NO_RESETS
         if not ok:
             skipped.append((cls.caps.speed_rank, f"{entry.name}: {reason}"))
             continue

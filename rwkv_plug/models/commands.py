@@ -201,7 +201,7 @@ def generate_cmd(model_path, prompt, tokenizer, max_tokens, temperature, top_p, 
     from rwkv_plug.data.tokenizer import load_tokenizer
     from rwkv_plug.models import load_model
     from rwkv_plug.models.sampling import StreamDecoder, generate
-    from rwkv_plug.training.vocab import PADDING_ROWS
+    from rwkv_plug.models.vocab import PADDING_ROWS
 
     model = load_model(model_path, kernel=kernel, dtype=torch.float32).eval()
     if adapter:

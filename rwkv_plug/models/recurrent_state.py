@@ -22,3 +22,12 @@ def start_state(n_layer: int, batch: int, n_embd: int, n_head: int, head_size: i
             torch.zeros(batch, n_embd, dtype=dtype, device=device),
         ]
     return tuple(state)
+
+
+def restart_wkv(tuned_state, layer: int, batch: int, device, resets: Tensor | None) -> Tensor | None:
+    """The WKV state a packed record restarts from in ``layer``: None (zeros) without a tuned
+    start state or without ``resets``, else the tuned state, so every record starts from it
+    exactly as if trained alone (and its gradient reaches the tuned state)."""
+    if resets is None or tuned_state is None:
+        return None
+    return tuned_state.batch(layer, batch, device)

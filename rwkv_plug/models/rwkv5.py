@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rwkv_plug.models.embedding import Embedding
+from rwkv_plug.models.head_out import head_out
 from rwkv_plug.models.kernel_slot import KernelSlot
-from rwkv_plug.models.recurrent_state import start_state
+from rwkv_plug.models.recurrent_state import restart_wkv, start_state
 
 HEAD_SIZE = 64
 #: GroupNorm runs on out / 8 (official x052); same as eps 64e-5 on out.
@@ -31,9 +33,11 @@ def default_dim_ffn(n_embd: int) -> int:
     return int(n_embd * 3.5 // 32 * 32)
 
 
-def _token_shift(x: Tensor, shift: Tensor) -> Tensor:
-    """The previous token of every position; position 0 gets the carried ``shift``."""
-    return torch.cat([shift.to(x.dtype).unsqueeze(1), x[:, :-1]], dim=1)  # (B, T, C)
+def _token_shift(x: Tensor, shift: Tensor, resets: Tensor | None = None) -> Tensor:
+    """The previous token of every position; position 0 gets the carried ``shift``,
+    and a position ``resets`` (B, T) marks (a packed record's first token) gets zeros."""
+    xx = torch.cat([shift.to(x.dtype).unsqueeze(1), x[:, :-1]], dim=1)  # (B, T, C)
+    return xx if resets is None else xx.masked_fill(resets.unsqueeze(-1), 0.0)
 
 
 class TimeMix(nn.Module):
@@ -58,10 +62,11 @@ class TimeMix(nn.Module):
         self.gate = nn.Linear(C, A, bias=False)
         self.ln_x = nn.GroupNorm(H, A, eps=1e-5)
 
-    def forward(self, x: Tensor, shift: Tensor, wkv: Tensor, kernel) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, shift: Tensor, wkv: Tensor, kernel, resets: Tensor | None = None,
+                fresh: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         B, T, C = x.shape  # x is ln1(x), (B, T, C)
         H, N = self.n_head, HEAD_SIZE
-        xx = _token_shift(x, shift)
+        xx = _token_shift(x, shift, resets)
         dx = x - xx
         # x * mix + xx * (1 - mix), written with one multiply
         xk, xv = xx + dx * self.time_mix_k, xx + dx * self.time_mix_v
@@ -77,7 +82,10 @@ class TimeMix(nn.Module):
         w = torch.exp(-torch.exp(self.time_decay.to(wdt)))  # (H, N) in (0, 1)
         u = self.time_faaaa.to(wdt)  # (H, N)
         # y_t = r_t (S + diag(u) k_t^T v_t);  S <- diag(w) S + k_t^T v_t
-        y, wkv = kernel.wkv5(r, k, v, w, u, wkv)  # (B, T, H, N), (B, H, N, N)
+        if resets is None:
+            y, wkv = kernel.wkv5(r, k, v, w, u, wkv)  # (B, T, H, N), (B, H, N, N)
+        else:  # a record starting inside the chunk starts from ``fresh`` (zeros or the tuned state)
+            y, wkv = kernel.wkv5(r, k, v, w, u, wkv, resets=resets, s_reset=fresh)
 
         y = y.reshape(B * T, H * N) / HEAD_SIZE_DIVISOR
         y = self.ln_x(y).view(B, T, H * N)  # (B, T, A)
@@ -97,8 +105,8 @@ class ChannelMix(nn.Module):
         self.receptance = nn.Linear(C, C, bias=False)
         self.value = nn.Linear(Fd, C, bias=False)
 
-    def forward(self, x: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
-        xx = _token_shift(x, shift)  # x is ln2(x), (B, T, C)
+    def forward(self, x: Tensor, shift: Tensor, resets: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        xx = _token_shift(x, shift, resets)  # x is ln2(x), (B, T, C)
         dx = x - xx
         xk, xr = xx + dx * self.time_mix_k, xx + dx * self.time_mix_r
         k = torch.relu(self.key(xk)).square()  # (B, T, F)
@@ -119,12 +127,15 @@ class Block(nn.Module):
         self.drop0 = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.drop1 = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
-    def forward(self, x: Tensor, att_shift: Tensor, wkv: Tensor, ffn_shift: Tensor, kernel):
+    def forward(self, x: Tensor, att_shift: Tensor, wkv: Tensor, ffn_shift: Tensor, kernel,
+                resets: Tensor | None = None, fresh: Tensor | None = None):
+        # resets (B, T) bool: packed records' first tokens, which start from the fresh state
+        # (shifts zero, WKV ``fresh``) exactly as if trained alone
         if self.layer_id == 0:
             x = self.ln0(x)
-        dx, att_shift, wkv = self.att(self.ln1(x), att_shift, wkv, kernel)
+        dx, att_shift, wkv = self.att(self.ln1(x), att_shift, wkv, kernel, resets, fresh)
         x = self.drop0(x + dx)
-        dx, ffn_shift = self.ffn(self.ln2(x), ffn_shift)
+        dx, ffn_shift = self.ffn(self.ln2(x), ffn_shift, resets)
         x = self.drop1(x + dx)
         return x, att_shift, wkv, ffn_shift
 
@@ -141,6 +152,8 @@ class RWKV5(KernelSlot, nn.Module):
     arch_name = "rwkv5"
 
     wkv_op = "wkv5"
+    #: forward takes ``head=True | "last" | False`` (models/head_out.py)
+    head_modes = True
 
     def __init__(
         self,
@@ -160,7 +173,7 @@ class RWKV5(KernelSlot, nn.Module):
         self.dim_ffn = dim_ffn or default_dim_ffn(n_embd)
         self.n_head = self.dim_att // HEAD_SIZE
         self.grad_cp = grad_cp
-        self.emb = nn.Embedding(vocab_size, n_embd)
+        self.emb = Embedding(vocab_size, n_embd)  # nn.Embedding, gradient memory reused on CPU
         self.drop0 = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.blocks = nn.ModuleList(
             Block(i, n_embd, self.dim_att, self.dim_ffn, dropout) for i in range(n_layer)
@@ -182,7 +195,9 @@ class RWKV5(KernelSlot, nn.Module):
         return start_state(self.n_layer, B, C, H, N, dtype, torch.float32, device, self.tuned_state)
 
     # -- forward ----------------------------------------------------------
-    def forward(self, idx: Tensor, state: tuple[Tensor, ...] | None = None):
+    def forward(self, idx: Tensor, state: tuple[Tensor, ...] | None = None, head: bool | str = True,
+                resets: Tensor | None = None):
+        # resets: (B, T) bool, True at a packed record's first token (the state restarts there)
         B, T = idx.shape  # (B, T) token ids, any T >= 1
         if T < 1:
             raise ValueError("RWKV5.forward needs at least one token per row")
@@ -194,15 +209,16 @@ class RWKV5(KernelSlot, nn.Module):
         act_dtype = torch.get_autocast_dtype(idx.device.type) if torch.is_autocast_enabled(
             idx.device.type
         ) else x.dtype
-        kernel = self.kernel_for(idx.device, act_dtype)
+        kernel = self.kernel_for(idx.device, act_dtype, resets=resets is not None)
         new_state: list[Tensor] = []
         for i, block in enumerate(self.blocks):
             s = state[3 * i : 3 * i + 3]
+            fresh = restart_wkv(self.tuned_state, i, B, idx.device, resets)
             if self.grad_cp and self.training and torch.is_grad_enabled():
-                out = torch.utils.checkpoint.checkpoint(block, x, *s, kernel, use_reentrant=False)
+                out = torch.utils.checkpoint.checkpoint(block, x, *s, kernel, resets, fresh, use_reentrant=False)
             else:
-                out = block(x, *s, kernel)
+                out = block(x, *s, kernel, resets, fresh)
             x = out[0]
             new_state += out[1:]
-        logits = self.head(self.ln_out(x))  # (B, T, V)
-        return logits, tuple(new_state)
+        # logits (B, T, V); (B, 1, V) for head="last"; the head input (B, T, C) for head=False
+        return head_out(self.ln_out, self.head, x, head), tuple(new_state)

@@ -26,8 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rwkv_plug.models.embedding import Embedding
+from rwkv_plug.models.head_out import head_out
 from rwkv_plug.models.kernel_slot import KernelSlot
-from rwkv_plug.models.recurrent_state import start_state
+from rwkv_plug.models.recurrent_state import restart_wkv, start_state
 
 HEAD_SIZE = 64
 #: The decay is exp(-e^-0.5 * sigmoid(.)), in (exp(-e^-0.5), 1): never 0, never quite 1.
@@ -46,9 +48,11 @@ class LoraDims:
     gate: int  # Dg: g1, g2
 
 
-def _token_shift(x: Tensor, shift: Tensor) -> Tensor:
-    """The previous token of every position; position 0 gets the carried ``shift``."""
-    return torch.cat([shift.to(x.dtype).unsqueeze(1), x[:, :-1]], dim=1)  # (B, T, C)
+def _token_shift(x: Tensor, shift: Tensor, resets: Tensor | None = None) -> Tensor:
+    """The previous token of every position; position 0 gets the carried ``shift``,
+    and a position ``resets`` (B, T) marks (a packed record's first token) gets zeros."""
+    xx = torch.cat([shift.to(x.dtype).unsqueeze(1), x[:, :-1]], dim=1)  # (B, T, C)
+    return xx if resets is None else xx.masked_fill(resets.unsqueeze(-1), 0.0)
 
 
 class TimeMix(nn.Module):
@@ -82,10 +86,11 @@ class TimeMix(nn.Module):
         self.output = nn.Linear(C, C, bias=False)
         self.ln_x = nn.GroupNorm(H, C, eps=LN_X_EPS)
 
-    def forward(self, x: Tensor, shift: Tensor, wkv: Tensor, v_first: Tensor | None, kernel):
+    def forward(self, x: Tensor, shift: Tensor, wkv: Tensor, v_first: Tensor | None, kernel,
+                resets: Tensor | None = None, fresh: Tensor | None = None):
         B, T, C = x.shape  # x is ln1(x), (B, T, C)
         H, N = self.n_head, HEAD_SIZE
-        d = _token_shift(x, shift) - x  # x_{t-1} - x_t
+        d = _token_shift(x, shift, resets) - x  # x_{t-1} - x_t
         xr, xw, xk = x + d * self.x_r, x + d * self.x_w, x + d * self.x_k
         xv, xa, xg = x + d * self.x_v, x + d * self.x_a, x + d * self.x_g
 
@@ -109,7 +114,11 @@ class TimeMix(nn.Module):
         heads = lambda t: t.view(B, T, H, N)  # noqa: E731
         a4 = heads(a)
         # S_t = S diag(w_t) + (S (-kk)) (kk * a)^T + v k^T;  y_t = S_t r_t
-        y, wkv = kernel.wkv7(heads(r), heads(decay), heads(k), heads(v), -kk, kk * a4, wkv)
+        if resets is None:
+            y, wkv = kernel.wkv7(heads(r), heads(decay), heads(k), heads(v), -kk, kk * a4, wkv)
+        else:  # a record starting inside the chunk starts from ``fresh`` (zeros or the tuned state)
+            y, wkv = kernel.wkv7(heads(r), heads(decay), heads(k), heads(v), -kk, kk * a4, wkv,
+                                 resets=resets, s_reset=fresh)
 
         y = self.ln_x(y.reshape(B * T, C)).view(B, T, H, N)
         bonus = (heads(r) * heads(k) * self.r_k).sum(dim=-1, keepdim=True)  # (B, T, H, 1)
@@ -127,8 +136,8 @@ class ChannelMix(nn.Module):
         self.key = nn.Linear(n_embd, dim_ffn, bias=False)
         self.value = nn.Linear(dim_ffn, n_embd, bias=False)
 
-    def forward(self, x: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
-        xk = x + (_token_shift(x, shift) - x) * self.x_k  # x is ln2(x), (B, T, C)
+    def forward(self, x: Tensor, shift: Tensor, resets: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        xk = x + (_token_shift(x, shift, resets) - x) * self.x_k  # x is ln2(x), (B, T, C)
         k = torch.relu(self.key(xk)).square()  # (B, T, F)
         return self.value(k), x[:, -1].clone()  # (B, T, C)
 
@@ -147,12 +156,15 @@ class Block(nn.Module):
         self.drop0 = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.drop1 = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
-    def forward(self, x: Tensor, v_first, att_shift: Tensor, wkv: Tensor, ffn_shift: Tensor, kernel):
+    def forward(self, x: Tensor, v_first, att_shift: Tensor, wkv: Tensor, ffn_shift: Tensor, kernel,
+                resets: Tensor | None = None, fresh: Tensor | None = None):
+        # resets (B, T) bool: packed records' first tokens, which start from the fresh state
+        # (shifts zero, WKV ``fresh``) exactly as if trained alone; v_first is per token
         if self.layer_id == 0:
             x = self.ln0(x)
-        dx, att_shift, wkv, v_first = self.att(self.ln1(x), att_shift, wkv, v_first, kernel)
+        dx, att_shift, wkv, v_first = self.att(self.ln1(x), att_shift, wkv, v_first, kernel, resets, fresh)
         x = self.drop0(x + dx)
-        dx, ffn_shift = self.ffn(self.ln2(x), ffn_shift)
+        dx, ffn_shift = self.ffn(self.ln2(x), ffn_shift, resets)
         x = self.drop1(x + dx)
         return x, v_first, att_shift, wkv, ffn_shift
 
@@ -169,6 +181,8 @@ class RWKV7(KernelSlot, nn.Module):
     arch_name = "rwkv7"
 
     wkv_op = "wkv7"
+    #: forward takes ``head=True | "last" | False`` (models/head_out.py)
+    head_modes = True
 
     def __init__(
         self,
@@ -189,7 +203,7 @@ class RWKV7(KernelSlot, nn.Module):
         self.lora = lora
         self.n_head = n_embd // HEAD_SIZE
         self.grad_cp = grad_cp
-        self.emb = nn.Embedding(vocab_size, n_embd)
+        self.emb = Embedding(vocab_size, n_embd)  # nn.Embedding, gradient memory reused on CPU
         self.drop0 = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.blocks = nn.ModuleList(Block(i, n_embd, self.dim_ffn, lora, dropout) for i in range(n_layer))
         self.ln_out = nn.LayerNorm(n_embd)
@@ -212,7 +226,9 @@ class RWKV7(KernelSlot, nn.Module):
         return start_state(self.n_layer, B, C, H, N, dtype, sdt, device, self.tuned_state)
 
     # -- forward ----------------------------------------------------------
-    def forward(self, idx: Tensor, state: tuple[Tensor, ...] | None = None):
+    def forward(self, idx: Tensor, state: tuple[Tensor, ...] | None = None, head: bool | str = True,
+                resets: Tensor | None = None):
+        # resets: (B, T) bool, True at a packed record's first token (the state restarts there)
         B, T = idx.shape  # (B, T) token ids, any T >= 1
         if T < 1:
             raise ValueError("RWKV7.forward needs at least one token per row")
@@ -224,16 +240,18 @@ class RWKV7(KernelSlot, nn.Module):
         act_dtype = torch.get_autocast_dtype(idx.device.type) if torch.is_autocast_enabled(
             idx.device.type
         ) else x.dtype
-        kernel = self.kernel_for(idx.device, act_dtype)
+        kernel = self.kernel_for(idx.device, act_dtype, resets=resets is not None)
         v_first = None  # set by block 0, read by the others
         new_state: list[Tensor] = []
         for i, block in enumerate(self.blocks):
             s = state[3 * i : 3 * i + 3]
+            fresh = restart_wkv(self.tuned_state, i, B, idx.device, resets)
             if self.grad_cp and self.training and torch.is_grad_enabled():
-                out = torch.utils.checkpoint.checkpoint(block, x, v_first, *s, kernel, use_reentrant=False)
+                out = torch.utils.checkpoint.checkpoint(block, x, v_first, *s, kernel, resets, fresh,
+                                                        use_reentrant=False)
             else:
-                out = block(x, v_first, *s, kernel)
+                out = block(x, v_first, *s, kernel, resets, fresh)
             x, v_first = out[0], out[1]
             new_state += out[2:]
-        logits = self.head(self.ln_out(x))  # (B, T, V)
-        return logits, tuple(new_state)
+        # logits (B, T, V); (B, 1, V) for head="last"; the head input (B, T, C) for head=False
+        return head_out(self.ln_out, self.head, x, head), tuple(new_state)

@@ -42,7 +42,8 @@ def feed(model: nn.Module, ids: Sequence[int], state=None, chunk_len: int = 512)
     logits = None
     for start in range(0, len(ids), max(1, chunk_len)):
         chunk = torch.tensor([list(ids[start : start + chunk_len])], dtype=torch.long, device=device)
-        out, state = model(chunk, state)
+        # the built-in models can run the head on the last position only
+        out, state = model(chunk, state, head="last") if getattr(model, "head_modes", False) else model(chunk, state)
         logits = out[0, -1]
     return logits, state
 

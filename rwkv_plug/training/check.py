@@ -12,10 +12,9 @@ no Lightning Trainer is made: what only Lightning refuses still shows at ``fit``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import click
 
 from rwkv_plug.core.config import Problems, load_yaml
 from rwkv_plug.core.errors import ConfigError, RwkvPlugError
@@ -76,22 +75,22 @@ def check_config(path: str | Path, resume: str | None = None, strict: bool = Fal
         cfg = None
     # fit looks for the source once the rest is valid; check says everything at once
     data = cfg.data if cfg is not None else apply_overrides(load_yaml(path), overrides or {}).get("data")
-    missing = missing_source(data) if isinstance(data, dict) else None
+    missing = missing_source(data) if isinstance(data, Mapping) else None
     if missing:
         problems.add(missing)
     if cfg is not None:
         _check_outputs_of_earlier_steps(cfg, resume, problems)
-        report.summary = (f"model {cfg.model['load_model']} (kernel {cfg.model['kernel']}), "
-                          f"data {data.get('source') or data.get('data_path')} (tokenizer "
-                          f"{data.get('tokenizer')}, strategy {data.get('strategy') or 'picked from the columns'})")
+        m, d = cfg.model, cfg.data
+        report.summary = (f"model {m.load_model} (kernel {m.kernel}), data {d.source or d.data_path} (tokenizer "
+                          f"{d.tokenizer}, strategy {d.strategy or 'picked from the columns'})")
     report.errors, report.warnings = list(problems.items), list(problems.not_made_yet)
     return report
 
 
 def _check_outputs_of_earlier_steps(cfg, resume: str | None, problems: _Collected) -> None:
     """A prebuilt data_path (skip_datapath_setup) and a --resume file, by their existence only."""
-    data_path = cfg.data.get("data_path")
-    if cfg.data.get("skip_datapath_setup") and data_path and not Path(data_path).expanduser().exists():
+    data_path = cfg.data.data_path
+    if cfg.data.skip_datapath_setup and data_path and not Path(data_path).expanduser().exists():
         problems.add_missing_file(f"data.data_path '{data_path}' does not exist, and skip_datapath_setup uses it "
                                   "as it is; build it with `rwkv-plug preload` or `rwkv-plug datapack`")
     if resume not in (None, "auto"):  # auto finds nothing or the newest: never an error
@@ -101,31 +100,3 @@ def _check_outputs_of_earlier_steps(cfg, resume: str | None, problems: _Collecte
             find_resume(resume, [cfg.checkpoint_dir])
         except RwkvPlugError as exc:
             problems.add(str(exc))
-
-
-@click.command("check", short_help="Validate a fit config without building anything.",
-               context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.argument("words", metavar="CONFIG [--SECTION.KEY VALUE]...", nargs=-1, type=click.UNPROCESSED)
-@click.option("--resume", metavar="auto|PATH", default=None,
-              help="Also check the checkpoint fit --resume would continue from.")
-@click.option("--strict", is_flag=True,
-              help="Files an earlier command makes (model.load_model; data_path with skip_datapath_setup) "
-              "must exist too: check that fit can start now.")
-@click.pass_context
-def check_command(ctx: click.Context, words: tuple[str, ...], resume: str | None, strict: bool) -> None:
-    """Check CONFIG as fit would read it: every section and key, plugin options, tokenizer and
-    kernel names, and the files it names. Prints one `error:` line per problem (exit 1), or an
-    `ok:` line (exit 0). A missing model.load_model is a warning unless --strict.
-    Command-line overrides (--trainer.max_steps 20 ...) are checked as fit applies them."""
-    from rwkv_plug.training.hooks import config_and_overrides
-
-    config, overrides = config_and_overrides(words, None, "check")
-    report = check_config(config, resume=resume, strict=strict, overrides=overrides)
-    for warning in report.warnings:
-        click.echo(f"warning: {config}: {warning} (fit needs it; --strict makes this an error)", err=True)
-    for error in report.errors:
-        click.echo(f"error: {config}: {error}", err=True)
-    if not report.ok:
-        ctx.exit(1)
-    note = f"; {len(report.warnings)} warning(s) above" if report.warnings else ""
-    click.echo(f"ok: {config}: {report.summary}{note}")

@@ -1,10 +1,12 @@
 """Per-chunk tensors kept between the forward and the backward of exact BPTT.
 
-Exact BPTT (:mod:`rwkv_plug.training.bptt`) keeps, for every chunk, the
-state it started from (and the RNG state, to replay dropout). Kept as one
-small tensor per layer and chunk, a 64k-token sample at ctx 128 is
-thousands of 16-64 KB allocations, and the process grew 3-4x faster than
-the bytes stored (allocator fragmentation). Here every tensor of a
+Exact BPTT (:mod:`rwkv_plug.training.bptt`) keeps the start states of some
+chunks (and the RNG state at each, to replay dropout): all of them, or at
+most ``model.bptt_kept_states`` at once, the others being run again from
+the nearest kept one (:mod:`rwkv_plug.training.recompute_schedule`).
+Kept as one small tensor per layer and chunk, a 64k-token sample at ctx
+128 is thousands of 16-64 KB allocations, and the process grew 3-4x faster
+than the bytes stored (allocator fragmentation). Here every tensor of a
 chunk's state is copied into one preallocated buffer per (shape, dtype,
 device), of shape ``(slots, count, *shape)``, so a whole sample's states
 are a handful of large allocations whose size is exactly the bytes kept:
@@ -12,9 +14,11 @@ are a handful of large allocations whose size is exactly the bytes kept:
     per kept state:  sum over layers of  2 * B * C * itemsize  +  B * H * N * N * 4
 
 for RWKV-v5 (token-shift states in the model's dtype, the WKV state in
-fp32, fp64 for fp64 models). A sample of ``n`` chunks keeps ``n - 1``
-states: chunks ``1 .. n-2`` here (chunk 0 starts from zeros) and the one
-handed to the last chunk, plus ``n - 1`` RNG states (5056 bytes on CPU).
+fp32, fp64 for fp64 models). A sample of ``n`` chunks keeps at most
+``K = min(M, n - 2)`` such states in :class:`KeptStarts` for a budget of
+``M`` (``K = n - 2`` when unbounded: chunks ``1 .. n-2``; chunk 0 starts
+from zeros), plus the one handed to the last chunk, plus ``K + 1`` RNG
+states (5056 bytes each on CPU).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from rwkv_plug.core import notice
+from rwkv_plug.core.errors import TrainingError
 
 Tensors = tuple[torch.Tensor, ...]
 
@@ -86,3 +91,56 @@ class ChunkStore:
         for (shape, dtype, device), count in counts.items():
             self._buffers[(shape, dtype, device)] = torch.empty(
                 (self.slots, count, *shape), dtype=dtype, device=device)
+
+
+class KeptStarts:
+    """Chunk-start states and RNG states, at most ``slots`` of each at once, by chunk number.
+
+    Chunk 0 starts from the model's zero state, which is made again rather
+    than kept; its RNG state has a slot of its own. Slots are reused as
+    states are dropped, so the buffers never grow past ``slots`` states
+    however long the sample; :attr:`peak` is the most held at once.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self.states = ChunkStore(slots, "state")
+        self.rngs = ChunkStore(slots + 1, "RNG state")  # the last slot: chunk 0's
+        self._slot: dict[int, int] = {}
+        self._free = list(range(slots - 1, -1, -1))
+        self.peak = 0
+
+    def start(self, rng: Tensors) -> None:
+        """Keep chunk 0's RNG state."""
+        self.rngs.put(self.states.slots, rng)
+
+    def keep(self, chunk: int, state: Tensors, rng: Tensors) -> Tensors:
+        """Copy ``chunk``'s start state and RNG state into a free slot; returns the stored state."""
+        if chunk in self._slot or not self._free:
+            raise TrainingError(f"exact BPTT: no free slot for chunk {chunk}'s start state "
+                                f"({self.states.slots} slots); this is a bug in the recompute schedule")
+        slot = self._free.pop()
+        self._slot[chunk] = slot
+        self.peak = max(self.peak, len(self._slot))
+        self.rngs.put(slot, rng)
+        return self.states.put(slot, state)
+
+    def held(self, chunk: int) -> bool:
+        return chunk in self._slot
+
+    def get(self, chunk: int) -> tuple[Tensors | None, Tensors]:
+        """(start state, RNG state) of ``chunk``; the state is None for chunk 0 (zeros)."""
+        if chunk == 0:
+            return None, self.rngs.get(self.states.slots)
+        slot = self._slot[chunk]
+        return self.states.get(slot), self.rngs.get(slot)
+
+    def drop(self, chunk: int) -> None:
+        """Free ``chunk``'s slot for reuse."""
+        self._free.append(self._slot.pop(chunk))
+
+    def buffers(self) -> list[torch.Tensor]:
+        return self.states.buffers() + self.rngs.buffers()
+
+    def nbytes(self) -> int:
+        """Bytes of the kept start states (the RNG states not included)."""
+        return self.states.nbytes()

@@ -13,9 +13,11 @@ from typing import Any
 
 from rwkv_plug.core.config import Problems, check_sections, load_yaml, resolve_options
 from rwkv_plug.core.errors import ConfigError, did_you_mean
+from rwkv_plug.core.option_types import check_value
+from rwkv_plug.data.options import DataConfig
 from rwkv_plug.training import options as O
 from rwkv_plug.training.lightning_args import check_values, checkpoint_hints, trainer_hints
-from rwkv_plug.training.model_config import model_section, number
+from rwkv_plug.training.model_config import ModelConfig, model_section
 
 
 @dataclass
@@ -23,7 +25,9 @@ class FitConfig:
     """A validated fit config. Paths are resolved; trainer values are raw YAML."""
 
     path: Path
-    model: dict[str, Any]
+    #: the ``model:`` section, typed and frozen (read ``cfg.model.ctx_len``; mapping access
+    #: ``cfg.model["ctx_len"]`` still works while code moves to attributes)
+    model: ModelConfig
     #: Keyword arguments for ``lightning.Trainer`` (logger/callbacks still as specs).
     trainer: dict[str, Any]
     microbatch_size: int
@@ -32,7 +36,9 @@ class FitConfig:
     num_devices: int
     #: ``ModelCheckpoint`` keyword arguments (dirpath resolved).
     checkpoint: dict[str, Any]
-    data: dict[str, Any]
+    #: the ``data:`` section, typed and frozen (``cfg.data.data_path``; plugin keys in
+    #: ``cfg.data.plugin_options``; mapping access ``cfg.data["tokenizer"]`` still works)
+    data: DataConfig
     seed: int | None = 42
     root_dir: Path = field(default_factory=Path)
     #: ``--section.key value`` overrides from the command line (dotted key -> value), applied over the file
@@ -47,6 +53,9 @@ class FitConfig:
     @property
     def world_size(self) -> int:
         return self.num_devices * int(self.trainer.get("num_nodes", 1))
+
+
+_NUM_NODES = next(o for o in O.TRAINER_LIGHTNING if o.name == "num_nodes")
 
 
 def trainer_argument_names() -> list[str]:
@@ -103,37 +112,12 @@ def _check_plugin_spec(problems: Problems, key: str, spec: Any, simple: tuple[st
             problems.add(f"trainer.{key}: init_args must be a mapping")
 
 
-#: Strategy names and classes that shard or wrap the parameters (checked case-insensitively).
-_SHARDED_NAMES = ("fsdp", "deepspeed", "modelparallel", "model_parallel")
+def sharded_strategy_problem(strategy: Any, accelerator: Any = "auto") -> str | None:
+    """Why ``trainer.strategy`` cannot run here, or ``None`` (names, ``class_path`` mappings and
+    Strategy objects; the rules are in :mod:`rwkv_plug.training.sharding`)."""
+    from rwkv_plug.training.sharding import strategy_problem
 
-
-def sharded_strategy_problem(strategy: Any) -> str | None:
-    """Why ``trainer.strategy`` is refused, or ``None`` if it may run.
-
-    The chunked BPTT engine (``training/bptt.py``) recomputes chunks in its
-    backward pass and differentiates ``model.parameters()`` itself, so every
-    rank needs the full, unwrapped parameters. Sharded strategies do not give
-    that: under Lightning's FSDP they are flat-parameter views and the
-    backward fails; DeepSpeed is neither a dependency nor tested. A name, a
-    ``class_path`` mapping and a Strategy object are all checked.
-    """
-    if isinstance(strategy, dict):
-        name = str(strategy.get("class_path", ""))
-    elif isinstance(strategy, str):
-        name = strategy
-    else:
-        from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
-
-        if not isinstance(strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)):
-            return None
-        name = type(strategy).__name__
-    if not any(part in name.lower() for part in _SHARDED_NAMES):
-        return None
-    return (
-        f"trainer.strategy '{name}' is not supported: rwkv-plug's chunked BPTT engine needs the full "
-        "parameters on every rank, which sharded strategies (FSDP, DeepSpeed) do not keep; "
-        "use 'ddp', 'ddp_spawn' or 'auto' (see docs/training.md, Multiple devices)"
-    )
+    return strategy_problem(strategy, accelerator)
 
 
 def logger_package_problem(name: str) -> str | None:
@@ -147,17 +131,11 @@ def logger_package_problem(name: str) -> str | None:
 
 
 def _trainer_section(raw: Any, problems: Problems, config_path: Path) -> dict[str, Any]:
-    raw = dict(raw or {})
-    for key, reason in O.TRAINER_FIXED.items():
-        if key in raw:
-            problems.add(f"trainer.{key} cannot be set: {reason}")
-            raw.pop(key)
-    ours = resolve_options("trainer", raw, O.TRAINER_OPTIONS, problems, passthrough=trainer_argument_names())
-    t = {**O.TRAINER_DEFAULTS, **{k: v for k, v in ours.items() if k not in {o.name for o in O.TRAINER_OPTIONS}}}
-    ours = {o.name: ours[o.name] for o in O.TRAINER_OPTIONS}
-    t["microbatch_size"] = number(problems, "trainer.microbatch_size", ours["microbatch_size"], int, 1)
-    t["target_batch_size"] = number(problems, "trainer.target_batch_size", ours["target_batch_size"], int)
-    t["checkpoint"] = ours["checkpoint"]
+    """lightning.Trainer's keyword arguments (rwkv-plug's defaults under the given ones) plus
+    rwkv-plug's own ``trainer:`` keys (:data:`~rwkv_plug.training.options.TRAINER_OPTIONS`)."""
+    ours = resolve_options("trainer", raw, (*O.TRAINER_OPTIONS, *O.TRAINER_LEGACY), problems,
+                           passthrough=trainer_argument_names(), check_types=True, yaml_numbers=True)
+    t = {**O.trainer_defaults(), **ours}
     check_values("trainer", t, trainer_hints(), problems)
     if "logger" in t:
         _check_plugin_spec(problems, "logger", t["logger"], tuple(O.LOGGERS))
@@ -167,7 +145,7 @@ def _trainer_section(raw: Any, problems: Problems, config_path: Path) -> dict[st
                 problems.add(missing)
     if "callbacks" in t:
         _check_plugin_spec(problems, "callbacks", t["callbacks"], ())
-    refused = sharded_strategy_problem(t.get("strategy"))
+    refused = sharded_strategy_problem(t.get("strategy"), t.get("accelerator", "auto"))
     if refused:
         problems.add(refused)
     if not isinstance(t.get("default_root_dir"), (str, Path)):  # unset, null, or reported above
@@ -201,7 +179,7 @@ def _checkpoint_section(spec: Any, root: Path, problems: Problems) -> dict[str, 
     check_values("trainer.checkpoint", given, checkpoint_hints(), problems)
     if not isinstance(given.get("dirpath"), str):  # unset, null, or reported above
         given.pop("dirpath", None)
-    return {"dirpath": str(root / "checkpoints"), **O.CHECKPOINT_DEFAULTS, **given}
+    return {"dirpath": str(root / "checkpoints"), **O.checkpoint_defaults(), **given}
 
 
 def load_fit_config(path: str | Path, problems: Problems | None = None,
@@ -239,13 +217,13 @@ def load_fit_config(path: str | Path, problems: Problems | None = None,
                      "checkpoints; keep one (the callback would silently win)")
     # a malformed data section was reported above: its keys' problems would only repeat it
     data = _data_section(raw.get("data"), Problems(str(path)) if "data" in malformed else problems)
-    seed = raw.get("seed_everything", 42)
-    if seed is True:
-        seed = 42
-    elif seed is False or seed is None:
+    seed, problem = check_value(O.SEED_OPTION, raw.get("seed_everything", O.SEED_OPTION.default))
+    if problem:
+        problems.add(f"seed_everything {problem}")
+    elif seed is True:
+        seed = O.SEED_OPTION.default
+    elif seed is False:
         seed = None
-    elif not isinstance(seed, int):
-        problems.add(f"seed_everything must be an integer or true/false, got {seed!r}")
 
     accumulate = 1
     devices = 1
@@ -255,7 +233,10 @@ def load_fit_config(path: str | Path, problems: Problems | None = None,
         problems.add(str(exc))
     nodes = trainer.get("num_nodes", 1)
     if "num_nodes" in trainer:
-        nodes = trainer["num_nodes"] = number(problems, "trainer.num_nodes", nodes, int, 1)
+        nodes, problem = check_value(_NUM_NODES, nodes, yaml_numbers=True)
+        if problem:
+            problems.add(f"trainer.num_nodes {problem}")
+        trainer["num_nodes"] = nodes
     explicit = trainer.get("accumulate_grad_batches", 1)
     sizes_valid = all(isinstance(n, int) and n >= 1 for n in (micro, nodes, devices))
     if isinstance(target, int) and sizes_valid and target > 0:
@@ -273,8 +254,8 @@ def load_fit_config(path: str | Path, problems: Problems | None = None,
     )
 
 
-def _data_section(raw: Any, problems: Problems) -> dict[str, Any]:
+def _data_section(raw: Any, problems: Problems) -> DataConfig:
     """The ``data:`` section, validated by the data area."""
-    from rwkv_plug.data.options import resolve_data_config
+    from rwkv_plug.data.options import data_config, resolve_data_config
 
-    return resolve_data_config(raw if raw is None or not isinstance(raw, dict) else dict(raw), problems)
+    return data_config(resolve_data_config(raw if raw is None or not isinstance(raw, dict) else dict(raw), problems))

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from rwkv_plug.core import notice
 from rwkv_plug.core.errors import ConfigError, Interrupted, TrainingError
 from rwkv_plug.training import options as O
 from rwkv_plug.training.config import FitConfig, load_fit_config, logger_package_problem, sharded_strategy_problem
@@ -79,9 +80,16 @@ def build_trainer(cfg: FitConfig, extra_callbacks: list | None = None):
     from rwkv_plug.training.samples import sample_callbacks
 
     kwargs = dict(cfg.trainer)
-    refused = sharded_strategy_problem(kwargs.get("strategy"))  # a Strategy object set in Python
+    refused = sharded_strategy_problem(kwargs.get("strategy"), kwargs.get("accelerator"))  # an object set in Python
     if refused:
         raise ConfigError(refused)
+    from rwkv_plug.training.sharding import fsdp2_strategy, is_fsdp2
+
+    if is_fsdp2(kwargs.get("strategy"), kwargs.get("accelerator")):  # fsdp2: Lightning's ModelParallelStrategy
+        if str(kwargs["strategy"]).lower() == "fsdp":
+            notice.warn_once("fsdp as fsdp2", "trainer.strategy 'fsdp' runs as 'fsdp2' (FSDP1 cannot shard the "
+                             "chunked BPTT engine's parameters; docs/training.md, Sharded training)")
+        kwargs["strategy"] = fsdp2_strategy(cfg.world_size)
     kwargs["logger"] = _loggers(kwargs.get("logger"), cfg.root_dir)
     callbacks = [_instantiate(c, "callbacks") for c in (kwargs.pop("callbacks", None) or [])]
     if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
@@ -201,7 +209,7 @@ def _training_module(cfg: FitConfig, trainer, model, log: Callable[[str], None])
 
     from rwkv_plug.data.pipeline import prepare_dataset
     from rwkv_plug.training.module import RwkvTrainingModule, TrainSettings
-    from rwkv_plug.training.vocab import check_tokenizer_fits, check_vocab
+    from rwkv_plug.models.vocab import check_tokenizer_fits, check_vocab
 
     m = cfg.model
     check_tokenizer_fits(cfg.data, model.vocab_size, m["load_model"])  # before building the data
@@ -228,15 +236,34 @@ def _training_module(cfg: FitConfig, trainer, model, log: Callable[[str], None])
     if cfg.data.get("dataloader_swap_train_test_split"):  # a debugging aid of the earlier trainer
         log("data.dataloader_swap_train_test_split: training on the test split, validating on the train split")
         train, test = test, train
+    _check_record_resets(cfg, model, train)
     log(_padding_report(cfg, settings, train))
     module = RwkvTrainingModule(model, settings, train, test)
     check_epoch_batches(trainer, module.batches_per_epoch(trainer.world_size), str(cfg.path))
     return module
 
 
+def _check_record_resets(cfg: FitConfig, model, train) -> None:
+    """Reset-packed data (``data.packing_state: reset``): only a kernel that resets the state at
+    record starts will do, and every start must fall on its chunk grid in every ctx_len chunk."""
+    from rwkv_plug.data.pack import RECORD_STARTS
+
+    if RECORD_STARTS not in (getattr(train, "column_names", None) or ()):
+        return
+    align = int(cfg.data.get("packing_align") or 32)
+    if cfg.model["ctx_len"] % align:
+        raise TrainingError(f"model.ctx_len {cfg.model['ctx_len']} is not a multiple of data.packing_align "
+                            f"{align}: packed records would start off the kernel's chunk grid; make model.ctx_len "
+                            "a multiple of it (or set data.packing_state: carry)")
+    if not callable(getattr(model, "require_resets", None)):
+        raise TrainingError(f"the {type(model).__name__} model cannot reset its state at packed record starts; "
+                            "set data.packing_state: carry and rebuild the data")
+    model.require_resets()
+
+
 def _padding_report(cfg: FitConfig, settings, train) -> str:
     """The padding share of the first epoch's batches, over every rank (``padding: ...``)."""
-    from rwkv_plug.training.data import ResumableSampler
+    from rwkv_plug.training.batches import ResumableSampler
     from rwkv_plug.training.padding import padding_line, padding_share, sample_lengths
 
     world = cfg.world_size

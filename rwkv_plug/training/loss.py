@@ -5,6 +5,11 @@ Masks are target-aligned: for inputs ``ids[:, :-1]`` and targets
 is ``sum(CE * mask) / sum(mask)`` over all of its chunks and rows, so a
 chunk's loss is its share of that sum (``denom`` is the whole-sample
 mask sum, computed once per microbatch).
+
+Training computes the same loss from the head input in token chunks
+(:mod:`rwkv_plug.training.head_loss`, ``model.head_chunk_tokens``);
+:func:`chunk_loss` on full logits is its reference and the path of
+``head_chunk_tokens: 0`` and of models without head modes.
 """
 
 from __future__ import annotations

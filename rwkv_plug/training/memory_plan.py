@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from rwkv_plug.training.head_loss import DEFAULT_HEAD_CHUNK_TOKENS
+from rwkv_plug.training.recompute_schedule import DEFAULT_KEPT_STATES, extra_runs, slots_used
+
 #: trainer.strategy names whose parameters, gradients and optimizer state are sharded over devices
 SHARDED = ("fsdp", "deepspeed", "model_parallel", "modelparallel")
 
@@ -78,6 +81,10 @@ class StepShape:
     kernel: str = "auto"
     #: model.tuning: ``full`` trains every weight, ``state`` only a WKV start state per layer
     tuning: str = "full"
+    #: model.bptt_kept_states: chunk-start states exact BPTT keeps at once (-1: all)
+    kept_states: int = DEFAULT_KEPT_STATES
+    #: model.head_chunk_tokens: the head and loss run this many tokens at a time (0: full logits)
+    head_chunk: int = DEFAULT_HEAD_CHUNK_TOKENS
 
 
 def human(n: float) -> str:
@@ -195,13 +202,24 @@ def _probe(arch: type, shapes: Mapping[str, tuple], n: int, shape: StepShape):
         saved = _Saved(list(model.parameters()))
         with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t), torch.autocast(
                 "cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-            logits, _ = model(idx, state)
-            activations = saved.total
-            mask = torch.ones(B, T, dtype=torch.long)
-            chunk_loss(logits, idx, mask, torch.ones(()), B, l2wrap=False)
-            top_logit_pull(logits, mask, 1e-4)  # the l2wrap term (its strength needs a real mask sum)
-            loss = saved.total - activations
+            if _chunked_head(model, shape):  # the head and loss keep no logits (estimate() counts them)
+                model(idx, state, head=False)
+                activations, loss = saved.total, 0
+            else:
+                logits, _ = model(idx, state)
+                activations = saved.total
+                mask = torch.ones(B, T, dtype=torch.long)
+                chunk_loss(logits, idx, mask, torch.ones(()), B, l2wrap=False)
+                top_logit_pull(logits, mask, 1e-4)  # the l2wrap term (its strength needs a real mask sum)
+                loss = saved.total - activations
     return activations, loss, state_bytes, wkv
+
+
+def _chunked_head(model, shape: StepShape) -> bool:
+    """Whether fit computes this model's head and loss in token chunks (training/head_loss.py)."""
+    from rwkv_plug.training.head_loss import head_weight
+
+    return shape.head_chunk > 0 and head_weight(model) is not None
 
 
 def _per_layer(arch, shapes, n_layer, shape) -> tuple[dict[str, int], dict[str, int]]:
@@ -275,14 +293,32 @@ def estimate(arch: type, shapes: Mapping[str, tuple], vocab: int, shape: StepSha
     times = f"{n} chunks x (" if chunks_held > 1 else "("
     terms.append(Term("activations", f"{times}{act_formula}; saved tensors counted, B={B}, T={T}, {kernel})",
                       chunks_held * act))
-    terms.append(Term("loss", f"{'%d chunks x ' % n if chunks_held > 1 else ''}saved by the loss: log-softmax "
-                      f"B*T*V*4 + targets and top-logit indices (counted)", chunks_held * loss))
-    terms.append(Term("logits gradient", f"2 x B*T*V*4 = 2 x {B}*{T}*{vocab}*4", 2 * B * T * vocab * 4))
+    if shape.head_chunk > 0 and loss == 0:  # chunked head and loss: no (T, V) tensor is held
+        rows = min(B * T, shape.head_chunk)
+        C = _width(shapes)
+        head = rows * vocab * 4 + vocab * C * 4 + B * T * C * act_size
+        terms.append(Term("head and loss", f"{rows} x V*4 logits of one head chunk + V*C*4 head-weight gradient "
+                          f"+ B*T*C*{act_size} head-input gradient (V={vocab}, C={C}; model.head_chunk_tokens "
+                          f"{shape.head_chunk})", chunks_held * head))
+    else:
+        terms.append(Term("loss", f"{'%d chunks x ' % n if chunks_held > 1 else ''}saved by the loss: log-softmax "
+                          f"B*T*V*4 + targets and top-logit indices (counted)", chunks_held * loss))
+        terms.append(Term("logits gradient", f"2 x B*T*V*4 = 2 x {B}*{T}*{vocab}*4", 2 * B * T * vocab * 4))
     if exact:
         state = outside["state"] + L * per["state"]
         rng = torch.get_rng_state().numel() + (16 if shape.device_type == "cuda" else 0)
-        terms.append(Term("kept states", f"{n - 1} chunk starts x ({human(state)} state [per layer 2*B*C*itemsize "
-                          f"+ B*H*N*N*4 for rwkv5] + {rng} B RNG state)", (n - 1) * (state + rng)))
+        # K = min(bptt_kept_states, n - 2) kept starts + the one handed to the last chunk;
+        # an RNG state per kept start and chunk 0's (training/chunk_states.py)
+        kept = slots_used(n - 1, shape.kept_states) + 1
+        budget = "all" if shape.kept_states < 0 else f"bptt_kept_states {shape.kept_states}"
+        terms.append(Term("kept states", f"{kept} chunk starts (min(n - 2, {budget}) + 1, n = {n}) x ({human(state)} "
+                          f"state [per layer 2*B*C*itemsize + B*H*N*N*4 for rwkv5] + {rng} B RNG state)",
+                          kept * (state + rng)))
+        again = extra_runs(n - 1, shape.kept_states)
+        if again:
+            notes.append(f"bptt_kept_states {shape.kept_states} < n - 2 = {n - 2}: the longest sample's backward "
+                         f"runs {again} chunks again without autograd ({again / n:.2f} per chunk) to rebuild the "
+                         "start states it did not keep")
     if sharded:
         notes.append(f"{shape.strategy}: weights, gradients and optimizer state assumed fully sharded over "
                      f"{shape.devices} devices (ZeRO-3 style); the layer being gathered is not counted")

@@ -17,8 +17,9 @@ from torch.utils.data import DataLoader
 
 from rwkv_plug.training import quiet, rng
 from rwkv_plug.training.bptt import BpttSettings, sequence_loss
+from rwkv_plug.training.head_loss import DEFAULT_HEAD_CHUNK_TOKENS
 from rwkv_plug.training.checkpoint import epoch_end_as_batch_end, mark_resumed_step_saved
-from rwkv_plug.training.data import EvalRows, EvalSampler, ResumableSampler, collate
+from rwkv_plug.training.batches import EvalRows, EvalSampler, ResumableSampler, collate
 from rwkv_plug.training.optim import LrSchedule, build_optimizer, schedule_steps
 
 
@@ -43,6 +44,8 @@ class TrainSettings:
             learning=m["bptt_learning"],
             truncated=m["bptt_truncated_learning"],
             learning_range=m["bptt_learning_range"],
+            head_chunk=m.get("head_chunk_tokens", DEFAULT_HEAD_CHUNK_TOKENS),
+            kept_states=m.get("bptt_kept_states", BpttSettings.kept_states),
         )
 
 
@@ -84,7 +87,8 @@ class RwkvTrainingModule(L.LightningModule):
     # -- steps ---------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = sequence_loss(
-            self.model, batch["input_ids"], batch["loss_mask"], self.bptt, train=True, sync_chunks=self._sync_chunks
+            self.model, batch["input_ids"], batch["loss_mask"], self.bptt, train=True, sync_chunks=self._sync_chunks,
+            resets=batch.get("resets"),
         )
         # Counted against the sampler's epoch, not the epoch hooks: Lightning does not call
         # on_train_epoch_start for an epoch it resumes, nor for the one after a resumed last batch.
@@ -141,7 +145,8 @@ class RwkvTrainingModule(L.LightningModule):
         self._val_sums = torch.zeros(2, dtype=dt, device=self.device)  # (CE sum, target tokens)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        out = sequence_loss(self.model, batch["input_ids"], batch["loss_mask"], self.bptt, train=False)
+        out = sequence_loss(self.model, batch["input_ids"], batch["loss_mask"], self.bptt, train=False,
+                            resets=batch.get("resets"))
         tokens = batch["loss_mask"][:, 1:].sum()  # out.loss = CE sum / max(tokens, 1)
         self._val_sums[0] += out.loss.to(self._val_sums.dtype) * tokens
         self._val_sums[1] += tokens
@@ -174,6 +179,15 @@ class RwkvTrainingModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         # A ddp_spawn worker does not inherit run_fit's warning filters; it only ever trains.
         quiet.ignore_known_warnings()
+
+    def configure_model(self) -> None:
+        # trainer.strategy: fsdp2 (Lightning's ModelParallelStrategy): FSDP2 over the data-parallel ranks
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        if self._trainer is not None and isinstance(self.trainer.strategy, ModelParallelStrategy):
+            from rwkv_plug.training.sharding import shard_model
+
+            shard_model(self.model, self.device_mesh["data_parallel"])
 
     def teardown(self, stage: str) -> None:
         # Lightning's last hook (after the strategy's teardown). Lightning destroys only

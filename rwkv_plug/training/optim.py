@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -64,19 +66,22 @@ def schedule_steps(
     return 10 * steps_per_epoch
 
 
-def build_optimizer(model: torch.nn.Module, m: dict, schedule: LrSchedule, arch: type | None = None):
+def build_optimizer(model: torch.nn.Module, m: Mapping[str, Any], schedule: LrSchedule, arch: type | None = None):
     """AdamW when weight_decay > 0 (else Adam), with a per-step LambdaLR.
 
     ``arch`` (a ``ModelArch`` class) declares the parameter groups; None uses
     the ``ModelArch`` default, which knows no parameter names.
     """
+    from rwkv_plug.training.model_config import model_config
+
+    m = model_config(m)  # the model: section (or a mapping of some of its keys)
     if arch is None:
         from rwkv_plug.core.interfaces import ModelArch as arch
-    groups = arch.param_groups(model.named_parameters(), m["weight_decay"], m["layerwise_lr"])
+    groups = arch.param_groups(model.named_parameters(), m.weight_decay, m.layerwise_lr)
     for g in groups:
         g["lr"] = schedule.lr_init * g["lr_scale"]
-    cls = torch.optim.AdamW if m["weight_decay"] > 0 else torch.optim.Adam
-    kwargs = dict(lr=schedule.lr_init, betas=(m["beta1"], m["beta2"]), eps=m["adam_eps"])
+    cls = torch.optim.AdamW if m.weight_decay > 0 else torch.optim.Adam
+    kwargs = dict(lr=schedule.lr_init, betas=(m.beta1, m.beta2), eps=m.adam_eps)
     try:
         # the fused step is ~7x faster than the default on CPU (one pass over memory)
         opt = cls(groups, fused=True, **kwargs)

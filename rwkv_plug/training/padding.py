@@ -1,6 +1,6 @@
 """How much of the training batches is padding (``fit`` and ``inspect`` report it).
 
-A microbatch is padded to its longest sample (training/data.py), so rows of
+A microbatch is padded to its longest sample (training/batches.py), so rows of
 very different lengths in one batch waste compute on padding. The share is
 counted over the token positions of the batches one epoch makes: padding /
 (rows x batch width). Numpy only: ``inspect`` imports it without torch.

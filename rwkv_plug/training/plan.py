@@ -132,7 +132,7 @@ def run_plan(config: str, overrides: dict | None = None, echo: Callable[[str], N
     from rwkv_plug.training.config import load_fit_config
     from rwkv_plug.training.fit import missing_source
     from rwkv_plug.training.memory_plan import StepShape, estimate, human
-    from rwkv_plug.training.vocab import check_tokenizer_fits, check_vocab
+    from rwkv_plug.models.vocab import check_tokenizer_fits, check_vocab
 
     cfg = load_fit_config(config, overrides=overrides)
     missing = missing_source(cfg.data)
@@ -141,23 +141,23 @@ def run_plan(config: str, overrides: dict | None = None, echo: Callable[[str], N
 
         raise ConfigError(f"{cfg.path}: {missing}")
     m, t = cfg.model, cfg.trainer
-    sd = load_state_dict(m["load_model"])  # memory-mapped: only the shapes are read
+    sd = load_state_dict(m.load_model)  # memory-mapped: only the shapes are read
     arch = detect_arch(sd, f"model file '{m['load_model']}'")
     shapes = {k: tuple(v.shape) for k, v in sd.items()}
     dims = getattr(arch, "dims", None)  # rwkv5 and rwkv7 read their sizes; else the embedding's rows
     vocab = int(dims(sd)["vocab_size"]) if callable(dims) else int(shapes["emb.weight"][0])
     del sd
-    check_tokenizer_fits(cfg.data, vocab, m["load_model"])
+    check_tokenizer_fits(cfg.data, vocab, m.load_model)
     dataset, how = prepare_dataset(cfg.data, log=log)  # says whether it built or reused, as in fit
-    check_vocab(cfg.data, dataset, vocab, m["load_model"], log)
+    check_vocab(cfg.data, dataset, vocab, m.load_model, log)
     train, test = dataset["train"], dataset.get("test")
-    if cfg.data.get("dataloader_swap_train_test_split"):
+    if cfg.data.dataloader_swap_train_test_split:
         train, test = test, train
-    ctx = m["ctx_len"]
-    r = m["bptt_learning_range"] if m["bptt_learning"] else -1
+    ctx = m.ctx_len
+    r = m.bptt_learning_range if m.bptt_learning else -1
     stats = data_stats(train, test, ctx, r)
 
-    echo(f"plan for {cfg.path} (dataset {how}: {cfg.data.get('data_path')})")
+    echo(f"plan for {cfg.path} (dataset {how}: {cfg.data.data_path})")
     echo("data")
     echo(f"  samples          {stats.samples:,} (test split {stats.test_samples:,})")
     avg = stats.tokens / max(stats.samples, 1)
@@ -189,9 +189,9 @@ def run_plan(config: str, overrides: dict | None = None, echo: Callable[[str], N
     longest_chunks = max(stats.chunk_counts, default=1)
     shape = StepShape(
         microbatch=micro, ctx_len=ctx, chunks=longest_chunks, precision=str(t.get("precision") or "32-true"),
-        strategy=_strategy_name(t.get("strategy")), devices=world, bptt_learning=bool(m["bptt_learning"]),
-        grad_cp=bool(m["grad_cp"]), device_type=_device_type(t.get("accelerator")), kernel=str(m["kernel"]),
-        tuning=str(m.get("tuning") or "full"),
+        strategy=_strategy_name(t.get("strategy")), devices=world, bptt_learning=m.bptt_learning,
+        grad_cp=m.grad_cp, device_type=_device_type(t.get("accelerator")), kernel=str(m.kernel),
+        tuning=m.tuning, kept_states=m.bptt_kept_states, head_chunk=m.head_chunk_tokens,
     )
     plan = estimate(arch, shapes, vocab, shape)
     echo(f"memory per device (estimate): {arch.name}, {len(shapes)} tensors, vocab {vocab}; precision "
@@ -201,18 +201,3 @@ def run_plan(config: str, overrides: dict | None = None, echo: Callable[[str], N
         echo(line)
     echo(f"peak per device ~ {human(plan.total)}")
     return stats, plan
-
-
-@click.command("plan", short_help="Samples, steps and peak memory per device of a fit config.",
-               context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.argument("words", metavar="CONFIG [--SECTION.KEY VALUE]...", nargs=-1, type=click.UNPROCESSED)
-def plan_command(words: tuple[str, ...]) -> None:
-    """Print what `rwkv-plug fit CONFIG` would train and the memory it needs per device.
-
-    Builds the dataset if it is missing (as fit does); loads no weights and trains
-    nothing. Overrides work as for fit: --trainer.microbatch_size 4.
-    """
-    from rwkv_plug.training.hooks import config_and_overrides
-
-    config, overrides = config_and_overrides(words, None, command="plan")
-    run_plan(config, overrides)

@@ -6,8 +6,6 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
-
 from rwkv_plug.training.runlogs import RunLog, Series
 
 TRAIN, VALID, LR, TOKENS, RATE = "train/loss", "validation/loss", "train/lr", "train/tokens", "train/tokens_per_sec"
@@ -106,23 +104,3 @@ def plot_run(log: RunLog, out: str | Path) -> dict[str, Series]:
     finally:
         plt.close(fig)
     return drawn
-
-
-@click.command("report", short_help="Summarise a training run and plot its curves.")
-@click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
-              help="Where to write the PNG (default: RUN_DIR/report.png).")
-def report_command(run_dir: str, out: str | None) -> None:
-    """Print a summary of the run in RUN_DIR (steps, tokens, losses, tokens/s, wall time) and write a PNG
-    of its loss and learning-rate curves. RUN_DIR is the run's root (e.g. runs/cfg) or one log folder."""
-    from rwkv_plug.training.runlogs import read_run
-
-    log = read_run(run_dir)
-    rows = table(summarize(log))
-    width = max(len(name) for name, _ in rows)
-    click.echo(f"run: {run_dir} ({len(log.folders)} log folder{'s' if len(log.folders) != 1 else ''})")
-    for name, value in rows:
-        click.echo(f"  {name.ljust(width)}  {value}")
-    path = Path(out) if out else Path(run_dir) / "report.png"
-    plot_run(log, path)
-    click.echo(f"curves: {path}")

@@ -18,30 +18,16 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
-from rwkv_plug.core.config import Problems
 from rwkv_plug.core.errors import TrainingError
+from rwkv_plug.training.model_config import ModelConfig
 
 
-def check_sample_options(m: dict[str, Any], problems: Problems) -> None:
-    """``model.sample_prompts`` / ``sample_every_n_steps`` / ``sample_tokens``, each problem to ``problems``."""
-    prompts = m.get("sample_prompts")
-    if prompts is None:
-        m["sample_prompts"] = []
-    elif not isinstance(prompts, list) or not all(isinstance(p, str) and p for p in prompts):
-        problems.add(f"model.sample_prompts must be a list of non-empty texts (e.g. ['Once upon a time']), "
-                     f"got {prompts!r}")
-    for key, low in (("sample_every_n_steps", 0), ("sample_tokens", 1)):
-        value = m.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            problems.add(f"model.{key} must be an integer >= {low}, got {value!r}")
-
-
-def sample_callbacks(model: dict[str, Any], data: dict[str, Any]) -> list:
+def sample_callbacks(model: ModelConfig, data: dict[str, Any]) -> list:
     """The callback that writes samples, when ``model.sample_prompts`` has any; else nothing."""
-    prompts = list(model.get("sample_prompts") or [])
-    if not prompts:
+    if not model.sample_prompts:
         return []
-    return [TrainingSamples(prompts, model["sample_tokens"], model["sample_every_n_steps"], data, model["ctx_len"])]
+    return [TrainingSamples(list(model.sample_prompts), model.sample_tokens, model.sample_every_n_steps, data,
+                            model.ctx_len)]
 
 
 class TrainingSamples(Callback):

@@ -21,7 +21,8 @@ Outputs:
 
 Every kernel returns gradients for all six inputs, ``s0`` included, and
 honours the gradient flowing into ``sT``. That is what makes exact BPTT
-across chunks possible. :func:`wkv5_recurrent` below is the executable
+across chunks possible. A kernel whose caps declare ``resets`` also takes
+``resets``/``s_reset`` (:mod:`rwkv_plug.kernels.resets`). :func:`wkv5_recurrent` below is the executable
 spec: slow, obvious, and used in fp64 by the conformance suite.
 """
 
@@ -29,9 +30,15 @@ from __future__ import annotations
 
 import torch
 
+from rwkv_plug.kernels.resets import restart
 
-def wkv5_recurrent(r, k, v, w, u, s0):
-    """Per-timestep reference recurrence; differentiable by plain autograd."""
+
+def wkv5_recurrent(r, k, v, w, u, s0, resets=None, s_reset=None):
+    """Per-timestep reference recurrence; differentiable by plain autograd.
+
+    ``resets`` (B, T) bool, at any position: the state becomes ``s_reset`` (zeros if None)
+    before a flagged token's step.
+    """
     B, T, H, N = r.shape
     state = s0.to(r.dtype) if r.dtype == torch.float64 else s0.float()
     cdt = state.dtype
@@ -39,6 +46,8 @@ def wkv5_recurrent(r, k, v, w, u, s0):
     u_ = u.to(cdt).view(1, H, N, 1)
     ys = []
     for t in range(T):
+        if resets is not None:
+            state = restart(state, resets[:, t], s_reset)
         rt, kt, vt = (x[:, t].to(cdt) for x in (r, k, v))  # (B, H, N)
         kv = kt.unsqueeze(-1) * vt.unsqueeze(-2)  # (B, H, N, N) = k^T v
         ys.append(torch.einsum("bhk,bhkv->bhv", rt, state + u_ * kv))

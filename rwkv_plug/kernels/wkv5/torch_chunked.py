@@ -39,6 +39,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from rwkv_plug.kernels.precision import compute_dtype, matmul, uses_tf32
+from rwkv_plug.kernels.resets import chunk_flags, restart
 from rwkv_plug.kernels.wkv5.reference import check_shapes
 
 #: Tokens per chunk. 32 balances the per-diagonal loop against the chunk products.
@@ -128,8 +129,25 @@ class _ChunkScan(torch.autograd.Function):
         return g_after, da, g0
 
 
-def _chunks(r: Tensor, k: Tensor, v: Tensor, w: Tensor, s0: Tensor, L: int, tf32: bool):
-    """State part of wkv5 over ``T = nc * L`` tokens; inputs are ``(B, H, T, N)``."""
+def _restarting_scan(D: Tensor, a: Tensor, s0: Tensor, flags: Tensor, fresh: Tensor | None):
+    """:func:`_scan` where chunk ``n`` starts from ``fresh`` for the rows ``flags[:, n]`` marks.
+
+    One step per chunk, differentiated by autograd: the doubling scan's constant factor
+    does not hold across a reset, and one ``N x N`` update per chunk is cheap.
+    """
+    a_ = a.view(1, -1, a.shape[-1], 1)  # scales rows
+    starts, S = [], s0
+    for n in range(D.shape[2]):
+        S = restart(S, flags[:, n], fresh)
+        starts.append(S)
+        S = a_ * S + D[:, :, n]
+    return torch.stack(starts, dim=2), S
+
+
+def _chunks(r: Tensor, k: Tensor, v: Tensor, w: Tensor, s0: Tensor, L: int, tf32: bool,
+            flags: Tensor | None = None, fresh: Tensor | None = None):
+    """State part of wkv5 over ``T = nc * L`` tokens; inputs are ``(B, H, T, N)``;
+    ``flags`` (B, nc): chunks that start from ``fresh`` (see :mod:`rwkv_plug.kernels.resets`)."""
     B, H, T, N = r.shape
     nc = T // L
     r, k, v = (x.reshape(B, H, nc, L, N) for x in (r, k, v))
@@ -137,36 +155,44 @@ def _chunks(r: Tensor, k: Tensor, v: Tensor, w: Tensor, s0: Tensor, L: int, tf32
     w_t = P[:L].permute(1, 0, 2).reshape(1, H, 1, L, N)  # row t: w^t
     y = matmul(_intra(r, k, P), v, tf32)  # within the chunk
     D = matmul((k * w_t.flip(-2)).transpose(-1, -2), v, tf32)  # (B, H, nc, N, N)
-    starts, sT = _ChunkScan.apply(D, P[L], s0)
+    if flags is None:
+        starts, sT = _ChunkScan.apply(D, P[L], s0)
+    else:
+        starts, sT = _restarting_scan(D, P[L], s0, flags, fresh)
     y = y + matmul(r * w_t, starts, tf32)  # from the chunk's start state
     return y.reshape(B, H, T, N), sT
 
 
 def wkv5_chunked(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, s0: Tensor,
-                 chunk: int = CHUNK, precision: str = "auto") -> tuple[Tensor, Tensor]:
+                 chunk: int = CHUNK, precision: str = "auto", resets: Tensor | None = None,
+                 s_reset: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``wkv5`` by the chunked matrix form; any ``T``, per-row ``s0``.
 
     Computes in fp32 (fp64 for fp64 inputs), with the matrix products in IEEE
     fp32 or TF32 as ``precision`` (``auto``, ``fp32``, ``tf32``) says. Returns
     ``y`` in ``r``'s dtype and the final state in the compute dtype.
+    ``resets``/``s_reset``: :mod:`rwkv_plug.kernels.resets`, flags on multiples of ``chunk`` only.
     """
     check_shapes(r, k, v, w, u, s0)
     tf32 = uses_tf32(precision, r.dtype)
+    flags = None if resets is None else chunk_flags(resets, chunk, r.shape[1], "torch")
     # Autocast would run the products below in bf16; the precision is ours to choose.
     with torch.autocast(device_type=r.device.type, enabled=False):
-        return _wkv5_chunked(r, k, v, w, u, s0, chunk, tf32)
+        return _wkv5_chunked(r, k, v, w, u, s0, chunk, tf32, flags, s_reset)
 
 
-def _wkv5_chunked(r, k, v, w, u, s0, chunk, tf32):
+def _wkv5_chunked(r, k, v, w, u, s0, chunk, tf32, flags=None, fresh=None):
     B, T, H, N = r.shape
     cdt = compute_dtype(r.dtype)
     rc, kc, vc = (x.to(cdt).transpose(1, 2) for x in (r, k, v))  # (B, H, T, N)
     wc, uc, S = w.to(cdt), u.to(cdt), s0.to(cdt)
+    fresh = None if fresh is None else fresh.to(cdt)
     parts = []
     main = T - T % chunk
     for lo, hi, L in ((0, main, chunk), (main, T, T - main)):
         if hi > lo:  # full chunks, then one shorter tail chunk
-            y, S = _chunks(rc[:, :, lo:hi], kc[:, :, lo:hi], vc[:, :, lo:hi], wc, S, L, tf32)
+            f = None if flags is None else flags[:, lo // chunk : -(-hi // chunk)]
+            y, S = _chunks(rc[:, :, lo:hi], kc[:, :, lo:hi], vc[:, :, lo:hi], wc, S, L, tf32, f, fresh)
             parts.append(y)
     y = torch.cat(parts, dim=2) if parts else rc.new_zeros(B, H, 0, N)
     # Bonus of the current token: (r_t . u * k_t) v_t.

@@ -21,7 +21,9 @@ Outputs:
 
 Every kernel returns gradients for all seven inputs, ``s0`` included, and
 honours the gradient flowing into ``sT``: chaining two calls through the
-state is the same function as one call over the concatenation.
+state is the same function as one call over the concatenation. A kernel whose
+caps declare ``resets`` also takes ``resets``/``s_reset``
+(:mod:`rwkv_plug.kernels.resets`).
 :func:`wkv7_recurrent` is the executable spec: slow, obvious, per step.
 """
 
@@ -30,15 +32,22 @@ from __future__ import annotations
 import torch
 
 from rwkv_plug.kernels.precision import compute_dtype
+from rwkv_plug.kernels.resets import restart
 
 
-def wkv7_recurrent(r, w, k, v, a, b, s0):
-    """Per-timestep reference recurrence; differentiable by plain autograd."""
+def wkv7_recurrent(r, w, k, v, a, b, s0, resets=None, s_reset=None):
+    """Per-timestep reference recurrence; differentiable by plain autograd.
+
+    ``resets`` (B, T) bool, at any position: the state becomes ``s_reset`` (zeros if None)
+    before a flagged token's step.
+    """
     B, T, H, N = r.shape
     cdt = compute_dtype(r.dtype)
     state = s0.to(cdt)  # (B, H, Nv, Nk)
     ys = []
     for t in range(T):
+        if resets is not None:
+            state = restart(state, resets[:, t], s_reset)
         rt, wt, kt, vt, at, bt = (x[:, t].to(cdt) for x in (r, w, k, v, a, b))  # (B, H, N)
         sa = torch.einsum("bhvk,bhk->bhv", state, at)  # S a
         state = state * wt.unsqueeze(-2) + sa.unsqueeze(-1) * bt.unsqueeze(-2) \

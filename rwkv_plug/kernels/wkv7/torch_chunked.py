@@ -37,6 +37,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from rwkv_plug.kernels.precision import compute_dtype, matmul, uses_tf32
+from rwkv_plug.kernels.resets import chunk_flags, restart
 from rwkv_plug.kernels.wkv7.reference import check_shapes
 
 #: Tokens per chunk: the (L, L + 1, N) decay products cost about L per token.
@@ -50,27 +51,33 @@ FACTORED_MIN_DECAY = 0.25
 
 
 def wkv7_chunked(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, s0: Tensor,
-                 chunk: int = CHUNK, precision: str = "auto") -> tuple[Tensor, Tensor]:
+                 chunk: int = CHUNK, precision: str = "auto", resets: Tensor | None = None,
+                 s_reset: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``wkv7`` by the chunked form; any ``T``, per-row ``s0``.
 
     Computes in fp32 (fp64 for fp64 inputs), with the matrix products in IEEE
     fp32 or TF32 as ``precision`` (``auto``, ``fp32``, ``tf32``) says; the
     decay products and the triangular solve are always fp32. Returns ``y`` in
     ``r``'s dtype and the final state in the compute dtype.
+    ``resets``/``s_reset``: :mod:`rwkv_plug.kernels.resets`, flags on multiples of ``chunk`` only.
     """
     check_shapes(r, w, k, v, a, b, s0)
     tf32 = uses_tf32(precision, r.dtype)
+    flags = None
+    if resets is not None and r.shape[1] > 0:
+        flags = chunk_flags(resets, max(1, min(chunk, r.shape[1])), r.shape[1], "torch")
     # Autocast would run the products below in bf16; the precision is ours to choose.
     with torch.autocast(device_type=r.device.type, enabled=False):
-        return _wkv7_chunked(r, w, k, v, a, b, s0, chunk, tf32)
+        return _wkv7_chunked(r, w, k, v, a, b, s0, chunk, tf32, flags, s_reset)
 
 
-def _wkv7_chunked(r, w, k, v, a, b, s0, chunk, tf32):
+def _wkv7_chunked(r, w, k, v, a, b, s0, chunk, tf32, flags=None, fresh=None):
     B, T, H, N = r.shape
     cdt = compute_dtype(r.dtype)
     S = s0.to(cdt)
     if T == 0:
         return r.new_zeros(B, 0, H, N), S
+    fresh = None if fresh is None else fresh.to(cdt)
     L = max(1, min(chunk, T))
     pad = -T % L
     nc = (T + pad) // L
@@ -83,7 +90,7 @@ def _wkv7_chunked(r, w, k, v, a, b, s0, chunk, tf32):
 
     wc = prep(w, 1.0)
     rc, kc, vc, ac, bc = (prep(x, 0.0) for x in (r, k, v, a, b))
-    y, S = _chunks(rc, wc, kc, vc, ac, bc, S, tf32)
+    y, S = _chunks(rc, wc, kc, vc, ac, bc, S, tf32, flags, fresh)
     y = y.reshape(B, H, nc * L, N)[:, :, :T].transpose(1, 2)
     return y.to(r.dtype), S
 
@@ -137,8 +144,11 @@ def _within_chunk_factored(r: Tensor, w: Tensor, k: Tensor, a: Tensor, b: Tensor
     return A_rb, A_rk, A_ab, A_ak, r_dec, a_dec, b * to_end, k * to_end, g_end
 
 
-def _chunks(r, w, k, v, a, b, s0, tf32):
-    """All inputs ``(B, H, nc, L, N)``; returns ``y`` of that shape and the final state."""
+def _chunks(r, w, k, v, a, b, s0, tf32, flags=None, fresh=None):
+    """All inputs ``(B, H, nc, L, N)``; returns ``y`` of that shape and the final state.
+
+    ``flags`` (B, nc): chunks that start from ``fresh`` (see :mod:`rwkv_plug.kernels.resets`).
+    """
     L, N = r.shape[-2:]
     if bool(w.detach().min() >= FACTORED_MIN_DECAY):
         parts = _within_chunk_factored(r, w, k, a, b, tf32)
@@ -164,7 +174,9 @@ def _chunks(r, w, k, v, a, b, s0, tf32):
     C = mm(Uz.transpose(-1, -2), b_end) + mm(v.transpose(-1, -2), k_end)  # (B, H, nc, Nv, Nk)
     starts = []
     S = s0
-    for M_n, C_n in zip(M.unbind(2), C.unbind(2)):  # unbind: its backward is one stack
+    for n, (M_n, C_n) in enumerate(zip(M.unbind(2), C.unbind(2))):  # unbind: its backward is one stack
+        if flags is not None:
+            S = restart(S, flags[:, n], fresh)
         starts.append(S)
         S = mm(S, M_n) + C_n
     St = torch.stack(starts, dim=2).transpose(-1, -2)  # (B, H, nc, Nk, Nv): S^T per chunk

@@ -73,9 +73,9 @@ def measure_step(L: int, C: int, V: int, B: int, T: int, length: int, kept: int 
 
 
 def measure_fit(config: str) -> dict:
-    """fit's own pipeline (trainer, model, data, module): the peak growth from before the model is
-    loaded to the end of its 2nd optimizer step (weights, Adam's moments, gradients and anything
-    kept from step to step, such as the CPU's pooled gradient buffers, included)."""
+    """fit's own pipeline (trainer, model, data, module): the peak growth from the start of training
+    (weights loaded, data and loggers set up) to the end of its 2nd optimizer step: Adam's moments,
+    gradients and anything kept from step to step (the CPU's pooled gradient buffers) included."""
     import lightning as L
 
     from rwkv_plug.training.config import load_fit_config
@@ -83,20 +83,22 @@ def measure_fit(config: str) -> dict:
 
     class Peak(L.Callback):
         def __init__(self) -> None:
-            self.peak = None
+            self.before = self.peak = None
+
+        def on_train_start(self, trainer, module):
+            self.before = rss("VmRSS")
+            reset_peak()
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             if trainer.global_step == 2 and self.peak is None:  # the 2nd step's optimizer update is done
-                self.peak = rss("VmHWM")
+                self.peak = rss("VmHWM") - self.before
 
     cfg = load_fit_config(config, overrides={"trainer.max_steps": 2})
     peak = Peak()
     trainer = build_trainer(cfg, extra_callbacks=[peak])
-    before = rss("VmRSS")
-    reset_peak()
     module = _training_module(cfg, trainer, load_training_model(cfg.model), lambda msg: None)
     trainer.fit(module)
-    return {"peak": peak.peak - before}
+    return {"peak": peak.peak}
 
 
 if __name__ == "__main__":

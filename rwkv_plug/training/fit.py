@@ -14,6 +14,7 @@ from rwkv_plug.training import options as O
 from rwkv_plug.training.config import FitConfig, load_fit_config, logger_package_problem, sharded_strategy_problem
 from rwkv_plug.training.lightning_args import check_epoch_batches, fit_naming_refusals, lightning_errors
 from rwkv_plug.training.lightning_args import refused as refused_by_lightning
+from rwkv_plug.training.model_config import ModelConfig, model_config
 from rwkv_plug.training.quiet import library_noise_filtered
 from rwkv_plug.training.worker_errors import worker_failure
 
@@ -117,7 +118,7 @@ def build_trainer(cfg: FitConfig, extra_callbacks: list | None = None):
 _SIZE_KEYS = ("n_layer", "n_embd", "vocab_size", "dim_att", "dim_ffn")
 
 
-def load_training_model(m: dict[str, Any]):
+def load_training_model(m: ModelConfig | Mapping[str, Any]):
     """Load ``model.load_model`` through the model registry; given sizes must match the file.
 
     ``n_layer``, ``n_embd`` ... are read from the checkpoint (-1 means "use the
@@ -125,13 +126,14 @@ def load_training_model(m: dict[str, Any]):
     """
     from rwkv_plug.models import load_model
 
-    model = load_model(m["load_model"], kernel=m["kernel"], dropout=m["dropout"], grad_cp=m["grad_cp"])
-    if m["wkv_precision"] != "auto":
-        model.set_kernel(m["kernel"], precision=m["wkv_precision"])
+    m = model_config(m)
+    model = load_model(m.load_model, kernel=m.kernel, dropout=m.dropout, grad_cp=m.grad_cp)
+    if m.wkv_precision != "auto":
+        model.set_kernel(m.kernel, precision=m.wkv_precision)
     for key in _SIZE_KEYS:
-        want, found = m.get(key, -1), getattr(model, key, None)
+        want, found = getattr(m, key), getattr(model, key, None)
         if want not in (-1, None) and found is not None and want != found:
-            raise ConfigError(f"model.{key}: {want} given but {m['load_model']} has {found}; "
+            raise ConfigError(f"model.{key}: {want} given but {m.load_model} has {found}; "
                               "set -1 to use the file's")
     return model
 
@@ -166,7 +168,7 @@ def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None],
         raise TrainingError(f"{mixed}; continue that run with `rwkv-plug fit {cfg.path} --resume auto`, or start "
                             "a new one in another folder (trainer.default_root_dir or trainer.checkpoint.dirpath)")
     model = load_training_model(cfg.model)
-    log(f"model: {cfg.model['load_model']}: {_describe_model(model)}")
+    log(f"model: {cfg.model.load_model}: {_describe_model(model)}")
     from rwkv_plug.training.tuning import apply_tuning
 
     apply_tuning(model, cfg.model, log)  # model.tuning: freeze, add the start state or the adapters
@@ -212,13 +214,13 @@ def _training_module(cfg: FitConfig, trainer, model, log: Callable[[str], None])
     from rwkv_plug.models.vocab import check_tokenizer_fits, check_vocab
 
     m = cfg.model
-    check_tokenizer_fits(cfg.data, model.vocab_size, m["load_model"])  # before building the data
+    check_tokenizer_fits(cfg.data, model.vocab_size, m.load_model)  # before building the data
     dataset, _ = prepare_dataset(cfg.data, log=log)  # it says whether it built or reused
     if "train" not in dataset or len(dataset["train"]) == 0:
         raise TrainingError(f"the dataset at {cfg.data.get('data_path')} has no training rows")
-    check_vocab(cfg.data, dataset, model.vocab_size, m["load_model"], log)
-    if m["torch_set_float32_matmul_precision"]:
-        torch.set_float32_matmul_precision(m["torch_set_float32_matmul_precision"])
+    check_vocab(cfg.data, dataset, model.vocab_size, m.load_model, log)
+    if m.torch_set_float32_matmul_precision:
+        torch.set_float32_matmul_precision(m.torch_set_float32_matmul_precision)
     if cfg.seed is not None:
         import lightning as L
 
@@ -251,8 +253,8 @@ def _check_record_resets(cfg: FitConfig, model, train) -> None:
     if RECORD_STARTS not in (getattr(train, "column_names", None) or ()):
         return
     align = int(cfg.data.get("packing_align") or 32)
-    if cfg.model["ctx_len"] % align:
-        raise TrainingError(f"model.ctx_len {cfg.model['ctx_len']} is not a multiple of data.packing_align "
+    if cfg.model.ctx_len % align:
+        raise TrainingError(f"model.ctx_len {cfg.model.ctx_len} is not a multiple of data.packing_align "
                             f"{align}: packed records would start off the kernel's chunk grid; make model.ctx_len "
                             "a multiple of it (or set data.packing_state: carry)")
     if not callable(getattr(model, "require_resets", None)):

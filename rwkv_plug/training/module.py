@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader
 
 from rwkv_plug.training import quiet, rng
 from rwkv_plug.training.bptt import BpttSettings, sequence_loss
-from rwkv_plug.training.head_loss import DEFAULT_HEAD_CHUNK_TOKENS
 from rwkv_plug.training.checkpoint import epoch_end_as_batch_end, mark_resumed_step_saved
 from rwkv_plug.training.batches import EvalRows, EvalSampler, ResumableSampler, collate
+from rwkv_plug.training.model_config import ModelConfig, model_config
 from rwkv_plug.training.optim import LrSchedule, build_optimizer, schedule_steps
 
 
@@ -27,7 +27,8 @@ from rwkv_plug.training.optim import LrSchedule, build_optimizer, schedule_steps
 class TrainSettings:
     """What the module needs from the config (see ``docs/config.md``)."""
 
-    model: dict[str, Any]
+    #: the ``model:`` section (a plain mapping is turned into one, its missing keys at their defaults)
+    model: ModelConfig
     microbatch_size: int = 1
     accumulate_grad_batches: int = 1
     shuffle: bool = False
@@ -36,16 +37,19 @@ class TrainSettings:
     prefetch: int = 0
     pin_memory: bool = False
 
+    def __post_init__(self) -> None:
+        self.model = model_config(self.model)
+
     @property
     def bptt(self) -> BpttSettings:
         m = self.model
         return BpttSettings(
-            ctx_len=m["ctx_len"],
-            learning=m["bptt_learning"],
-            truncated=m["bptt_truncated_learning"],
-            learning_range=m["bptt_learning_range"],
-            head_chunk=m.get("head_chunk_tokens", DEFAULT_HEAD_CHUNK_TOKENS),
-            kept_states=m.get("bptt_kept_states", BpttSettings.kept_states),
+            ctx_len=m.ctx_len,
+            learning=m.bptt_learning,
+            truncated=m.bptt_truncated_learning,
+            learning_range=m.bptt_learning_range,
+            head_chunk=m.head_chunk_tokens,
+            kept_states=m.bptt_kept_states,
         )
 
 
@@ -134,9 +138,9 @@ class RwkvTrainingModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         m = self.settings.model
-        if m.get("substep_cuda_cache_clear") and torch.cuda.is_available():
+        if m.substep_cuda_cache_clear and torch.cuda.is_available():
             torch.cuda.empty_cache()
-        if m.get("substep_logging"):
+        if m.substep_logging:
             print()
 
     # -- validation: masked CE over every target token of the test split, all ranks together
@@ -199,9 +203,9 @@ class RwkvTrainingModule(L.LightningModule):
     def configure_optimizers(self):
         m = self.settings.model
         total = schedule_steps(
-            m["lr_period"], m["lr_period_type"], self.trainer.max_steps, self.trainer.max_epochs, self.steps_per_epoch()
+            m.lr_period, m.lr_period_type, self.trainer.max_steps, self.trainer.max_epochs, self.steps_per_epoch()
         )
-        schedule = LrSchedule(m["lr_init"], m["lr_final"], m["lr_type"], m["warmup_steps"], total)
+        schedule = LrSchedule(m.lr_init, m.lr_final, m.lr_type, m.warmup_steps, total)
         from rwkv_plug.models.loading import arch_of  # the model's architecture declares its groups
 
         opt, sched = build_optimizer(self.model, m, schedule, arch_of(self.model))

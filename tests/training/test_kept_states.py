@@ -16,6 +16,7 @@ import torch
 from rwkv_plug.training import recompute_schedule as schedule
 from rwkv_plug.training.bptt import BpttSettings, sequence_loss
 from rwkv_plug.training.testing import ToyRWKV
+from test_bptt import _prefix_node  # the chunked-prefix node of a loss graph
 
 V = 40
 
@@ -25,19 +26,6 @@ def _data(B, chunks, ctx, seed=1, extra=1):
     ids = torch.randint(1, V, (B, chunks * ctx + extra), generator=g)
     mask = (torch.rand(ids.shape, generator=g) > 0.3).long()
     return ids, mask
-
-
-def _prefix_node(fn):
-    todo, seen = [fn], set()
-    while todo:
-        node = todo.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        if hasattr(node, "kept"):
-            return node
-        todo.extend(n for n, _ in node.next_functions)
-    raise AssertionError("no chunked-prefix node in the graph")
 
 
 def _run(model, ids, mask, seed=0, **settings):

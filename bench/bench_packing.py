@@ -1,17 +1,24 @@
 """Packed-with-reset training vs unpacked, on the same short-record SFT data, in one run.
 
-    python bench/bench_packing.py [--layers 6 --embd 512 --vocab 65536 --ctx 512 --records 256 --micro 8]
+    python bench/bench_packing.py [--layers 6 --embd 512 --vocab 65536 --ctx 512 --records 256 --micro 1 8]
     python bench/bench_packing.py --quick          # tiny sizes: checks that it runs
 
 Short SFT records (lengths uniform around ctx_len / 4, the prompt half masked) are
-trained twice per round: unpacked (each record a row, microbatches padded to their
-longest row) and packed by ``data.packing_state: reset`` (records aligned to
-``--align`` inside rows capped at ctx_len, the state reset at every record). Both
-see every record once per round and train the same target tokens; a round runs
-forward + backward + an optimizer step for every microbatch. The rounds alternate
-(unpacked, packed, unpacked, ...) so machine load hits both alike; the printed
-ratio is the median packed rate over the median unpacked rate of *trained* tokens
-per second. Target (issue #14): >= 2x when records average a quarter of ctx_len.
+trained three ways per round, for each ``--micro`` (rows per microbatch):
+
+* ``unpacked, padded to longest``: each record a row, a microbatch padded to its
+  longest row (what this trainer does, training/batches.py);
+* ``unpacked, padded to ctx_len``: each record a row, every row padded to ctx_len
+  (what the earlier RWKV trainers do); a second, weaker baseline;
+* ``packed with resets``: ``data.packing_state: reset`` (records aligned to
+  ``--align`` inside rows capped at ctx_len, the state reset at every record).
+
+All three see every record once per round and train the same target tokens; a
+round runs forward + backward + an optimizer step for every microbatch. The arms
+alternate round by round so machine load hits them alike; each ratio is the
+median packed rate over a baseline's median rate of *trained* tokens per second.
+Target (issue #14): packed >= 2x unpacked padded to longest, when records average
+a quarter of ctx_len.
 """
 
 from __future__ import annotations
@@ -59,6 +66,15 @@ def packed_batches(rows, micro: int, ctx: int, align: int):
     return [collate(packed[s:s + micro]) for s in range(0, len(packed), micro)]
 
 
+def ctx_padded_batches(rows, micro: int, ctx: int):
+    """Unpacked microbatches with every row padded to ``ctx`` (id 0, mask 0), as earlier RWKV trainers do."""
+    out = []
+    for b in unpacked_batches(rows, micro):
+        extra = ctx - b["input_ids"].shape[1]
+        out.append({k: torch.nn.functional.pad(b[k], (0, extra)) for k in ("input_ids", "loss_mask")})
+    return out
+
+
 def run_round(model, opt, batches, settings) -> tuple[float, int]:
     """One pass over ``batches`` (train step each); returns (seconds, trained tokens)."""
     from rwkv_plug.training.bptt import sequence_loss
@@ -74,6 +90,42 @@ def run_round(model, opt, batches, settings) -> tuple[float, int]:
     return time.perf_counter() - t0, trained
 
 
+ARMS = {
+    "unpacked": "unpacked, padded to longest in microbatch",
+    "ctx": "unpacked, padded to ctx_len (earlier trainers)",
+    "packed": "packed with resets",
+}
+
+
+def compare(model, opt, rows, micro: int, a, settings) -> None:
+    """The three arms at one microbatch size, alternating rounds; prints their table."""
+    arms = {
+        "unpacked": unpacked_batches(rows, micro),
+        "ctx": ctx_padded_batches(rows, micro, a.ctx),
+        "packed": packed_batches(rows, micro, a.ctx, a.align),
+    }
+    for batches in arms.values():  # warm-up: kernels resolved, allocator primed
+        run_round(model, opt, batches[:1], settings)
+    rates: dict[str, list[float]] = {name: [] for name in arms}
+    trained = {}
+    for _ in range(a.rounds):
+        for name, batches in arms.items():
+            secs, tokens = run_round(model, opt, batches, settings)
+            rates[name].append(tokens / secs)
+            trained[name] = tokens
+    if len(set(trained.values())) != 1:
+        raise SystemExit(f"trained tokens differ: {trained} (every arm must train every target once)")
+    med = {name: statistics.median(r) for name, r in rates.items()}
+    print(f"microbatch {micro}: {trained['packed']} trained tokens per round in each arm")
+    print(f"  {'arm':<47} {'microbatches':>12} {'computed tokens':>15} {'trained tok/s':>13}  rounds")
+    for name, batches in arms.items():
+        computed = sum(b["input_ids"].numel() for b in batches)
+        print(f"  {ARMS[name]:<47} {len(batches):>12} {computed:>15} {med[name]:>13.0f}  "
+              f"{', '.join(f'{r:.0f}' for r in rates[name])}")
+    print(f"  packed / unpacked padded to longest: {med['packed'] / med['unpacked']:.2f}x (target >= 2x)")
+    print(f"  packed / unpacked padded to ctx_len: {med['packed'] / med['ctx']:.2f}x")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--layers", type=int, default=6)
@@ -81,44 +133,31 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=65536)
     p.add_argument("--ctx", type=int, default=512)
     p.add_argument("--records", type=int, default=256)
-    p.add_argument("--micro", type=int, default=8, help="rows per microbatch, both ways")
+    p.add_argument("--micro", type=int, nargs="+", default=[8],
+                   help="rows per microbatch, all arms; several values: one table each")
     p.add_argument("--align", type=int, default=32, help="data.packing_align")
-    p.add_argument("--rounds", type=int, default=3, help="rounds of each, alternating")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of each arm, alternating")
     p.add_argument("--arch", default="rwkv5", choices=["rwkv5", "rwkv7"])
     p.add_argument("--quick", action="store_true", help="tiny sizes, one round: checks that it runs")
     a = p.parse_args()
     if a.quick:
-        a.layers, a.embd, a.vocab, a.ctx, a.records, a.micro, a.rounds = 1, 64, 128, 128, 24, 4, 1
+        a.layers, a.embd, a.vocab, a.ctx, a.records, a.micro, a.rounds = 1, 64, 128, 128, 24, [1, 4], 1
+    if a.ctx % a.align:
+        raise SystemExit(f"--ctx {a.ctx} must be a multiple of --align {a.align} (as model.ctx_len and "
+                         "data.packing_align must be)")
     from rwkv_plug.training.bptt import BpttSettings
 
     model = build_model(a.layers, a.embd, a.vocab, "torch", a.arch)
     model.require_resets()
     opt = make_opt(model)
     rows = records(a.records, a.ctx, a.vocab)
-    plain = unpacked_batches(rows, a.micro)
-    packed = packed_batches(rows, a.micro, a.ctx, a.align)
     settings = BpttSettings(ctx_len=a.ctx)
-    run_round(model, opt, plain[:1], settings)  # warm-up: kernels resolved, allocator primed
-    run_round(model, opt, packed[:1], settings)
-    rates: dict[str, list[float]] = {"unpacked": [], "packed": []}
-    trained = {}
-    for _ in range(a.rounds):
-        for name, batches in (("unpacked", plain), ("packed", packed)):
-            secs, tokens = run_round(model, opt, batches, settings)
-            rates[name].append(tokens / secs)
-            trained[name] = tokens
-    if trained["unpacked"] != trained["packed"]:
-        raise SystemExit(f"trained tokens differ: {trained} (packing must keep every target)")
-    ratio = statistics.median(rates["packed"]) / statistics.median(rates["unpacked"])
     print(provenance())
     print(f"{a.arch} L{a.layers} C{a.embd} V{a.vocab}, ctx_len {a.ctx}, {a.records} records "
-          f"(mean {sum(len(r[0]) for r in rows) / len(rows):.0f} tokens), microbatch {a.micro}: "
-          f"{len(plain)} unpacked vs {len(packed)} packed microbatches per round, "
-          f"{trained['packed']} trained tokens each")
-    for name in rates:
-        print(f"  {name:<9} trained tokens/s median {statistics.median(rates[name]):.0f} "
-              f"(rounds: {', '.join(f'{r:.0f}' for r in rates[name])})")
-    print(f"packed/unpacked trained tokens/s: {ratio:.2f}x (target >= 2x)")
+          f"(mean {sum(len(r[0]) for r in rows) / len(rows):.0f} tokens), align {a.align}, "
+          f"torch threads {torch.get_num_threads()}")
+    for micro in a.micro:
+        compare(model, opt, rows, micro, a, settings)
 
 
 if __name__ == "__main__":

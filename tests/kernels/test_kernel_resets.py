@@ -23,14 +23,14 @@ T = 101
 STARTS = ([32, 96], [64])
 
 
-def _flags() -> torch.Tensor:
-    f = torch.zeros(B, T, dtype=torch.bool)
-    for b, starts in enumerate(STARTS):
+def _flags(starts_per_row=STARTS, T: int = T) -> torch.Tensor:
+    f = torch.zeros(len(starts_per_row), T, dtype=torch.bool)
+    for b, starts in enumerate(starts_per_row):
         f[b, starts] = True
     return f
 
 
-def _inputs(op: str, seed: int = 0):
+def _inputs(op: str, seed: int = 0, B: int = B, T: int = T):
     g = torch.Generator().manual_seed(seed)
     rnd = lambda *shape: torch.randn(*shape, generator=g, dtype=DT)  # noqa: E731
     s0, fresh = rnd(B, H, N, N), rnd(B, H, N, N)
@@ -45,18 +45,21 @@ def _inputs(op: str, seed: int = 0):
     return [x.requires_grad_() for x in (*xs, s0, fresh)]
 
 
-def _segmented(op: str, xs):
+def _segmented(op: str, xs, starts_per_row=STARTS):
     """Each row's segments run one by one: the first from s0, the others from ``fresh``."""
     *ins, s0, fresh = xs
+    T = ins[0].shape[1]
     ref = wkv5_recurrent if op == "wkv5" else wkv7_recurrent
     per_t = (0, 1, 2) if op == "wkv5" else (0, 1, 2, 3, 4, 5)
     ys, finals = [], []
-    for b, starts in enumerate(STARTS):
+    for b, starts in enumerate(starts_per_row):
         bounds = [0, *starts, T]
         state, parts = s0[b : b + 1], []
         for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
             if i > 0:
                 state = fresh[b : b + 1]
+            if hi == lo:  # a reset at token 0: the segment from s0 is empty
+                continue
             seg = [x[b : b + 1, lo:hi] if j in per_t else x for j, x in enumerate(ins)]
             y, state = ref(*seg, state)
             parts.append(y)
@@ -72,8 +75,10 @@ def _grads(y, sT, xs, seed: int = 1):
 
 
 KERNELS = {
-    "wkv5": {"chunked": lambda *a, **kw: wkv5_chunked(*a, chunk=32, **kw), "reference": wkv5_recurrent},
-    "wkv7": {"chunked": lambda *a, **kw: wkv7_chunked(*a, chunk=16, **kw), "reference": wkv7_recurrent},
+    "wkv5": {"chunked": lambda *a, chunk=32, **kw: wkv5_chunked(*a, chunk=chunk, **kw),
+             "reference": wkv5_recurrent},
+    "wkv7": {"chunked": lambda *a, chunk=16, **kw: wkv7_chunked(*a, chunk=chunk, **kw),
+             "reference": wkv7_recurrent},
 }
 
 
@@ -89,6 +94,30 @@ def test_resets_equal_segments_run_alone(op, form):
     # the carried s0 reaches only the first segments; fresh only the others: both grads are exact
     for g, g_ref in zip(_grads(y, sT, xs), _grads(y_ref, sT_ref, xs)):
         torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-10)
+
+
+# chunk 8, T = 75 (nine full chunks and a tail): row 0 resets at token 0, in three adjacent
+# chunks (0, 8, 16) and at the tail's start; row 1 twice in a row mid-sequence; row 2 never.
+# Nine chunks take four doubling steps of the chunk scan, so every span of it meets a reset.
+MANY_STARTS = ([0, 8, 16, 40, 72], [24, 32, 64], [])
+
+
+@pytest.mark.parametrize("op", ["wkv5", "wkv7"])
+def test_many_resets_equal_the_row_split_at_them(op):
+    T8 = 75
+    xs = _inputs(op, seed=5, B=3, T=T8)
+    *ins, s0, fresh = xs
+    y, sT = KERNELS[op]["chunked"](*ins, s0, resets=_flags(MANY_STARTS, T8), s_reset=fresh, chunk=8)
+    y_ref, sT_ref = _segmented(op, xs, MANY_STARTS)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(sT, sT_ref, rtol=1e-10, atol=1e-10)
+    grads, grads_ref = _grads(y, sT, xs), _grads(y_ref, sT_ref, xs)
+    names = ("r", "k", "v", "w", "u") if op == "wkv5" else ("r", "w", "k", "v", "a", "b")
+    for name, g, g_ref in zip((*names, "s0", "fresh"), grads, grads_ref):
+        assert g is not None and g_ref is not None, name
+        torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-10, msg=lambda m: f"d{name}: {m}")
+    # row 0 resets at token 0: nothing of s0 reaches its outputs; rows 1 and 2 do use s0
+    assert grads[-2][0].abs().max() == 0 and grads[-2][1:].abs().amax((1, 2, 3)).min() > 0
 
 
 @pytest.mark.parametrize("op", ["wkv5", "wkv7"])

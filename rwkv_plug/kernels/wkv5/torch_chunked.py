@@ -19,8 +19,11 @@ constant per-row factor ``a = w^L``. Composing two steps of ``S -> a S + D``
 gives another such step (factor ``a^2``), so all ``S_n`` come from a
 log-depth scan over the chunk axis: ``ceil(log2 nc)`` whole-tensor updates
 instead of ``nc`` small ones (:func:`_scan`); its gradient is the same scan
-run in reverse (:class:`_ChunkScan`). Autograd gives all six gradients, ``s0``
-and the gradient flowing into ``sT`` included.
+run in reverse (:class:`_ChunkScan`). A state reset at a chunk's start (packed
+records, :mod:`rwkv_plug.kernels.resets`) makes that chunk's step the constant map
+to the fresh state, which is still a step of this form (factor 0), so the reset
+path is the same scan with per-row, per-chunk factors: no per-chunk loop. Autograd
+gives all six gradients, ``s0`` and the gradient flowing into ``sT`` included.
 
 The three products per chunk go through :func:`~rwkv_plug.kernels.precision.matmul`
 at the precision ``model.wkv_precision`` chooses (``docs/kernels.md``).
@@ -28,7 +31,8 @@ at the precision ``model.wkv_precision`` chooses (``docs/kernels.md``).
 Idea credit: splitting a decayed linear recurrence into intra-chunk products
 plus a carried chunk state is the chunked form of gated linear attention
 (e.g. flash-linear-attention's ``chunk`` kernels), and the log-depth scan
-is Hillis and Steele's doubling scan; the sub-diagonal build of ``A`` and
+is Hillis and Steele's doubling scan (with resets it is a segmented scan,
+Blelloch 1990, "Prefix Sums and Their Applications"); the sub-diagonal build of ``A`` and
 the scan over chunk states with its reverse-scan gradient are this project's.
 """
 
@@ -39,7 +43,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from rwkv_plug.kernels.precision import compute_dtype, matmul, uses_tf32
-from rwkv_plug.kernels.resets import chunk_flags, restart
+from rwkv_plug.kernels.resets import chunk_flags
 from rwkv_plug.kernels.wkv5.reference import check_shapes
 
 #: Tokens per chunk. 32 balances the per-diagonal loop against the chunk products.
@@ -73,75 +77,77 @@ def _intra(r: Tensor, k: Tensor, P: Tensor) -> Tensor:
     return flat.index_select(-1, _gather_index(L, r.device)).view(B, H, nc, L, L)
 
 
-def _shift(x: Tensor, by: int) -> Tensor:
-    """``x`` moved ``by`` places later along the chunk axis (dim 2), zeros in front."""
-    front = x.new_zeros(*x.shape[:2], by, *x.shape[3:])
-    return torch.cat([front, x[:, :, : x.shape[2] - by]], dim=2)
+def _scan(D: Tensor, a: Tensor, s0: Tensor) -> Tensor:
+    """Every state after a chunk of ``S_n+1 = a_n * S_n + D_n`` (no autograd): ``(B, H, nc, N, N)``.
 
-
-def _scan(D: Tensor, a: Tensor, s0: Tensor) -> tuple[Tensor, Tensor]:
-    """Every chunk's start state and the final state of ``S_n+1 = a * S_n + D_n`` (no autograd).
-
-    ``D`` is ``(B, H, nc, N, N)``, ``a = w^L`` is ``(H, N)`` (it scales rows),
-    ``s0`` is ``(B, H, N, N)``. Solved as ``S_n = a^n s0 + X_(n-1)``, where
-    ``X_n = sum_(m<=n) a^(n-m) D_m`` is an inclusive scan: after the step of
-    span ``h`` each ``X_n`` holds the terms ``m > n - 2h``; ``a^h`` for
-    ``h = 1, 2, 4 ...`` is squared from ``a``, never a negative power.
+    ``D`` is ``(B, H, nc, N, N)``, ``a`` ``(B or 1, H, nc, N, 1)`` (it scales rows),
+    ``s0`` ``(B, H, N, N)``. Solved as ``S_n+1 = A_n s0 + X_n`` with the inclusive
+    scans ``A_n = a_n ... a_0`` and ``X_n = sum_(m<=n) a_n ... a_(m+1) D_m``: after
+    the step of span ``h`` each holds the terms ``m > n - 2h``. Only products of the
+    factors, never a quotient, so a factor of 0 (a reset) is exact.
     """
     nc = D.shape[2]
-    X, a_h, h = D.clone(), a.view(1, -1, 1, a.shape[-1], 1), 1
-    while h < nc:
-        X[:, :, h:] += a_h * X[:, :, : nc - h]  # the right side is read whole before the add
-        a_h, h = a_h * a_h, 2 * h
-    a_n = _powers(a, nc).permute(1, 0, 2).unsqueeze(0).unsqueeze(-1)  # (1, H, nc+1, N, 1)
-    starts = a_n[:, :, :nc] * s0.unsqueeze(2) + _shift(X, 1)
-    return starts, a_n[:, :, nc] * s0 + X[:, :, -1]
+    X, A, h = D.clone(), a.expand(-1, -1, nc, -1, -1).clone(), 1
+    while h < nc:  # each right side is read whole before the in-place update
+        X[:, :, h:] += A[:, :, h:] * X[:, :, : nc - h]
+        A[:, :, h:] = A[:, :, h:] * A[:, :, : nc - h]
+        h *= 2
+    return X.add_(A * s0.unsqueeze(2))
 
 
 class _ChunkScan(torch.autograd.Function):
-    """:func:`_scan` with its own backward, which is the same scan run in reverse.
+    """The chunk-start states of ``S -> a S + D``, restarting where ``flags`` say (see below).
 
-    With ``G_n = dL/dS_n`` in total (``S_0 = s0``, ``S_nc = sT``)::
+    With ``P_n`` the state reaching chunk ``n`` (``P_0 = s0``) and ``f_n`` its row's
+    reset flag (``c_n = 1 - f_n``), chunk ``n`` starts from ``S_n = c_n P_n + f_n F``
+    (``F`` the fresh state) and ``P_n+1 = a S_n + D_n = (a c_n) P_n + (D_n + f_n a F)``:
+    a linear recurrence whose factor is 0 across a reset, so one :func:`_scan` gives
+    every ``P_n`` however many resets there are. The backward is the same scan run in
+    reverse, with ``G_n = dL/dP_n`` (``G_nc = dL/dsT``)::
 
-        G_nc = dL/dsT,   G_n = a * G_(n+1) + dL/dstarts_n
-        dD_n = G_(n+1),  ds0 = G_0,  da[k] = sum_(b, n, v) G_(n+1)[k, v] * S_n[k, v]
+        G_n = (a c_n) G_(n+1) + c_n dL/dS_n,     ds0 = G_0,   dD_n = G_(n+1)
+        da  = sum_(b, n, v) G_(n+1) * S_n,       dF  = sum_n f_n (dL/dS_n + a G_(n+1))
 
     Only the start states are kept for the backward (the product with ``r``
     keeps them anyway), not one tensor per step of the scan.
     """
 
     @staticmethod
-    def forward(ctx, D, a, s0):
-        starts, sT = _scan(D, a, s0)
-        ctx.save_for_backward(a, starts)
-        return starts, sT
+    def forward(ctx, D, a, s0, flags, fresh):
+        a_ = a.view(1, a.shape[0], 1, a.shape[1], 1)  # (1, H, 1, N, 1): scales rows
+        ctx.fresh_shape = None if fresh is None else fresh.shape
+        fresh = None if fresh is None else fresh.expand_as(s0).unsqueeze(2)  # (B, H, 1, N, N)
+        if flags is None:
+            keep = None
+            P = _scan(D, a_, s0)
+        else:
+            keep = (~flags).to(D.dtype).view(*flags.shape[:1], 1, flags.shape[1], 1, 1)  # (B, 1, nc, 1, 1)
+            fed = D if fresh is None else D + (1 - keep) * (a_ * fresh)
+            P = _scan(fed, a_ * keep, s0)
+        starts = torch.cat([s0.unsqueeze(2), P[:, :, :-1]], dim=2)  # P_0 .. P_(nc-1)
+        if keep is not None:
+            starts = starts * keep
+            if fresh is not None:
+                starts = starts + (1 - keep) * fresh
+        ctx.save_for_backward(a, starts, keep)
+        return starts, P[:, :, -1]
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_starts, g_sT):
-        a, starts = ctx.saved_tensors
+        a, starts, keep = ctx.saved_tensors
+        a_ = a.view(1, a.shape[0], 1, a.shape[1], 1)
         g_starts = torch.zeros_like(starts) if g_starts is None else g_starts
         g_sT = starts.new_zeros(starts[:, :, 0].shape) if g_sT is None else g_sT
-        # reversed in n, G follows the forward recurrence: start G_nc, inputs dL/dstarts_(nc-1..0)
-        g_after, g0 = _scan(g_starts.flip(2), a, g_sT)
-        g_after = g_after.flip(2)  # index n holds G_(n+1)
+        fed, factor = (g_starts, a_) if keep is None else (g_starts * keep, a_ * keep)
+        # reversed in n, G follows the forward recurrence: from G_nc, factors and inputs n = nc-1 .. 0
+        G = _scan(fed.flip(2), factor.flip(2), g_sT).flip(2)  # index n holds G_n, n = 0 .. nc-1
+        g_after = torch.cat([G[:, :, 1:], g_sT.unsqueeze(2)], dim=2)  # index n holds G_(n+1)
         da = (g_after * starts).sum((0, 2, 4))
-        return g_after, da, g0
-
-
-def _restarting_scan(D: Tensor, a: Tensor, s0: Tensor, flags: Tensor, fresh: Tensor | None):
-    """:func:`_scan` where chunk ``n`` starts from ``fresh`` for the rows ``flags[:, n]`` marks.
-
-    One step per chunk, differentiated by autograd: the doubling scan's constant factor
-    does not hold across a reset, and one ``N x N`` update per chunk is cheap.
-    """
-    a_ = a.view(1, -1, a.shape[-1], 1)  # scales rows
-    starts, S = [], s0
-    for n in range(D.shape[2]):
-        S = restart(S, flags[:, n], fresh)
-        starts.append(S)
-        S = a_ * S + D[:, :, n]
-    return torch.stack(starts, dim=2), S
+        g_fresh = None
+        if ctx.fresh_shape is not None and ctx.needs_input_grad[4]:
+            g_fresh = ((1 - keep) * (g_starts + a_ * g_after)).sum(2).sum_to_size(ctx.fresh_shape)
+        return g_after, da, G[:, :, 0], None, g_fresh
 
 
 def _chunks(r: Tensor, k: Tensor, v: Tensor, w: Tensor, s0: Tensor, L: int, tf32: bool,
@@ -155,10 +161,7 @@ def _chunks(r: Tensor, k: Tensor, v: Tensor, w: Tensor, s0: Tensor, L: int, tf32
     w_t = P[:L].permute(1, 0, 2).reshape(1, H, 1, L, N)  # row t: w^t
     y = matmul(_intra(r, k, P), v, tf32)  # within the chunk
     D = matmul((k * w_t.flip(-2)).transpose(-1, -2), v, tf32)  # (B, H, nc, N, N)
-    if flags is None:
-        starts, sT = _ChunkScan.apply(D, P[L], s0)
-    else:
-        starts, sT = _restarting_scan(D, P[L], s0, flags, fresh)
+    starts, sT = _ChunkScan.apply(D, P[L], s0, flags, fresh)
     y = y + matmul(r * w_t, starts, tf32)  # from the chunk's start state
     return y.reshape(B, H, T, N), sT
 

@@ -172,10 +172,14 @@ def _chunks(r, w, k, v, a, b, s0, tf32, flags=None, fresh=None):
     # Chunk transition S' = S M + C, from the solved z's.
     M = torch.diag_embed(g_end) + mm(Wz.transpose(-1, -2), b_end)  # (B, H, nc, Nk, Nk)
     C = mm(Uz.transpose(-1, -2), b_end) + mm(v.transpose(-1, -2), k_end)  # (B, H, nc, Nv, Nk)
+    # The transition is a full N x N product, so the chunks run one after another with or
+    # without resets (a doubling scan would cost log2(nc) times the products); a reset is
+    # one select before the chunks that some row restarts, found with a single host sync.
+    restarts = [False] * M.shape[2] if flags is None else flags.any(0).tolist()
     starts = []
     S = s0
     for n, (M_n, C_n) in enumerate(zip(M.unbind(2), C.unbind(2))):  # unbind: its backward is one stack
-        if flags is not None:
+        if restarts[n]:
             S = restart(S, flags[:, n], fresh)
         starts.append(S)
         S = mm(S, M_n) + C_n

@@ -10,6 +10,7 @@ assistant messages of about ``--message-chars`` characters in turn. Timed:
 * strategy: the strategy on the rows (checks every message, tokenises
   each message's content on its own, builds the masks).
 
+The strategy's flat output is first checked against ``encode_batch``'s.
 Two pairs: ``flat``, the pipeline's path (``MessagesStrategy.encode_flat``
 vs the tokenizer's ``encode_flat``: numpy arrays, no Python int per token),
 and ``lists`` (``encode_batch`` vs ``encode_batch``). The ratio is bare time /
@@ -74,10 +75,12 @@ def main() -> None:
     if args.quick:
         args.mb, args.tokenizers, args.repeat = 1, "world", 2
 
+    import numpy as np
     from bench_preload import split_documents
 
     from rwkv_plug.builtin_strategies.messages import MessagesStrategy
     from rwkv_plug.core.config import Problems
+    from rwkv_plug.core.interfaces import FlatSamples
     from rwkv_plug.data.options import resolve_data_config
     from rwkv_plug.data.tokenizer import load_tokenizer
 
@@ -103,7 +106,11 @@ def main() -> None:
         if bad:
             raise SystemExit(f"{len(bad)} rows skipped, e.g. {bad[0]}: the benchmark's rows must all encode")
         n_tokens = sum(len(s) for s in samples)
-        del samples
+        flat, want = strategy.encode_flat(rows), FlatSamples.from_samples(samples)
+        fields = ("ids", "offsets", "mask")
+        if flat is None or not all(np.array_equal(getattr(flat, k), getattr(want, k)) for k in fields):
+            raise SystemExit(f"{name}: the flat path does not give encode_batch's samples: not timed")
+        del samples, flat, want
         pairs = [("flat", lambda: tok.encode_flat(rendered), lambda: strategy.encode_flat(rows)),
                  ("lists", lambda: tok.encode_batch(rendered), lambda: strategy.encode_batch(rows))]
         for path, bare, strat in pairs:

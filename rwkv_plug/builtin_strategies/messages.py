@@ -166,9 +166,14 @@ class MessagesStrategy(PieceStrategy):
         if self.format == "chat_template":
             self.hf = _template_tokenizer(tokenizer)
         else:
-            # labels and the end of a turn are tokenised once, as their own pieces
-            self.labels = {role: tokenizer.encode(f"{label}:") for role, label in self.names.items()}
-            self.turn_end = tokenizer.encode(o.get("messages_turn_end") or "\n\n")
+            # labels and the end of a turn are their own pieces: tokenised once here for the per-row path
+            # (the flat path tokenises their texts within its batch, which gives the same ids)
+            self.label_texts = {role: f"{label}:" for role, label in self.names.items()}
+            self.turn_end_text = o.get("messages_turn_end") or "\n\n"
+            self.labels = {role: tokenizer.encode(text) for role, text in self.label_texts.items()}
+            self.turn_end = tokenizer.encode(self.turn_end_text)
+            # the flat path tokenises an empty content as the text "" (a piece of its own only there)
+            self.empty_text_ids = bool(tokenizer.encode(""))
 
     # -- reading a row ------------------------------------------------------
     def turns(self, row: Mapping[str, Any]) -> list[Turn]:

@@ -27,8 +27,14 @@ far less than wall-clock time when other jobs share the machine.
 ``--also-unstreamed`` adds preload runs that parse the whole source before
 tokenising (data/streamed.py turned off), in the same run: the gain of
 tokenising while parsing.
+``--also-copied`` adds preload runs whose save copies the train split (as
+``save_to_disk`` does) instead of moving the file the rechunker wrote while
+tokenising (data/in_place.py), in the same run: the gain of the move.
+``--stages`` adds one timed run per ``num_proc`` (after the others) that prints when
+each stage ran, on which thread, and its thread CPU time (bench/stages.py): where
+the serial parts are.
 
-Usage: python bench/bench_preload.py [--mb 25] [--tokenizers neox,world] [--repeat 5]
+Usage: python bench/bench_preload.py [--mb 25] [--tokenizers neox,world] [--repeat 5] [--stages]
        python bench/bench_preload.py --quick    (2 MB, world, 1 run: checks that it runs)
 (the neox tokenizer file comes from RWKV_PLUG_NEOX_TOKENIZER).
 """
@@ -70,6 +76,9 @@ def main() -> None:
                     help="also time preload with the source read by datasets.load_dataset")
     ap.add_argument("--also-unstreamed", action="store_true",
                     help="also time preload with parsing and tokenising one after the other")
+    ap.add_argument("--also-copied", action="store_true",
+                    help="also time preload with the train split copied by the save, not moved")
+    ap.add_argument("--stages", action="store_true", help="print a per-stage timeline of one more run")
     ap.add_argument("--quick", action="store_true", help="2 MB, world only, 1 run")
     args = ap.parse_args()
     if args.quick:
@@ -101,6 +110,8 @@ def main() -> None:
                 runs += [(p, "load_dataset") for p in procs_list]
             if args.also_unstreamed:
                 runs += [(p, "unstreamed") for p in procs_list]
+            if args.also_copied:
+                runs += [(p, "copied") for p in procs_list]
             # bare on the threads preload's num_proc gives it (world), or as it comes (0)
             threaded = tok.threads is not None
             bare_s: dict[int, list[float]] = {p: [] for p in (procs_list if threaded else [0])}
@@ -122,12 +133,19 @@ def main() -> None:
                     cfg = {"data_path": str(Path(tmp) / f"out-{name}-{procs}"), "source": str(src),
                            "tokenizer": name, "text_rechunk_force": True, "num_proc": procs}
                     direct.DIRECT_LIMIT = -1 if how == "load_dataset" else limit  # -1: every source falls back
-                    streamed.ENABLED = how == ""
+                    streamed.ENABLED = how in ("", "copied")
+                    if how == "copied":  # every split saved by save_to_disk
+                        from rwkv_plug.data import in_place
+
+                        moves = in_place.save_splits
+                        in_place.save_splits = lambda dd, folder, _files=None: moves(dd, folder, {})
                     c0, t0 = time.process_time(), time.perf_counter()
                     try:
                         prepare_dataset(cfg, force=True, log=lambda _msg: None)
                     finally:
                         direct.DIRECT_LIMIT, streamed.ENABLED = limit, True
+                        if how == "copied":
+                            in_place.save_splits = moves
                     if i:
                         pre_s[procs, how].append(time.perf_counter() - t0)
                         pre_cpu[procs, how].append(time.process_time() - c0)
@@ -141,11 +159,20 @@ def main() -> None:
                 fast, med = min(bare), statistics.median(bare)
                 cpu = statistics.median(bare_cpu[procs if threaded else 0]) / statistics.median(pre_cpu[procs, how])
                 label = {"": "", "load_dataset": " (source via load_dataset)",
-                         "unstreamed": " (parse, then tokenise)"}[how]
+                         "unstreamed": " (parse, then tokenise)", "copied": " (train split copied)"}[how]
                 p_fast, p_med = min(times), statistics.median(times)
                 print(f"{name}: preload num_proc={procs}{label}: {tokens / p_fast / 1e3:,.0f}k tok/s "
                       f"(fastest {p_fast:.3f} s, median {p_med:.3f} s), {fast / p_fast:.2f}x bare "
                       f"(fastest runs), {med / p_med:.2f}x (medians), CPU time {cpu:.2f}x (medians)")
+            if args.stages:
+                from stages import timeline
+
+                for procs in procs_list:
+                    cfg = {"data_path": str(Path(tmp) / f"out-{name}-{procs}"), "source": str(src),
+                           "tokenizer": name, "text_rechunk_force": True, "num_proc": procs}
+                    print(f"{name}: stages of one preload, num_proc={procs} (ms from its start)")
+                    for line in timeline(lambda: prepare_dataset(cfg, force=True, log=lambda _msg: None)):
+                        print("  " + line)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 

@@ -20,7 +20,6 @@ values in another is refused with the file and line, because
 from __future__ import annotations
 
 import codecs
-import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -150,10 +149,17 @@ def _text_and_other(tables: list) -> bool:
     return any(len(k) > 1 for k in kinds.values())
 
 
-def file_tables(builder: str, path: Path, split_files: list[Path]) -> Iterator[Any]:
-    """The parsed batches of one file of a split (whose files are ``split_files``), in order."""
+def file_tables(builder: str, path: Path, split_files: list[Path], lead: int = 0) -> Iterator[Any]:
+    """The parsed batches of one file of a split (whose files are ``split_files``), in order.
+
+    ``lead`` > 0 (JSON only): the first batch comes in two, its first ``lead`` bytes (to a
+    line end) and the rest, so that a caller who tokenises each batch starts sooner. Both
+    parts having the same column types is what the whole batch has (the types are the
+    promotion of every value's); where they differ ``assemble`` refuses them, as a change
+    of types between batches.
+    """
     try:
-        yield from _READERS[builder](path)
+        yield from (_json_tables(path, lead) if builder == "json" else _READERS[builder](path))
     except _Mixed:
         if len(split_files) > 1:
             _check_text_clash({"": split_files}, None)
@@ -181,10 +187,11 @@ def _concat(parts: list) -> Any:
 
 
 # -- one reader per builder, each yielding tables as datasets' builder would ----
-def _json_tables(path: Path) -> Iterator[Any]:
+def _json_tables(path: Path, lead: int = 0) -> Iterator[Any]:
     """The json builder's batches: 10 MB cut at a line end, each parsed by pyarrow
     as one block (as datasets does); batches are parsed on parallel threads, up to
-    ``workers`` ahead of the one the caller takes (who may tokenise it meanwhile)."""
+    ``workers`` ahead of the one the caller takes (who may tokenise it meanwhile).
+    ``lead``: see :func:`file_tables`."""
     from concurrent.futures import ThreadPoolExecutor
 
     from rwkv_plug.data.workers import cpu_count
@@ -199,8 +206,13 @@ def _json_tables(path: Path) -> Iterator[Any]:
                 break
             if batch.startswith(b"[") or (first and batch.startswith(codecs.BOM_UTF8)):
                 raise _Fallback  # datasets converts a JSON array / strips the BOM first
-            first = False
             batch += f.readline()
+            cut = batch.find(b"\n", lead) + 1 if first and lead > 0 else 0
+            first = False
+            if 0 < cut < len(batch):
+                whole = memoryview(batch)  # the two parts without a copy
+                pending.append(pool.submit(_parse_json_batch, whole[:cut]))
+                batch = whole[cut:]
             pending.append(pool.submit(_parse_json_batch, batch))
             if len(pending) > workers:  # bound the bytes held in memory
                 yield pending.pop(0).result()
@@ -208,7 +220,7 @@ def _json_tables(path: Path) -> Iterator[Any]:
             yield pending.pop(0).result()
 
 
-def _parse_json_batch(batch: bytes) -> Any:
+def _parse_json_batch(batch: bytes | memoryview) -> Any:
     import pyarrow as pa
     import pyarrow.json as paj
 
@@ -216,7 +228,7 @@ def _parse_json_batch(batch: bytes) -> Any:
     block = len(batch) if len(batch) // 8 > base_block else base_block
     while True:
         try:
-            table = paj.read_json(io.BytesIO(batch), read_options=paj.ReadOptions(block_size=block))
+            table = paj.read_json(pa.BufferReader(batch), read_options=paj.ReadOptions(block_size=block))
             table.validate()
             return table
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:

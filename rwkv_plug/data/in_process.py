@@ -118,11 +118,15 @@ def _encoded(jobs: Iterator[tuple[Callable, tuple]], pool: ThreadPoolExecutor | 
 class ChunkOutput:
     """Kept samples fed straight to the rechunker; ``finish()`` gives its ``RechunkResult``."""
 
-    def __init__(self, name: str, cfg: Mapping[str, Any], work, rechunk: tuple[int, list[int]]) -> None:
+    def __init__(self, name: str, cfg: Mapping[str, Any], work, rechunk: tuple[int, list[int]],
+                 hold: Callable[[int], int] | None = None) -> None:
+        from rwkv_plug.data.options import as_data_config
         from rwkv_plug.data.rechunk import Rechunker
 
         size, sep = rechunk
-        self._sink = Rechunker(size, sep, int(cfg.get("data_prefix_skip_mask") or 0), str(work / f"rechunk-{name}.arrow"))
+        skip = as_data_config(cfg).data_prefix_skip_mask or 0
+        # with hold, chunks go to the file as they are cut (see Rechunker)
+        self._sink = Rechunker(size, sep, int(skip), str(work / f"rechunk-{name}.arrow"), hold)
 
     def feed(self, table: pa.Table) -> None:
         import pyarrow.compute as pc

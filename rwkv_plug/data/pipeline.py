@@ -11,7 +11,7 @@ import shutil
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,10 @@ import numpy as np
 from rwkv_plug.core.config import Problems
 from rwkv_plug.core.errors import DataError
 from rwkv_plug.data import split as splitting
-from rwkv_plug.data import store, tempdirs
+from rwkv_plug.data import in_place, store, tempdirs
 from rwkv_plug.data.encode import StrategyFailed
 from rwkv_plug.data.locate import RowLocator, no_locator
-from rwkv_plug.data.options import DATA_OPTIONS, resolve_data_config
+from rwkv_plug.data.options import DATA_OPTIONS, DataConfig, data_config, resolve_data_config
 from rwkv_plug.data.sources import Source, load_source, resolve_source
 from rwkv_plug.data.summary import SplitStats, Summary, split_stats
 from rwkv_plug.data.workers import cpu_count, main_handles_ctrl_c
@@ -34,13 +34,14 @@ SMALL_BYTES = 1 << 20
 MAP_BATCH_ROWS = 256
 
 
-def _resolved(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    if all(o.name in data_cfg for o in DATA_OPTIONS):
-        return dict(data_cfg)
+def _resolved(data_cfg: Mapping[str, Any]) -> DataConfig:
+    """The validated, typed section: ``data_cfg`` itself when it is one, else checked first."""
+    if isinstance(data_cfg, DataConfig):
+        return data_cfg
     problems = Problems("data")
     cfg = resolve_data_config(data_cfg, problems)
     problems.raise_if_any()
-    return cfg
+    return data_config(cfg)
 
 
 def load_summary(data_path: str | Path) -> Summary | None:
@@ -49,7 +50,7 @@ def load_summary(data_path: str | Path) -> Summary | None:
     return Summary.from_json(meta["summary"]) if meta and meta.get("summary") else None
 
 
-def prepare_dataset(data_cfg: dict, *, force: bool = False, log: Log = print):
+def prepare_dataset(data_cfg: Mapping[str, Any], *, force: bool = False, log: Log = print):
     """Build ``data_path`` if missing or stale (or ``force``), else reuse it.
 
     Returns ``(DatasetDict with train and test, "built" | "reused")``; both
@@ -62,14 +63,14 @@ def prepare_dataset(data_cfg: dict, *, force: bool = False, log: Log = print):
     from rwkv_plug.data.tokenizer import load_tokenizer
 
     cfg = _resolved(data_cfg)
-    data_path = Path(cfg["data_path"]).expanduser().resolve()
-    if cfg["skip_datapath_setup"] and not force:
+    data_path = Path(cfg.data_path).expanduser().resolve()
+    if cfg.skip_datapath_setup and not force:
         return _as_it_is(data_path, log), "reused"
-    tokenizer = load_tokenizer(cfg["tokenizer"], cfg)
+    tokenizer = load_tokenizer(cfg.tokenizer, cfg)
     src = resolve_source(cfg)
     base = {
         "source": src.identity(),
-        "tokenizer": {"spec": cfg["tokenizer"], "fingerprint": tokenizer.fingerprint(),
+        "tokenizer": {"spec": cfg.tokenizer, "fingerprint": tokenizer.fingerprint(),
                       "vocab_size": tokenizer.vocab_size,
                       "plugin": store.plugin_version(plugins.tokenizers(), tokenizer.name)},
         "rwkv_plug": __version__,
@@ -89,12 +90,12 @@ def prepare_dataset(data_cfg: dict, *, force: bool = False, log: Log = print):
     work = store.build_dir(data_path, kind="work")  # intermediate files, removed below
     old = None
     try:
-        dd, summary, strategy, columns = _build(cfg, src, tokenizer, work, log)
+        dd, summary, strategy, columns, moves = _build(cfg, src, tokenizer, work, log)
         parts = _parts(base, cfg, tokenizer, strategy)
         # the statistics and the id check read the splits while the save writes them
         with ThreadPoolExecutor(1) as pool:
             checked = pool.submit(_finish_summary, dd, summary, tokenizer.vocab_size)
-            dd.save_to_disk(str(staged))
+            in_place.save_splits(dd, staged, moves)  # dd.save_to_disk, a file written already moved
             checked.result()  # a bad id raises here, before anything is published
         entry = store.plugin_version(plugins.strategies(), summary.strategy)
         store.write_meta(staged, {"meta_version": store.META_VERSION, "parts": parts,
@@ -119,7 +120,7 @@ def prepare_dataset(data_cfg: dict, *, force: bool = False, log: Log = print):
             remover.join()
 
 
-def _parts(base: dict[str, Any], cfg: dict, tokenizer, strategy: type | None) -> dict[str, Any]:
+def _parts(base: dict[str, Any], cfg: DataConfig, tokenizer, strategy: type | None) -> dict[str, Any]:
     """The fingerprinted parts: ``base`` (source, tokenizer, version) plus the strategy (name,
     plugin and version) and the config keys of the pipeline, the tokenizer and that strategy."""
     from rwkv_plug.core import plugins
@@ -129,7 +130,7 @@ def _parts(base: dict[str, Any], cfg: dict, tokenizer, strategy: type | None) ->
     return store.roundtrip({**base, "config": config, "strategy": entry})
 
 
-def _strategy_for(meta: dict[str, Any] | None, cfg: dict) -> type | None:
+def _strategy_for(meta: dict[str, Any] | None, cfg: DataConfig) -> type | None:
     """The strategy ``cfg`` picks for the source columns recorded in ``meta``; None when
     there is no record, or no strategy fits them (the build then says why)."""
     from rwkv_plug.core.errors import RwkvPlugError
@@ -139,7 +140,7 @@ def _strategy_for(meta: dict[str, Any] | None, cfg: dict) -> type | None:
     if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
         return None
     try:
-        return pick_strategy(columns, cfg, cfg.get("strategy"))
+        return pick_strategy(columns, cfg, cfg.strategy)
     except RwkvPlugError:
         return None
 
@@ -148,7 +149,7 @@ def _strategy_for(meta: dict[str, Any] | None, cfg: dict) -> type | None:
 class _Build:
     """What every step of one build shares."""
 
-    cfg: dict
+    cfg: DataConfig
     tokenizer: Any
     work: Path  # folder for intermediate files
     nproc: int
@@ -156,6 +157,9 @@ class _Build:
     locate: Callable[[str, int], str] = no_locator  # a row's file:line, or ""
     strategy: type | None = None
     rechunk: tuple[int, list[int]] | None = None  # (text_rechunk_size, separator ids) when rechunking
+    cut_test: bool = True  # the test split is cut from train (the source has none)
+    files: dict[str, tuple[str, int]] = field(default_factory=dict)  # a split's rechunk file, its rows
+    # (data/in_place.py: the train file is moved into data_path, not copied)
 
 
 def _as_it_is(data_path: Path, log: Log):
@@ -169,32 +173,34 @@ def _as_it_is(data_path: Path, log: Log):
     return datasets.load_from_disk(str(data_path))
 
 
-def _build(cfg: dict, src: Source, tokenizer, work: Path, log: Log):
+def _build(cfg: DataConfig, src: Source, tokenizer, work: Path, log: Log):
     import datasets
 
     from rwkv_plug.data.strategy_select import pick_strategy
 
     from rwkv_plug.data.streamed import build_streamed
 
-    nproc = cfg.get("num_proc") or cpu_count()
-    summary = f"{cfg['tokenizer']} (vocab {tokenizer.vocab_size})"
+    nproc = cfg.num_proc or cpu_count()
+    summary = f"{cfg.tokenizer} (vocab {tokenizer.vocab_size})"
     # a plain JSON Lines source is tokenised while it is parsed, where that gives the same build
     b = _Build(cfg, tokenizer, work, nproc, Summary(tokenizer=summary))
     streamed = build_streamed(b, src, log)
     if streamed is not None:
         columns, encoded = streamed
         train, test = _arrange(b, encoded)
-        return datasets.DatasetDict({"train": train, "test": test}), b.summary, b.strategy, columns
+        return (datasets.DatasetDict({"train": train, "test": test}), b.summary, b.strategy, columns,
+                in_place.moves(cfg, b.files, train))
     dd, ignored = load_source(src, cfg, cache_dir=str(work / "hf"), num_proc=nproc)
     b = _Build(cfg, tokenizer, work, nproc, Summary(tokenizer=summary), _locator(src, cfg))
     if ignored:
         b.summary.notes.append(f"source splits not used: {', '.join(ignored)}")
     row_offset = _select_rows(dd, cfg, b.summary)
     columns = list(dd["train"].column_names)
-    b.strategy = pick_strategy(columns, cfg, cfg.get("strategy"))
+    b.strategy = pick_strategy(columns, cfg, cfg.strategy)
     b.summary.strategy = b.strategy.name
     log(f"strategy '{b.strategy.name}' for columns {', '.join(dd['train'].column_names)}")
     b.rechunk = _rechunk_plan(cfg, src, tokenizer, b.summary)
+    b.cut_test = "test" not in dd
     encoded = {}
     for name, ds in dd.items():
         b.summary.rows_in[name] = len(ds)
@@ -204,15 +210,16 @@ def _build(cfg: dict, src: Source, tokenizer, work: Path, log: Log):
             where = b.locate(name, exc.row)
             raise DataError(f"{where + ': ' if where else ''}{name} {exc}") from None
     train, test = _arrange(b, encoded)
-    return datasets.DatasetDict({"train": train, "test": test}), b.summary, b.strategy, columns
+    return (datasets.DatasetDict({"train": train, "test": test}), b.summary, b.strategy, columns,
+            in_place.moves(cfg, b.files, train))
 
 
-def _select_rows(dd, cfg: dict, summary: Summary) -> int:
+def _select_rows(dd, cfg: DataConfig, summary: Summary) -> int:
     """Apply ``dataset_offset``/``dataset_length`` to the train split; its first source row."""
-    if cfg["dataset_offset"] <= 0 and cfg["dataset_length"] <= 0:
+    if cfg.dataset_offset <= 0 and cfg.dataset_length <= 0:
         return 0
     n = len(dd["train"])
-    start, stop = splitting.offset_length(n, cfg["dataset_offset"], cfg["dataset_length"])
+    start, stop = splitting.offset_length(n, cfg.dataset_offset, cfg.dataset_length)
     if stop <= start:
         raise DataError(f"data.dataset_offset/dataset_length select no rows of the {n} source rows")
     dd["train"] = dd["train"].select(range(start, stop))
@@ -220,13 +227,13 @@ def _select_rows(dd, cfg: dict, summary: Summary) -> int:
     return start
 
 
-def _rechunk_plan(cfg: dict, src: Source, tokenizer, summary: Summary) -> tuple[int, list[int]] | None:
+def _rechunk_plan(cfg: DataConfig, src: Source, tokenizer, summary: Summary) -> tuple[int, list[int]] | None:
     """``(chunk size, separator ids)`` when the documents are rechunked, else None."""
-    size = cfg["text_rechunk_size"]
-    if not (size > 0 and (cfg["text_rechunk_force"] or (cfg["text_rechunk_auto"] and src.is_text))):
+    size = cfg.text_rechunk_size
+    if not (size > 0 and (cfg.text_rechunk_force or (cfg.text_rechunk_auto and src.is_text))):
         return None
     summary.rechunk_size = size
-    sep_text = cfg["text_rechunk_separator"]
+    sep_text = cfg.text_rechunk_separator
     return size, (tokenizer.encode(sep_text) if sep_text else [])
 
 
@@ -237,10 +244,10 @@ def _packed(b: _Build, train):
     if b.rechunk is not None:
         b.summary.notes.append("packing_enable: not applied, the samples are rechunked to one size")
         return train
-    chunk = b.cfg["packing_chunksize"]
-    state = b.cfg.get("packing_state", "reset")
-    result = pack(train, chunk, b.cfg["packing_min_ctx_len"] if b.cfg["packing_min_ctx_len"] > 0 else chunk,
-                  b.cfg["packing_in_sequence"], state, b.cfg.get("packing_align", 32))
+    cfg = b.cfg
+    chunk, state = cfg.packing_chunksize, cfg.packing_state
+    result = pack(train, chunk, cfg.packing_min_ctx_len if cfg.packing_min_ctx_len > 0 else chunk,
+                  cfg.packing_in_sequence, state, cfg.packing_align)
     b.summary.notes.append(f"packing: {result.records} train samples packed into {result.samples} "
                            f"(packing_state: {state})")
     return result.dataset
@@ -253,6 +260,8 @@ def _chunks(b: _Build, name: str, res):
     if res.chunks == 0:
         raise DataError(f"the {name} split has fewer than text_rechunk_size={size} tokens "
                         f"({res.remainder}); lower data.text_rechunk_size or add data")
+    if res.file is not None:
+        b.files[name] = (res.file, res.file_rows)
     return res.dataset
 
 
@@ -264,13 +273,13 @@ def _arrange(b: _Build, encoded: dict):
         summary.notes.append("the source has a test split; data.test_split is not used")
         train, test = encoded["train"], encoded["test"]
     else:
-        train, test = splitting.split_train_test(encoded["train"], cfg["test_split"],
-                                                 cfg["test_split_shuffle"], _why_few(summary))
-    if cfg["packing_enable"]:
+        train, test = splitting.split_train_test(encoded["train"], cfg.test_split,
+                                                 cfg.test_split_shuffle, _why_few(summary))
+    if cfg.packing_enable:
         train = _packed(b, train)
-    if cfg["sort_by_length"]:
-        train = splitting.sort_by_length(train, cfg["sort_asc"])
-    if cfg["reverse_train_dataset_before_save"]:
+    if cfg.sort_by_length:
+        train = splitting.sort_by_length(train, cfg.sort_asc)
+    if cfg.reverse_train_dataset_before_save:
         train = splitting.reverse(train)
     return train, test
 
@@ -295,7 +304,8 @@ def _encode_split(b: _Build, name: str, ds, row_offset: int):
         from rwkv_plug.data.in_process import ChunkOutput, FileOutput, encode_in_process
 
         # kept samples go straight to the rechunker, or to a file
-        output = FileOutput(name, b.work) if b.rechunk is None else ChunkOutput(name, b.cfg, b.work, b.rechunk)
+        output = (FileOutput(name, b.work) if b.rechunk is None
+                  else ChunkOutput(name, b.cfg, b.work, b.rechunk, in_place.hold(b.cfg, name, b.cut_test)))
         table = encode_in_process(name, ds, fn, output)
         try:
             _account(name, table, b.cfg, b.summary, b.locate)
@@ -321,11 +331,11 @@ def _encode_split(b: _Build, name: str, ds, row_offset: int):
     from rwkv_plug.data.rechunk import rechunk
 
     size, sep = b.rechunk
-    return _chunks(b, name, rechunk(kept, size, sep, b.cfg["data_prefix_skip_mask"],
+    return _chunks(b, name, rechunk(kept, size, sep, b.cfg.data_prefix_skip_mask,
                                     str(b.work / f"rechunk-{name}.arrow")))
 
 
-def _account(name: str, table, cfg: dict, summary: Summary,
+def _account(name: str, table, cfg: DataConfig, summary: Summary,
              locate: Callable[[str, int], str] = no_locator) -> np.ndarray:
     """Count the dropped rows per reason (raising under ``strict``); the kept row numbers.
 
@@ -334,7 +344,7 @@ def _account(name: str, table, cfg: dict, summary: Summary,
     drop = table.column("_drop").to_numpy(zero_copy_only=False)
     rows = table.column("_row").to_numpy(zero_copy_only=False)
     bad = table.column("_bad").to_numpy(zero_copy_only=False)
-    if cfg["strict"] and bad.any():
+    if cfg.strict and bad.any():
         i = int(np.flatnonzero(bad)[0])
         where = locate(name, int(rows[i]))
         at = f"{where}: " if where else ""
@@ -354,14 +364,14 @@ def _account(name: str, table, cfg: dict, summary: Summary,
     return keep
 
 
-def _locator(src: Source, cfg: dict) -> Callable[[str, int], str]:
+def _locator(src: Source, cfg: DataConfig) -> Callable[[str, int], str]:
     """``file:line`` of a row of the train or test split, where the source allows it."""
     files = src.params.get("data_files")
     if src.kind not in ("file", "folder") or not isinstance(files, dict):
         return no_locator
     files = {k: [v] if isinstance(v, str) else list(v) for k, v in files.items()}
     return RowLocator(src.builder, files, src.row_counts,
-                      {"train": cfg.get("source_dataset_split") or "train", "test": "test"})
+                      {"train": cfg.source_dataset_split or "train", "test": "test"})
 
 
 def _why_few(summary: Summary) -> str:

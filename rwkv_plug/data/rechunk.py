@@ -8,7 +8,7 @@ tokens lost are the final remainder (< N) of each split, which is reported.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,10 @@ class RechunkResult:
     dataset: object  # datasets.Dataset
     chunks: int
     remainder: int  # tokens at the end of the split, fewer than N, not used
+    #: the finished Arrow file that holds the first ``file_rows`` chunks (the rest, such as
+    #: those kept back for the test split, follow in memory); None when all are in memory
+    file: str | None = None
+    file_rows: int = 0
 
 
 def join_documents(lengths: np.ndarray, ids: np.ndarray, mask: np.ndarray,
@@ -38,36 +42,69 @@ class Rechunker:
     """Streaming rechunk: :meth:`feed` documents batch by batch, then :meth:`finish`.
 
     The cut is global, so how the documents are batched does not change the chunks.
+
+    With ``hold`` (``hold(chunks so far)``: how many of the last chunks a test split cut
+    from the end takes), every other chunk goes to ``path`` as soon as it is cut, so the
+    file is written while tokenising goes on and can itself become the saved train
+    split (see data/in_place.py) instead of being copied by the save.
     """
 
     #: Chunks are kept in memory up to this many bytes (the final save then
     #: writes them once); beyond it they go to ``path``.
     MEMORY_BYTES = 256 << 20
 
-    def __init__(self, size: int, sep: Sequence[int], prefix_skip: int, path: str) -> None:
-        self.size, self.sep, self.prefix_skip, self.path = size, sep, prefix_skip, path
+    def __init__(self, size: int, sep: Sequence[int], prefix_skip: int, path: str,
+                 hold: Callable[[int], int] | None = None) -> None:
+        self.size, self.sep, self.prefix_skip, self.path, self.hold = size, sep, prefix_skip, path, hold
         self.carry_ids = np.empty(0, dtype=np.int32)
         self.carry_mask = np.empty(0, dtype=np.int8)
         self.chunks = 0
         self.held: list[Any] = []  # pa.Table batches not written yet
         self.held_bytes = 0
         self.writer: Any = None
+        self.file_rows = 0  # chunks written to path
 
     def _write(self, table: Any) -> None:
+        if self.hold is not None:
+            self._write_through(table)
+            return
         if self.writer is None and self.held_bytes + table.nbytes <= self.MEMORY_BYTES:
             self.held.append(table)
             self.held_bytes += table.nbytes
             return
+        for held in self.held:
+            self._to_file(held)
+        self.held = []
+        self._to_file(table)
+
+    def _to_file(self, table: Any) -> None:
         if self.writer is None:
             from datasets.arrow_writer import ArrowWriter
 
             from rwkv_plug.data.encode import sample_features
 
             self.writer = ArrowWriter(features=sample_features(), path=self.path)
-            for held in self.held:
-                self.writer.write_table(held)
-            self.held = []
         self.writer.write_table(table)
+        self.file_rows += table.num_rows
+
+    def _write_through(self, table: Any) -> None:
+        """``table`` (the newest chunks) to the file, less the last ``hold(chunks)`` chunks cut so far."""
+        self.held.append(table)
+        keep = min(self.chunks, max(0, int(self.hold(self.chunks))))
+        if keep * self.size * 5 > self.MEMORY_BYTES:  # int32 id + int8 mask per token
+            self.hold, keep = (lambda _n: 0), 0  # too many to keep in memory: the save copies
+        out = sum(t.num_rows for t in self.held) - keep
+        rest = []
+        for t in self.held:  # table by table: the writer would copy a table of several chunks
+            if out >= t.num_rows:
+                self._to_file(t)
+            elif out > 0:
+                self._to_file(t.slice(0, out))
+                rest.append(t.slice(out))
+            else:
+                rest.append(t)
+            out -= t.num_rows
+        self.held = rest
 
     def feed(self, lengths: np.ndarray, ids: np.ndarray, mask: np.ndarray) -> None:
         """Documents back to back: ``lengths`` per document, ``ids``/``mask`` flat."""
@@ -84,11 +121,11 @@ class Rechunker:
         if self.prefix_skip > 0:
             c_mask.reshape(n, size)[:, :self.prefix_skip] = 0
         offsets = pa.array(np.arange(0, cut + 1, size, dtype=np.int32))
+        self.chunks += n
         self._write(pa.table({
             "input_ids": pa.ListArray.from_arrays(offsets, pa.array(s_ids[:cut])),
             "loss_mask": pa.ListArray.from_arrays(offsets, pa.array(c_mask)),
         }))
-        self.chunks += n
 
     #: Up to this many documents per batch are copied one by one into the
     #: stream; more take the vectorised join_documents (whose index arrays cost
@@ -128,13 +165,22 @@ class Rechunker:
         if self.writer is None:
             ds = in_memory_samples(pa.concat_tables(self.held) if self.held
                                    else sample_features().arrow_schema.empty_table())
+            return RechunkResult(ds, self.chunks, int(len(self.carry_ids)))
+        try:
+            self.writer.finalize()
+        finally:
+            self.writer.close()
+        if self.held:  # the file's chunks, then those kept back for the test split
+            import uuid
+
+            from datasets.table import InMemoryTable, MemoryMappedTable, concat_tables
+
+            table = concat_tables([MemoryMappedTable.from_file(self.path), InMemoryTable(pa.concat_tables(self.held))])
+            ds = datasets.Dataset(table, info=datasets.DatasetInfo(features=sample_features()),
+                                  fingerprint=uuid.uuid4().hex)
         else:
-            try:
-                self.writer.finalize()
-            finally:
-                self.writer.close()
             ds = datasets.Dataset.from_file(self.path)
-        return RechunkResult(ds, self.chunks, int(len(self.carry_ids)))
+        return RechunkResult(ds, self.chunks, int(len(self.carry_ids)), self.path, self.file_rows)
 
     def abort(self) -> None:
         if self.writer is not None:

@@ -22,6 +22,7 @@ def small_batches(monkeypatch):
     from rwkv_plug.data.tokenizer import load_tokenizer
 
     monkeypatch.setattr(direct, "JSON_CHUNK", 40_000)
+    monkeypatch.setattr(streamed, "LEAD_BYTES", 7_000)  # the first batch comes in two
     monkeypatch.setattr(in_process, "BATCH_BYTES", 1)
     monkeypatch.setattr(in_process, "MIN_BATCH_ROWS", 37)
     monkeypatch.setattr(load_tokenizer("world", {}), "threads", 2)
@@ -81,6 +82,22 @@ def test_a_later_batch_of_another_shape_gives_way_to_the_ordinary_build(tmp_path
     want, want_log, _ = build(tmp_path, monkeypatch, src, "b", False, text_rechunk_force=True, text_rechunk_size=64)
     assert took == [False, False]
     assert got["train"].equals(want["train"]) and got_log == want_log
+
+
+def test_a_lead_part_of_other_types_gives_way_to_the_ordinary_build(tmp_path, monkeypatch, small_batches):
+    """The first batch's two parts (streamed.LEAD_BYTES) disagree where the whole batch
+    would not (a column null in every row of the first part): the ordinary build decides."""
+    rows = [{"text": t or "some text", "note": None} for t in texts(10, 600, 120)]
+    for i in range(60, 600, 7):
+        rows[i]["note"] = "checked"  # text from row 60 on: past the lead, inside the first batch
+    src = tmp_path / "src.jsonl"
+    write_rows(src, rows)
+    assert len("".join(json.dumps(r) + "\n" for r in rows[:60])) > streamed.LEAD_BYTES
+    took = spy(monkeypatch)
+    got, got_log, _ = build(tmp_path, monkeypatch, src, "a", True, text_rechunk_force=True, text_rechunk_size=64)
+    want, want_log, _ = build(tmp_path, monkeypatch, src, "b", False, text_rechunk_force=True, text_rechunk_size=64)
+    assert took == [False, False]
+    assert got["train"].num_rows > 0 and got["train"].equals(want["train"]) and got_log == want_log
 
 
 def test_a_strict_error_names_the_file_and_line_as_the_ordinary_build_does(tmp_path, monkeypatch, small_batches):

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from rwkv_plug.training import recompute_schedule as schedule
-from rwkv_plug.training.chunk_states import KeptStarts
+from rwkv_plug.training.chunk_states import KeptStarts, kept_slots
 from rwkv_plug.training.record_resets import chunk_resets, with_resets
 from rwkv_plug.training.sharding import as_input_layout, gathered_parameters
 from rwkv_plug.training.head_loss import DEFAULT_HEAD_CHUNK_TOKENS, model_loss, model_state
@@ -64,9 +64,10 @@ class BpttSettings:
     #: ``model.head_chunk_tokens``: head and loss in chunks of this many tokens (training/head_loss.py);
     #: 0 takes the full (B, T, V) logits
     head_chunk: int = DEFAULT_HEAD_CHUNK_TOKENS
-    #: ``model.bptt_kept_states``: chunk-start states kept at once in exact mode (-1: all);
-    #: the others are run again from the nearest kept one (training/recompute_schedule.py)
-    kept_states: int = schedule.DEFAULT_KEPT_STATES
+    #: ``model.bptt_kept_states``: chunk-start states kept at once in exact mode (-1: all; "auto":
+    #: sized from the weights, recompute_schedule.auto_slots); the others are run again from the
+    #: nearest kept one (training/recompute_schedule.py)
+    kept_states: int | str = schedule.DEFAULT_KEPT_STATES
 
 
 @dataclass
@@ -96,7 +97,7 @@ class _Job:
     truncated: bool
     l2wrap: bool
     head_chunk: int
-    kept_states: int = -1
+    kept_states: int | str = -1  # "auto" until the forward sizes it
     #: per chunk: the record starts of packed rows (training/record_resets.py), or None
     resets: list[torch.Tensor | None] | None = None
 
@@ -139,10 +140,12 @@ class _ChunkedPrefix(torch.autograd.Function):
         # names keep their start and RNG state and run from the stored copy, so their input can
         # be freed; the backward rebuilds the others from the nearest kept one
         n = len(job.inputs)
+        state = job.model.zero_state(job.batch, device=device)
+        rng = _rng_state(device)
+        job.kept_states = kept_slots(job.kept_states, job.model, state, rng)  # "auto": sized from the weights
         kept = KeptStarts(schedule.slots_used(n, job.kept_states))
         keep = set(schedule.forward_keeps(n, job.kept_states))
-        kept.start(_rng_state(device))
-        state = job.model.zero_state(job.batch, device=device)
+        kept.start(rng)
         train = job.denom.new_zeros(())
         data = job.denom.new_zeros(())
         for i, x in enumerate(job.inputs):

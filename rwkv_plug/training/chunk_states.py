@@ -27,12 +27,25 @@ import torch
 
 from rwkv_plug.core import notice
 from rwkv_plug.core.errors import TrainingError
+from rwkv_plug.training.recompute_schedule import auto_slots, is_auto
 
 Tensors = tuple[torch.Tensor, ...]
 
 
 def _key(t: torch.Tensor) -> tuple:
     return tuple(t.shape), t.dtype, t.device
+
+
+def kept_slots(kept, model: torch.nn.Module, state: Tensors, rng: Tensors) -> int:
+    """``model.bptt_kept_states`` as a count: ``auto`` sized from ``model``'s weights
+    (:func:`rwkv_plug.training.recompute_schedule.auto_slots`), a number as it is."""
+    if not is_auto(kept):
+        return int(kept)
+    params = list(model.parameters())
+    weights = sum(p.numel() * p.element_size() for p in params)
+    trained = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
+    one = sum(t.numel() * t.element_size() for t in (*state, *rng))
+    return auto_slots(weights, trained, one)
 
 
 class ChunkStore:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rwkv_plug.training.head_loss import DEFAULT_HEAD_CHUNK_TOKENS
-from rwkv_plug.training.recompute_schedule import DEFAULT_KEPT_STATES, extra_runs, slots_used
+from rwkv_plug.training.recompute_schedule import DEFAULT_KEPT_STATES, auto_slots, extra_runs, is_auto, slots_used
 
 #: trainer.strategy names whose parameters, gradients and optimizer state are sharded over devices
 SHARDED = ("fsdp", "deepspeed", "model_parallel", "modelparallel")
@@ -81,8 +81,8 @@ class StepShape:
     kernel: str = "auto"
     #: model.tuning: ``full`` trains every weight, ``state`` only a WKV start state per layer
     tuning: str = "full"
-    #: model.bptt_kept_states: chunk-start states exact BPTT keeps at once (-1: all)
-    kept_states: int = DEFAULT_KEPT_STATES
+    #: model.bptt_kept_states: chunk-start states exact BPTT keeps at once (-1: all; "auto": sized from the weights)
+    kept_states: int | str = DEFAULT_KEPT_STATES
     #: model.head_chunk_tokens: the head and loss run this many tokens at a time (0: full logits)
     head_chunk: int = DEFAULT_HEAD_CHUNK_TOKENS
 
@@ -309,14 +309,19 @@ def estimate(arch: type, shapes: Mapping[str, tuple], vocab: int, shape: StepSha
         rng = torch.get_rng_state().numel() + (16 if shape.device_type == "cuda" else 0)
         # K = min(bptt_kept_states, n - 2) kept starts + the one handed to the last chunk;
         # an RNG state per kept start and chunk 0's (training/chunk_states.py)
-        kept = slots_used(n - 1, shape.kept_states) + 1
-        budget = "all" if shape.kept_states < 0 else f"bptt_kept_states {shape.kept_states}"
+        slots, budget = shape.kept_states, f"bptt_kept_states {shape.kept_states}"
+        if is_auto(slots):  # as fit in 10% of weights + 3 x trained weights, at least 64 (same as training)
+            slots = auto_slots(params * p_size, trainable * p_size, state + rng)
+            budget = f"bptt_kept_states auto = {slots}"
+        elif slots < 0:
+            budget = "all"
+        kept = slots_used(n - 1, slots) + 1
         terms.append(Term("kept states", f"{kept} chunk starts (min(n - 2, {budget}) + 1, n = {n}) x ({human(state)} "
                           f"state [per layer 2*B*C*itemsize + B*H*N*N*4 for rwkv5] + {rng} B RNG state)",
                           kept * (state + rng)))
-        again = extra_runs(n - 1, shape.kept_states)
+        again = extra_runs(n - 1, slots)
         if again:
-            notes.append(f"bptt_kept_states {shape.kept_states} < n - 2 = {n - 2}: the longest sample's backward "
+            notes.append(f"{budget} < n - 2 = {n - 2}: the longest sample's backward "
                          f"runs {again} chunks again without autograd ({again / n:.2f} per chunk) to rebuild the "
                          "start states it did not keep")
     if sharded:

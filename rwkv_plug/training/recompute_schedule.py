@@ -38,6 +38,26 @@ from math import comb
 #: chunks (1.1M tokens at ctx_len 512), under two up to 50116, under three up to ~900k.
 DEFAULT_KEPT_STATES = 64
 
+#: ``model.bptt_kept_states: auto``: the kept states may take this fraction of the training bytes
+#: (:func:`auto_slots`), so they add at most ~10% to a step's peak, never fewer than the default.
+AUTO_FRACTION = 0.1
+
+
+def auto_slots(weight_bytes: int, trained_bytes: int, state_bytes: int) -> int:
+    """``model.bptt_kept_states: auto``: as many kept states as fit in :data:`AUTO_FRACTION` of the
+    training bytes, at least :data:`DEFAULT_KEPT_STATES`.
+
+    The training bytes are the weights' plus, per trained weight, its gradient and Adam's two
+    moments (``weight_bytes + 3 * trained_bytes``); ``state_bytes`` is one kept state with its
+    RNG state. Independent of the sample length, so memory stays bounded however long the sample.
+    """
+    budget = int(AUTO_FRACTION * (weight_bytes + 3 * trained_bytes))
+    return max(DEFAULT_KEPT_STATES, budget // max(1, state_bytes))
+
+
+def is_auto(slots) -> bool:
+    return slots == "auto"
+
 
 @dataclass(frozen=True)
 class Run:

@@ -8,6 +8,7 @@ the budget however long the sample.
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import pytest
@@ -180,9 +181,42 @@ def test_kept_states_stay_within_the_budget_for_a_many_chunk_sample():
     assert everything.nbytes() == 298 * state_bytes
 
 
+# -- auto: a budget in bytes, relative to the weights ------------------------------------
+def test_auto_keeps_a_tenth_of_the_training_bytes_in_states_and_at_least_the_default():
+    # 10% of (weights + 3 x trained weights) over one state's bytes (state + RNG state)
+    assert schedule.auto_slots(4_000_000, 4_000_000, 1000) == 1600
+    assert schedule.auto_slots(4_000_000, 0, 1000) == 400  # nothing trained: the weights alone
+    assert schedule.auto_slots(4_000_000, 4_000_000, 1001) == 1598  # whole states only
+    assert schedule.auto_slots(10_000, 10_000, 1000) == schedule.DEFAULT_KEPT_STATES  # small model: the minimum
+    # independent of the sample: the schedule then never keeps more than that
+    slots = schedule.auto_slots(4_000_000, 4_000_000, 1000)
+    assert schedule.slots_used(1_000_000, slots) == slots
+
+
+def test_auto_sizes_the_budget_from_the_model_and_keeps_the_gradients(monkeypatch):
+    from rwkv_plug.training.chunk_states import kept_slots
+
+    model = _rwkv5()
+    weights = sum(p.numel() * 8 for p in model.parameters())  # fp64, all trained
+    state = model.zero_state(2)
+    one = sum(s.numel() * s.element_size() for s in state) + torch.get_rng_state().numel()
+    rng = (torch.get_rng_state(),)
+    assert kept_slots("auto", model, state, rng) == max(64, int(0.1 * 4 * weights) // one)
+    assert kept_slots(5, model, state, rng) == 5
+    # a tiny budget (3 states) on a 9-chunk sample: within it, gradients as when keeping every start
+    monkeypatch.setattr(schedule, "AUTO_FRACTION", 3.5 * one / (4 * weights))
+    monkeypatch.setattr(schedule, "DEFAULT_KEPT_STATES", 1)
+    ids, mask = _data(2, 9, 3)
+    _, ref, _ = _run(model, ids, mask, ctx_len=3, kept_states=-1)
+    _, got, kept = _run(model, ids, mask, ctx_len=3, kept_states="auto")
+    assert kept.peak == 3 and kept.states.slots == 3
+    _assert_same(got, ref)
+
+
 # -- the config key ------------------------------------------------------------------------
-@pytest.mark.parametrize("value, ok", [(-1, True), (1, True), (200, True), (0, False), (-2, False)])
-def test_the_config_key_takes_minus_one_or_a_positive_count(tmp_path, value, ok):
+@pytest.mark.parametrize("value, ok", [(-1, True), (1, True), (200, True), ("auto", True),
+                                       (0, False), (-2, False), ("many", False), (2.5, False), (True, False)])
+def test_the_config_key_takes_minus_one_a_positive_count_or_auto(tmp_path, value, ok):
     from rwkv_plug.core.errors import ConfigError
     from rwkv_plug.training.config import load_fit_config
     from rwkv_plug.training.module import TrainSettings
@@ -192,7 +226,7 @@ def test_the_config_key_takes_minus_one_or_a_positive_count(tmp_path, value, ok)
     cfg.write_text(f"model: {{load_model: m.pth, lr_init: 1e-4, bptt_kept_states: {value}}}\n"
                    f"data: {{data_path: {tmp_path}/d, source: x.txt}}\n")
     if not ok:
-        with pytest.raises(ConfigError, match=f"model.bptt_kept_states must be -1 .* or 1 or more, got {value}"):
+        with pytest.raises(ConfigError, match=f"model.bptt_kept_states must be -1 .*, 1 or more, or auto .*got '?{value}"):
             load_fit_config(cfg)
         return
     model = load_fit_config(cfg).model
@@ -226,6 +260,10 @@ def test_the_plan_counts_the_budgeted_kept_states():
     assert bounded == 9 * (state + rng)  # 8 kept + the one handed to the last chunk
     assert any(f"runs {schedule.extra_runs(1999, 8)} chunks again" in n for n in notes)
     assert kept(10, 8) == (9 * (state + rng), [])  # 10 chunks fit 8 slots: all kept, no extra runs
+    # auto: 10% of (weights + gradients + 2 Adam moments), fp32, here below the minimum of 64
+    params = sum(math.prod(s) for s in shapes.values())
+    assert schedule.auto_slots(4 * params, 4 * params, state + rng) == 64
+    assert kept(2000, "auto")[0] == 65 * (state + rng)
 
 
 @pytest.mark.slow

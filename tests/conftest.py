@@ -40,6 +40,38 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     )
 
 
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """The console entry point run in this process, answering as :func:`run_cli` does.
+
+    For what a command says and its exit code: it spares each call a new interpreter that
+    imports torch and Lightning again (seconds each). Keep :func:`run_cli` where the test is
+    about the process itself: library noise on stderr, ranks that re-run the command, signals.
+    """
+    from rwkv_plug.core.cli import main
+
+    def call(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        capsys.readouterr()  # what the test printed before is not the command's
+        with pytest.raises(SystemExit) as exc:
+            main(list(args))
+            raise SystemExit(0)
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), exc.value.code or 0, out.out, out.err)
+
+    return call
+
+
+def two_ranks() -> str:
+    """The Lightning strategy for a test's 2 CPU ranks: ``ddp_fork``, whose ranks reuse this
+    process's imports (a spawned rank imports torch and Lightning anew, seconds each), unless a
+    GPU test initialised CUDA here, which a forked rank cannot use again: then ``ddp_spawn``."""
+    import torch
+
+    return "ddp_spawn" if torch.cuda.is_initialized() else "ddp_fork"
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``gpu`` are skipped, with the reason, where CUDA is not available."""
     gpu = [item for item in items if item.get_closest_marker("gpu")]

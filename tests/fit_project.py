@@ -79,3 +79,35 @@ def _with(cfg: Path, section: str, *lines: str) -> Path:
 
 def _error_lines(res) -> list[str]:
     return [l for l in res.stderr.splitlines() if l.startswith("error:")]
+
+
+def small_config(folder: Path, model: str = "lr_init: 1e-4", trainer: str | None = None) -> Path:
+    """``folder/cfg.yaml`` with the fewest keys fit takes, for tests of config loading.
+
+    model: ``load_model: m.pth`` (a file of one byte: loading the config only sees that it
+    exists) then the inline keys ``model``; data: ``folder/d`` built from ``x.txt``, which
+    loading never reads; trainer: the inline keys ``trainer`` when given.
+    """
+    (folder / "m.pth").write_bytes(b"x")
+    cfg = folder / "cfg.yaml"
+    cfg.write_text((f"trainer: {{{trainer}}}\n" if trainer is not None else "")
+                   + f"model: {{load_model: m.pth, {model}}}\n"
+                   + f"data: {{data_path: {folder}/d, source: x.txt}}\n")
+    return cfg
+
+
+def perturbed_state_dict(arch: str = "rwkv5", n_embd: int = 64, vocab: int = 64, seed: int = 0) -> dict:
+    """A trained-looking 2-layer model: our init with every tensor perturbed (zero-init outputs
+    would hide adapters and tuned states from the logits)."""
+    import torch
+
+    if arch == "rwkv5":
+        from rwkv_plug.models.init import init_state_dict
+
+        sd = init_state_dict(2, n_embd, vocab, seed=seed, dtype=torch.float32)
+    else:
+        from rwkv_plug.models.arch7 import RWKV7Arch
+
+        sd = {k: v.float() for k, v in RWKV7Arch.init_state_dict(2, n_embd, vocab, seed=seed).items()}
+    g = torch.Generator().manual_seed(seed + 1)
+    return {k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in sd.items()}

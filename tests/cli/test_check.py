@@ -13,74 +13,9 @@ import yaml
 from rwkv_plug.training.check import check_config
 
 from conftest import REPO, run_cli
+from data_helpers import SEED_CONFIGS, seed_config
 
 pytestmark = pytest.mark.usefixtures("offline_data")  # cwd: tmp_path; the hub offline
-
-#: The seed notebook's complete configs (docs: /work/shared/spec/seed-notebook.txt), verbatim.
-SEED_CONFIGS = {
-    "example-hf-enwiki.yaml": """\
-        trainer:
-          max_steps: 10
-          target_batch_size: 32
-        model:
-          load_model: ../model/L6-D512-neox-init.pth
-          ctx_len: 1024
-          lr_init: 3e-4
-          bptt_learning: true
-          bptt_learning_range: -1
-        data:
-          data_path: ../datapath/enwiki_10k_neox_1024/
-
-          source: "teven/enwiki_10k"
-          # # Additional source dataset params, used to grab subsets
-          # source_dataset_params:
-          #   language: en
-
-          tokenizer: neox
-          min_token_size: 64
-          max_token_size: -1
-          text_rechunk_size: 2048
-          text_rechunk_force: true
-          custom_text_key: 'text'
-          test_split: 0.01
-          test_split_shuffle: false
-        """,
-    "example-hf-prompt-completion.yaml": """\
-        trainer:
-          max_steps: 10
-          target_batch_size: 32
-        model:
-          load_model: ../model/L6-D512-neox-init.pth
-          ctx_len: 1024
-          lr_init: 1e-4
-          bptt_learning: true
-          bptt_learning_range: -1
-        data:
-          data_path: ../datapath/self-instruct-base/
-          source: "eastwind/self-instruct-base"
-          tokenizer: neox
-          disable_prompt_completion_mask: false
-        """,
-    "example-hf-multi-column-keys.yaml": """\
-        trainer:
-          max_steps: 10
-          target_batch_size: 32
-        model:
-          load_model: ../model/L6-D512-neox-init.pth
-          ctx_len: 1024
-          lr_init: 1e-4
-          bptt_learning: true
-          bptt_learning_range: -1
-        data:
-          data_path: ../datapath/self-instruct-base/
-          source: "c-s-ale/dolly-15k-instruction-alpaca-format"
-          tokenizer: neox
-          multi_column_keys: ['instruction', 'input', 'output']
-          multi_column_prefix: ['Instruction:\\n', 'Input:\\n', 'Output:\\n']
-          multi_column_train_mask: [true, false, true]
-          multi_column_separator: '\\n\\n'
-        """,
-}
 
 _MISSING_MODEL = re.compile(r"^model\.load_model '.*' does not exist .*`rwkv-plug init-model`$")
 
@@ -134,7 +69,7 @@ def _doc_configs() -> list[tuple[str, str]]:
 
 
 def test_every_config_in_the_docs_and_the_seed_notebook_validates(tmp_path):
-    configs = _doc_configs() + [(name, textwrap.dedent(text)) for name, text in SEED_CONFIGS.items()]
+    configs = _doc_configs() + [(name, seed_config(name)) for name in SEED_CONFIGS]
     assert any(name.startswith("README.md") for name, _ in configs)
     for name, text in configs:
         cfg = tmp_path / "cfg.yaml"
@@ -152,8 +87,7 @@ def _project(tmp_path: Path, model: str, data: str) -> Path:
     return cfg
 
 
-@pytest.mark.slow
-def test_a_bad_config_gets_one_error_line_per_problem_and_exit_1(tmp_path):
+def test_a_bad_config_gets_one_error_line_per_problem_and_exit_1(tmp_path, cli):
     cfg = _project(tmp_path, """\
         load_model: m.pth
         lr_init: 3e-4
@@ -163,7 +97,7 @@ def test_a_bad_config_gets_one_error_line_per_problem_and_exit_1(tmp_path):
         source: ./nope.jsonl
         tokenizer: neoxx
         """)
-    result = run_cli("check", "cfg.yaml", cwd=tmp_path)
+    result = cli("check", cfg.name, cwd=tmp_path)
     assert result.returncode == 1 and result.stdout == ""
     lines = result.stderr.splitlines()
     assert lines[0] == "error: cfg.yaml: unknown key model.ctx_lenn. Did you mean 'ctx_len'?", lines

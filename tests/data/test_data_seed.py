@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from data_helpers import WORDS, load, neox, rows_of, run, words, write_cfg, write_jsonl
+from data_helpers import WORDS, load, neox, rows_of, run, seed_config, words, write_cfg, write_jsonl
 from rwkv_plug.data.tokenizer import load_tokenizer
 
 pytestmark = [pytest.mark.usefixtures("offline_data"), pytest.mark.slow]  # each builds a seed dataset
@@ -22,32 +22,8 @@ def test_seed_enwiki_text_rechunk(tmp_path, capsys):
     tok = neox()
     docs = [words(i, 200 if i % 5 else 10) for i in range(60)]  # every 5th doc is short
     write_jsonl(tmp_path / "enwiki.jsonl", [{"text": d, "title": f"t{i}"} for i, d in enumerate(docs)])
-    cfg = write_cfg(tmp_path / "enwiki.yaml", """\
-        trainer:
-          max_steps: 10
-          target_batch_size: 32
-        model:
-          load_model: ../model/L6-D512-neox-init.pth
-          ctx_len: 1024
-          lr_init: 3e-4
-          bptt_learning: true
-          bptt_learning_range: -1
-        data:
-          data_path: ./datapath/enwiki_10k_neox_1024/
-
-          source: "enwiki.jsonl"
-          # source_dataset_params:
-          #   language: en
-
-          tokenizer: neox
-          min_token_size: 64
-          max_token_size: -1
-          text_rechunk_size: 2048
-          text_rechunk_force: true
-          custom_text_key: 'text'
-          test_split: 0.01
-          test_split_shuffle: false
-        """)
+    cfg = write_cfg(tmp_path / "enwiki.yaml", seed_config(
+        "example-hf-enwiki.yaml", data_path="./datapath/enwiki_10k_neox_1024/", source="enwiki.jsonl"))
     code, out, err = run("preload", str(cfg), capsys=capsys)
     assert code == 0, err
     dd = load(tmp_path / "datapath/enwiki_10k_neox_1024")
@@ -73,17 +49,8 @@ def test_seed_prompt_completion(tmp_path, capsys, monkeypatch):
     (tmp_path / "work").mkdir()
     monkeypatch.chdir(tmp_path / "work")  # data_path and source are relative to the cwd
     write_jsonl(tmp_path / "work" / "self-instruct.jsonl", rows)
-    cfg = write_cfg(tmp_path / "pc.yaml", """\
-        trainer:
-          max_steps: 10
-        model:
-          ctx_len: 1024
-        data:
-          data_path: ../datapath/self-instruct-base/
-          source: "self-instruct.jsonl"
-          tokenizer: neox
-          disable_prompt_completion_mask: false
-        """)
+    cfg = write_cfg(tmp_path / "pc.yaml", seed_config("example-hf-prompt-completion.yaml",
+                                                      source="self-instruct.jsonl"))
     code, _, err = run("preload", str(cfg), capsys=capsys)
     assert code == 0, err
     dd = load(tmp_path / "datapath/self-instruct-base")
@@ -108,26 +75,8 @@ def test_seed_multi_column_dolly(tmp_path, capsys, monkeypatch):
     (tmp_path / "work").mkdir()
     monkeypatch.chdir(tmp_path / "work")
     write_jsonl(tmp_path / "work" / "dolly.jsonl", rows)
-    cfg = write_cfg(tmp_path / "mc.yaml", """\
-        trainer:
-          max_steps: 10
-          target_batch_size: 32
-        model:
-          load_model: ../model/L6-D512-neox-init.pth
-          ctx_len: 1024
-          lr_init: 1e-4
-          bptt_learning: true
-          bptt_learning_range: -1
-        data:
-          data_path: ../datapath/self-instruct-base/
-          source: "dolly.jsonl"
-          tokenizer: neox
-          multi_column_keys: ['instruction', 'input', 'output']
-          multi_column_prefix: ['Instruction:\\n', 'Input:\\n', 'Output:\\n']
-          multi_column_train_mask: [true, false, true]
-          multi_column_separator: '\\n\\n'
-          test_split: 1
-        """)
+    cfg = write_cfg(tmp_path / "mc.yaml", seed_config("example-hf-multi-column-keys.yaml", source="dolly.jsonl",
+                                                      test_split="1"))
     assert "'Instruction:\\n'" in cfg.read_text()  # single-quoted, as in the seed
     code, _, err = run("preload", str(cfg), capsys=capsys)
     assert code == 0, err

@@ -143,12 +143,11 @@ def test_the_probe_scores_a_model_trained_for_it_above_one_that_is_not():
 
 
 @pytest.mark.slow
-def test_eval_command_prints_the_buckets_and_the_probe_and_writes_a_png(tmp_path, monkeypatch):
+def test_eval_command_prints_the_buckets_and_the_probe_and_writes_a_png(tmp_path, monkeypatch, cli):
     import re
 
     import matplotlib.image
 
-    from conftest import run_cli
     from fit_project import _project
 
     from rwkv_plug.data.pipeline import prepare_dataset
@@ -158,9 +157,9 @@ def test_eval_command_prints_the_buckets_and_the_probe_and_writes_a_png(tmp_path
     monkeypatch.chdir(tmp_path)
     cfg = _project(tmp_path)
     out = tmp_path / "eval.png"
-    res = run_cli("eval", "model.pth", str(cfg), "--bucket", "16", "--passkey-lengths", "64,96",
-                  "--passkey-depths", "0,1", "--passkey-trials", "2", "--out", str(out), "--device", "cpu",
-                  "--model.ctx_len", "16", cwd=tmp_path)
+    res = cli("eval", "model.pth", str(cfg), "--bucket", "16", "--passkey-lengths", "64,96",
+              "--passkey-depths", "0,1", "--passkey-trials", "2", "--out", str(out), "--device", "cpu",
+              "--model.ctx_len", "16", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     table = re.findall(r"^\s+(\d+k?)-(\d+k?)\s+([\d,]+)\s+([\d.]+)$", res.stdout, re.M)
     assert [(a, b) for a, b, _, _ in table] == [("0", "16"), ("16", "32"), ("32", "64"), ("64", "128")]
@@ -175,14 +174,12 @@ def test_eval_command_prints_the_buckets_and_the_probe_and_writes_a_png(tmp_path
     assert matplotlib.image.imread(out).shape[:2] == (450, 1200)  # two panels, 12x4.5 inches at 100 dpi
 
 
-@pytest.mark.slow
-def test_eval_refuses_a_passkey_length_too_short_in_one_line(tmp_path):
-    from conftest import run_cli
+def test_eval_refuses_a_passkey_length_too_short_in_one_line(tmp_path, cli):
     from rwkv_plug.models.init import init_state_dict
     from rwkv_plug.models.io import save_state_dict
 
     save_state_dict(init_state_dict(1, 64, 50277, seed=0), tmp_path / "m.pth")
-    res = run_cli("eval", str(tmp_path / "m.pth"), "--passkey-lengths", "10", cwd=tmp_path)
+    res = cli("eval", str(tmp_path / "m.pth"), "--passkey-lengths", "10", cwd=tmp_path)
     assert res.returncode == 2, res.stderr[-2000:]
     lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "--passkey-lengths: 10 tokens cannot hold" in lines[0], res.stderr

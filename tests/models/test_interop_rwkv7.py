@@ -23,7 +23,7 @@ from rwkv_plug.models.export import export_checkpoint
 from rwkv_plug.models.init7 import init_state_dict
 from rwkv_plug.models.sampling import generate
 
-from conftest import run_cli
+from fit_project import WORDS, _tokenizer as _word_tokenizer
 
 pytestmark = pytest.mark.slow  # every test here takes seconds: fit runs, subprocesses or the Triton interpreter
 
@@ -119,26 +119,11 @@ def test_exported_x070_file_matches_the_rwkv_package(tmp_path, trained):
     assert generate(model, tokens[:20], max_tokens=8, temperature=0) == theirs["greedy"]
 
 
-WORDS = "the cat sat on a mat and dog ran to park with red ball".split()
-
-
-def _word_tokenizer(folder: Path) -> int:
-    """A tiny word-level HF tokenizer (as tests/training/test_fit.py makes)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["<pad>", "[UNK]", *WORDS])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="<pad>").save_pretrained(folder)
-    return len(vocab)
-
-
 @pytest.mark.slow
-def test_init_fit_export_then_the_rwkv_package_generates_what_we_generate(tmp_path):
+def test_init_fit_export_then_the_rwkv_package_generates_what_we_generate(tmp_path, cli, monkeypatch):
     import random
 
-    env = {"HF_HUB_OFFLINE": "1"}
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     _word_tokenizer(tmp_path / "tok")
     rnd = random.Random(0)
     (tmp_path / "data.txt").write_text(
@@ -161,13 +146,13 @@ def test_init_fit_export_then_the_rwkv_package_generates_what_we_generate(tmp_pa
           text_rechunk_size: 40
           test_split: 0
     """))
-    init = run_cli("init-model", "--arch", "rwkv7", "--n_layer", "2", "--n_embd", "64", "--vocab_size", "64",
-                   "--seed", "0", "model.pth", env=env, cwd=tmp_path)
+    init = cli("init-model", "--arch", "rwkv7", "--n_layer", "2", "--n_embd", "64", "--vocab_size", "64",
+               "--seed", "0", "model.pth", cwd=tmp_path)
     assert init.returncode == 0 and "RWKV-7 (x070) L2-D64, vocab 64" in init.stdout, init.stderr
-    fit = run_cli("fit", "cfg.yaml", env=env, cwd=tmp_path)
+    fit = cli("fit", "cfg.yaml")
     assert fit.returncode == 0, fit.stderr[-3000:]
     ckpt = next(tmp_path.glob("**/checkpoints/last.ckpt"))
-    exp = run_cli("export", str(ckpt), "out.pth", "--dtype", "fp32", env=env, cwd=tmp_path)
+    exp = cli("export", str(ckpt), "out.pth", "--dtype", "fp32")
     assert exp.returncode == 0 and "rwkv7 L2-D64" in exp.stdout, exp.stderr
     trained = torch.load(tmp_path / "out.pth", weights_only=True)
     init_sd = torch.load(tmp_path / "model.pth", weights_only=True)
@@ -175,8 +160,8 @@ def test_init_fit_export_then_the_rwkv_package_generates_what_we_generate(tmp_pa
     assert not torch.equal(trained["head.weight"], init_sd["head.weight"].float())  # it did train
 
     prompt = "the cat sat on"
-    ours = run_cli("generate", "out.pth", "--prompt", prompt, "--tokenizer", "tok", "--temperature", "0",
-                   "--max-tokens", "10", env=env, cwd=tmp_path)
+    ours = cli("generate", "out.pth", "--prompt", prompt, "--tokenizer", "tok", "--temperature", "0",
+               "--max-tokens", "10")
     assert ours.returncode == 0, ours.stderr
     from transformers import PreTrainedTokenizerFast
 

@@ -251,7 +251,9 @@ def test_a_g1_shaped_checkpoint_loads_trains_a_step_and_exports_the_same_keys(tm
     from rwkv_plug.models.export import export_checkpoint
     from rwkv_plug.training.optim import LrSchedule, build_optimizer
 
-    shapes = x070_shapes(12, 768, 65536, LoraDims(64, 64, 32, 128))
+    # the released 0.1B's blocks (12 x 768 and its LoRA sizes) with a vocabulary of 4096, not 65536:
+    # no step here depends on the vocabulary, and its embedding and head were 100M of 190M parameters
+    shapes = x070_shapes(12, 768, 4096, LoraDims(64, 64, 32, 128))
     g = torch.Generator().manual_seed(0)
     sd = {k: (0.02 * torch.randn(s, generator=g)).to(torch.bfloat16) for k, s in shapes.items()}
     for k in sd:  # norms near 1 so the forward stays finite
@@ -263,7 +265,7 @@ def test_a_g1_shaped_checkpoint_loads_trains_a_step_and_exports_the_same_keys(tm
     m = {"weight_decay": 0.001, "layerwise_lr": True, "beta1": 0.9, "beta2": 0.99, "adam_eps": 1e-18}
     opt, _ = build_optimizer(model, m, LrSchedule(1e-3, 1e-3), RWKV7Arch)
     before = model.blocks[5].att.w0.detach().clone()
-    ids = torch.randint(0, 65536, (1, 5), generator=g)
+    ids = torch.randint(0, 4096, (1, 5), generator=g)
     out = sequence_loss(model, ids, torch.ones_like(ids), BpttSettings(ctx_len=2), train=True)
     out.loss.backward()
     opt.step()

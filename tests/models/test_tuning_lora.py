@@ -11,6 +11,7 @@ import lightning as L
 import pytest
 import torch
 
+from fit_project import perturbed_state_dict as base_sd
 from rwkv_plug.core.errors import ConfigError
 from rwkv_plug.models import load_model
 from rwkv_plug.models.init import init_state_dict
@@ -19,17 +20,6 @@ from rwkv_plug.training.tuning import apply_tuning, slim_checkpoint
 
 LORA = {"tuning": "lora", "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "lora_target_modules": None,
         "lora_adapter": None, "lora_options": {}}
-
-
-def base_sd(arch="rwkv5", n_embd=64, vocab=64, seed=0):
-    if arch == "rwkv5":
-        sd = init_state_dict(2, n_embd, vocab, seed=seed, dtype=torch.float32)
-    else:
-        from rwkv_plug.models.arch7 import RWKV7Arch
-
-        sd = {k: v.float() for k, v in RWKV7Arch.init_state_dict(2, n_embd, vocab, seed=seed).items()}
-    g = torch.Generator().manual_seed(seed + 1)
-    return {k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in sd.items()}
 
 
 def lora_model(sd, over=None, randomize=True):

@@ -11,9 +11,10 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from conftest import two_ranks
+from fit_project import perturbed_state_dict
 from rwkv_plug.core.errors import ConfigError, ModelError
 from rwkv_plug.models import load_model
-from rwkv_plug.models.init import init_state_dict
 from rwkv_plug.models.io import save_state_dict
 from rwkv_plug.models.state_tuning import STATE_KEY, load_state_file, state_file_tensors
 from rwkv_plug.training.bptt import BpttSettings, sequence_loss
@@ -25,16 +26,7 @@ V = 32
 
 
 def base_sd(arch="rwkv5", n_embd=64, vocab=V, seed=0):
-    """A trained-looking tiny model: our init with every tensor perturbed (zero-init outputs would
-    hide the state from the logits)."""
-    if arch == "rwkv5":
-        sd = init_state_dict(2, n_embd, vocab, seed=seed, dtype=torch.float32)
-    else:
-        from rwkv_plug.models.arch7 import RWKV7Arch
-
-        sd = {k: v.float() for k, v in RWKV7Arch.init_state_dict(2, n_embd, vocab, seed=seed).items()}
-    g = torch.Generator().manual_seed(seed + 1)
-    return {k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in sd.items()}
+    return perturbed_state_dict(arch, n_embd, vocab, seed)
 
 
 def state_model(arch="rwkv5", dtype=torch.float32, seed=0):
@@ -163,7 +155,7 @@ def toy_module(path, rows, over=None):
 
 def toy_trainer(root: Path, max_steps: int, devices=1, every=None, accumulate=1):
     return L.Trainer(
-        accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto", max_steps=max_steps,
+        accelerator="cpu", devices=devices, strategy=two_ranks() if devices > 1 else "auto", max_steps=max_steps,
         accumulate_grad_batches=accumulate, default_root_dir=root, logger=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False,
         callbacks=[ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=every or max_steps, save_top_k=-1,
@@ -338,7 +330,7 @@ def test_two_ranks_train_the_same_tensors_as_one_process_with_the_same_global_ba
         module.settings.accumulate_grad_batches = accumulate
         root = tmp_path / f"run{devices}"
         toy_trainer(root, 3, devices=devices, accumulate=accumulate).fit(module)
-        saved = torch.load(root / "ckpt" / "step=3.ckpt", weights_only=True)["state_dict"]  # spawn: from rank 0
+        saved = torch.load(root / "ckpt" / "step=3.ckpt", weights_only=True)["state_dict"]  # from rank 0
         results.append(saved)
     one, two = results
     if mode == "state":

@@ -8,6 +8,7 @@ import lightning as L
 import pytest
 import torch
 
+from conftest import two_ranks
 from rwkv_plug.training.module import RwkvTrainingModule, TrainSettings
 from rwkv_plug.training.testing import ToyRWKV
 
@@ -30,7 +31,7 @@ def rows():
 
 class RecordSteps(L.Callback):
     """Every optimizer step's gradients as the optimizer sees them (after DDP's all-reduce),
-    saved by rank 0 (ddp_spawn ranks are other processes)."""
+    saved by rank 0 (the ranks are other processes)."""
 
     def __init__(self, folder):
         self.folder, self.grads = folder, []
@@ -53,7 +54,7 @@ def train(folder, devices: int, accumulate: int):
     settings = TrainSettings(model=MODEL, microbatch_size=1, accumulate_grad_batches=accumulate)
     module = RwkvTrainingModule(ToyRWKV(), settings, rows(), None)
     trainer = L.Trainer(
-        accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
+        accelerator="cpu", devices=devices, strategy=two_ranks() if devices > 1 else "auto",
         max_steps=3, accumulate_grad_batches=accumulate, logger=CSVLogger(folder, name="", version=""),
         log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
         num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False, callbacks=[RecordSteps(folder)],
@@ -111,7 +112,7 @@ def validate(devices: int, val_rows: list) -> float:
     settings = TrainSettings(model=MODEL, microbatch_size=1)
     module = RwkvTrainingModule(ToyRWKV(), settings, rows(), val_rows)
     trainer = L.Trainer(
-        accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto", logger=False,
+        accelerator="cpu", devices=devices, strategy=two_ranks() if devices > 1 else "auto", logger=False,
         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
     )
     trainer.validate(module)
@@ -160,7 +161,7 @@ def test_each_rank_draws_its_own_dropout_masks(tmp_path):
     same_length = [{"input_ids": list(range(1, 9)), "loss_mask": [1] * 8} for _ in range(4)]
     module = RwkvTrainingModule(ToyRWKV(dropout=0.5), settings, same_length, None)
     trainer = L.Trainer(
-        accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=2, logger=False, enable_progress_bar=False,
+        accelerator="cpu", devices=2, strategy=two_ranks(), max_steps=2, logger=False, enable_progress_bar=False,
         enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
         use_distributed_sampler=False, callbacks=[RecordDropout(tmp_path)],
     )

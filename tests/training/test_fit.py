@@ -148,15 +148,31 @@ class CtrlCAtBatch(L.Callback):
 """
 
 
-def test_ctrl_c_before_the_first_checkpoint_saves_the_step_and_resumes_exactly(tmp_path, offline_data):
-    """A real SIGINT in the middle of an accumulation (microbatch 5 = the first half of step 3,
-    long before the first epoch-end checkpoint): fit finishes step 3, saves it atomically as
-    last.ckpt, exits 130 naming it, and --resume auto then ends exactly as an uninterrupted run."""
+def _fit_stopped_by_ctrl_c(folder: Path, config: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """``rwkv-plug fit CONFIG`` in its own process group (the SIGINT reaches it and its ranks, not
+    pytest), with ``folder`` on PYTHONPATH for the callback that sends it: (exit code, stderr)."""
     import os
     import signal
     import subprocess
     import sys
 
+    exe = Path(sys.executable).with_name("rwkv-plug")
+    proc = subprocess.Popen([str(exe), "fit", config], cwd=folder, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(folder), **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        _, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, err
+
+
+def test_ctrl_c_before_the_first_checkpoint_saves_the_step_and_resumes_exactly(tmp_path, offline_data):
+    """A real SIGINT in the middle of an accumulation (microbatch 5 = the first half of step 3,
+    long before the first epoch-end checkpoint): fit finishes step 3, saves it atomically as
+    last.ckpt, exits 130 naming it, and --resume auto then ends exactly as an uninterrupted run."""
     import torch
 
     from rwkv_plug.models.init import init_state_dict
@@ -171,17 +187,8 @@ def test_ctrl_c_before_the_first_checkpoint_saves_the_step_and_resumes_exactly(t
     (tmp_path / "cut.yaml").write_text(text.replace(
         "  enable_progress_bar: false\n",
         "  enable_progress_bar: false\n  callbacks: [{class_path: stop.CtrlCAtBatch, init_args: {batch: 5}}]\n"))
-    exe = Path(sys.executable).with_name("rwkv-plug")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"}  # one thread, as this process
-    proc = subprocess.Popen([str(exe), "fit", "cut.yaml"], cwd=tmp_path, env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        _, err = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, err[-3000:]
+    code, err = _fit_stopped_by_ctrl_c(tmp_path, "cut.yaml", {"OMP_NUM_THREADS": "1"})  # one thread, as here
+    assert code == 130, err[-3000:]
     assert "Ctrl-C: finishing this optimizer step to save a checkpoint" in err, err[-3000:]
     assert err.rstrip().splitlines()[-1] == ("training interrupted: step 3 saved to runs/cut/checkpoints/last.ckpt; "
                                              "continue with `rwkv-plug fit cut.yaml --resume auto`"), err[-3000:]
@@ -209,11 +216,6 @@ def test_ctrl_c_before_the_first_checkpoint_saves_the_step_and_resumes_exactly(t
     ("ddp_spawn", "training interrupted; the newest checkpoint, runs/cfg/checkpoints/last.ckpt, holds step 3; "),
 ])
 def test_ctrl_c_under_two_ranks_saves_the_same_step_on_both(tmp_path, offline_data, strategy, last_line):
-    import os
-    import signal
-    import subprocess
-    import sys
-
     import torch
 
     from rwkv_plug.models.init import init_state_dict
@@ -227,17 +229,8 @@ def test_ctrl_c_under_two_ranks_saves_the_same_step_on_both(tmp_path, offline_da
     cfg.write_text(cfg.read_text().replace("  enable_progress_bar: false\n", (
         "  enable_progress_bar: false\n  accelerator: cpu\n  devices: 2\n"
         f"  strategy: {strategy}\n  callbacks: [{{class_path: stop.CtrlCAtBatch, init_args: {{batch: 3}}}}]\n")))
-    exe = Path(sys.executable).with_name("rwkv-plug")
-    proc = subprocess.Popen([str(exe), "fit", "cfg.yaml"], cwd=tmp_path, start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": str(tmp_path)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        _, err = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, err[-3000:]
+    code, err = _fit_stopped_by_ctrl_c(tmp_path, "cfg.yaml")
+    assert code == 130, err[-3000:]
     lines = [line for line in err.splitlines() if line.startswith("training interrupted")]
     assert lines == [last_line + "continue with `rwkv-plug fit cfg.yaml --resume auto`"], err[-3000:]  # rank 0 only
     saved = torch.load(tmp_path / "runs" / "cfg" / "checkpoints" / "last.ckpt", weights_only=True)

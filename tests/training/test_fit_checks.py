@@ -2,13 +2,13 @@
 
 Bad trainer values, an unknown kernel, a --resume file that is not a checkpoint of
 this model, a tokenizer the model has no rows for: all are named with the key or
-file and what to do, through the real CLI. Also the default checkpoint retention,
-the `-c/--config` alias and the absence of library noise in a normal run.
+file and what to do, through the CLI's entry point (in this process: the `cli` fixture).
+Also the default checkpoint retention, the `-c/--config` alias and, in a real `rwkv-plug`
+process, the absence of library noise in a normal run.
 """
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,12 +19,11 @@ from conftest import run_cli
 from fit_project import _error_lines, _project, _with
 
 
-@pytest.mark.slow
-def test_bad_trainer_values_and_kernel_are_all_reported_at_config_load(tmp_path):
+def test_bad_trainer_values_and_kernel_are_all_reported_at_config_load(tmp_path, cli):
     cfg = _with(_project(tmp_path), "trainer", "  precision: 13", "  max_epochs: ten", "  gradient_clip_val: x",
                 "  checkpoint: {every_n_train_steps: abc}")
     _with(cfg, "model", "  kernel: torhc")
-    res = run_cli("fit", str(cfg), cwd=tmp_path)
+    res = cli("fit", str(cfg), cwd=tmp_path)
     assert res.returncode == 2, res.stderr[-2000:]
     lines = [l for l in res.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr[-2000:]
@@ -38,10 +37,10 @@ def test_bad_trainer_values_and_kernel_are_all_reported_at_config_load(tmp_path)
     assert not (tmp_path / "datapath").exists()
 
 
-def _refused_in_one_line(tmp_path, lines: list[str], needle: str) -> None:
+def _refused_in_one_line(tmp_path, cli, lines: list[str], needle: str) -> None:
     """``fit`` with ``lines`` added to the trainer section fails with exit 2 and one line."""
     cfg = _with(_project(tmp_path), "trainer", *lines)
-    res = run_cli("fit", str(cfg), cwd=tmp_path)
+    res = cli("fit", str(cfg), cwd=tmp_path)
     assert res.returncode == 2, res.stderr[-2000:]
     errors = _error_lines(res)
     assert len(errors) == 1 and errors[0].startswith(f"error: {cfg}: {needle}"), res.stderr[-2000:]
@@ -53,8 +52,8 @@ def _refused_in_one_line(tmp_path, lines: list[str], needle: str) -> None:
     (["  checkpoint: {save_top_k: 3}"], "trainer.checkpoint.save_top_k: 3 is not valid (Lightning: ModelCheckpoint(save_top_k=3, monitor=None)"),
 ])
 @pytest.mark.slow
-def test_what_lightning_refuses_is_named_before_the_data_is_built(tmp_path, lines, needle):
-    _refused_in_one_line(tmp_path, lines, needle)
+def test_what_lightning_refuses_is_named_before_the_data_is_built(tmp_path, cli, lines, needle):
+    _refused_in_one_line(tmp_path, cli, lines, needle)
     assert not (tmp_path / "datapath").exists()  # failed before the data step
 
 
@@ -79,8 +78,8 @@ def test_a_refusal_that_names_only_the_value_names_its_key():
      "0.01 of the `val_dataloader`"),
 ])
 @pytest.mark.slow
-def test_what_lightning_refuses_against_the_data_is_one_line_naming_the_key(tmp_path, lines, needle):
-    _refused_in_one_line(tmp_path, lines, needle)
+def test_what_lightning_refuses_against_the_data_is_one_line_naming_the_key(tmp_path, cli, lines, needle):
+    _refused_in_one_line(tmp_path, cli, lines, needle)
 
 
 def test_errors_inside_fit_that_lightning_did_not_raise_are_not_renamed():
@@ -98,10 +97,9 @@ def test_errors_inside_fit_that_lightning_did_not_raise_are_not_renamed():
         assert info.value is error
 
 
-@pytest.mark.slow
-def test_a_tokenizer_with_more_ids_than_the_model_has_rows_is_refused(tmp_path):
+def test_a_tokenizer_with_more_ids_than_the_model_has_rows_is_refused(tmp_path, cli):
     cfg = _project(tmp_path, vocab=8)  # the data's tokenizer has 16 ids
-    res = run_cli("fit", str(cfg), cwd=tmp_path)
+    res = cli("fit", str(cfg), cwd=tmp_path)
     assert res.returncode == 2, res.stderr[-2000:]
     errors = _error_lines(res)
     assert len(errors) == 1, res.stderr[-2000:]
@@ -180,9 +178,9 @@ def _resume_files(tmp_path: Path) -> dict[str, Path]:
     ("folder", "is a folder; give a checkpoint file in it"),
 ])
 @pytest.mark.slow
-def test_a_wrong_resume_file_is_one_line_before_the_data_step(tmp_path, which, needle):
+def test_a_wrong_resume_file_is_one_line_before_the_data_step(tmp_path, cli, which, needle):
     cfg = _project(tmp_path)
-    res = run_cli("fit", str(cfg), "--resume", str(_resume_files(tmp_path)[which]), cwd=tmp_path)
+    res = cli("fit", str(cfg), "--resume", str(_resume_files(tmp_path)[which]), cwd=tmp_path)
     assert res.returncode == 1, res.stderr[-2000:]
     errors = _error_lines(res)
     assert len(errors) == 1 and needle in errors[0], res.stderr[-2000:]
@@ -190,26 +188,23 @@ def test_a_wrong_resume_file_is_one_line_before_the_data_step(tmp_path, which, n
     assert not (tmp_path / "datapath").exists()
 
 
-@pytest.mark.slow
-def test_config_option_is_an_alias_of_the_argument(tmp_path):
+def test_config_option_is_an_alias_of_the_argument(tmp_path, cli):
     cfg = _with(_project(tmp_path), "trainer", "  max_step: 3")
     for args in (["-c", str(cfg)], ["--config", str(cfg)]):
-        res = run_cli("fit", *args, cwd=tmp_path)
+        res = cli("fit", *args, cwd=tmp_path)
         assert res.returncode == 2
         assert "unknown key trainer.max_step. Did you mean 'max_steps'?" in res.stderr, res.stderr
-    both = run_cli("fit", str(cfg), "-c", str(cfg), cwd=tmp_path)
+    both = cli("fit", str(cfg), "-c", str(cfg), cwd=tmp_path)
     assert both.returncode == 2 and "the config is given twice" in both.stderr
-    neither = run_cli("fit", cwd=tmp_path)
+    neither = cli("fit", cwd=tmp_path)
     assert neither.returncode == 2 and "no config file given: rwkv-plug fit CONFIG (or -c CONFIG)" in neither.stderr
 
 
-@pytest.mark.slow
-def test_a_missing_logger_package_is_one_line_naming_the_extra(tmp_path):
+def test_a_missing_logger_package_is_one_line_naming_the_extra(tmp_path, cli, monkeypatch):
     cfg = _with(_project(tmp_path), "trainer", "  logger: tensorboard")
-    hide = ("import sys; sys.modules['tensorboard'] = sys.modules['tensorboardX'] = None; "
-            "from rwkv_plug.core.cli import main; main(sys.argv[1:])")
-    res = subprocess.run([sys.executable, "-c", hide, "fit", str(cfg)], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=600)
+    for package in ("tensorboard", "tensorboardX"):
+        monkeypatch.setitem(sys.modules, package, None)  # not installed, whatever this machine has
+    res = cli("fit", str(cfg), cwd=tmp_path)
     assert res.returncode == 2
     lines = [l for l in res.stderr.splitlines() if l.strip()]
     assert lines == [f'error: {cfg}: trainer.logger: tensorboard needs the tensorboard package, which is not '
@@ -228,11 +223,10 @@ def test_default_checkpoints_keep_only_the_newest_and_last_and_a_padded_vocab_is
     assert not [l for l in out if l.startswith("warning:")], out  # 1023 unused rows count as padding
 
 
-@pytest.mark.slow
-def test_a_missing_source_file_fails_before_the_trainer_and_model_load(tmp_path):
+def test_a_missing_source_file_fails_before_the_trainer_and_model_load(tmp_path, cli):
     cfg = _project(tmp_path)
     cfg.write_text(cfg.read_text().replace("source: data.txt", "source: dat.txt"))
-    res = run_cli("fit", str(cfg), cwd=tmp_path)
+    res = cli("fit", str(cfg), cwd=tmp_path)
     assert res.returncode == 2, res.stderr[-2000:]
     lines = [l for l in res.stderr.splitlines() if l.strip()]
     assert lines == [f"error: {cfg}: data.source 'dat.txt' does not exist (looked in {tmp_path})"], lines

@@ -47,11 +47,10 @@ def test_deepspeed_stage_3_is_refused_even_with_cuda(monkeypatch):
     assert sharded_strategy_problem("fsdp", "gpu") is None  # runs as fsdp2 on CUDA
 
 
-@pytest.mark.slow
-def test_deepspeed_config_fails_in_one_line_before_any_data(tmp_path):
+def test_deepspeed_config_fails_in_one_line_before_any_data(tmp_path, cli):
     cfg = _project(tmp_path)
-    res = run_cli("fit", str(cfg), "--trainer.strategy", "deepspeed_stage_2", "--trainer.accelerator", "cpu",
-                  cwd=tmp_path)
+    res = cli("fit", str(cfg), "--trainer.strategy", "deepspeed_stage_2", "--trainer.accelerator", "cpu",
+              cwd=tmp_path)
     assert res.returncode == 2, res.stderr
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
@@ -77,18 +76,28 @@ def test_fsdp2_builds_lightnings_model_parallel_strategy_over_every_rank(tmp_pat
 
 
 # -- the exact-BPTT Function with FSDP2 shards (no Lightning) ------------------------------------
+MODES = ["exact", "truncated", "range"]
+
+
+@pytest.fixture(scope="module")
+def sharded_gradients(tmp_path_factory) -> Path:
+    """One 2-rank run of fsdp_grad_driver.py for every mode: starting the ranks is most of its cost."""
+    out = tmp_path_factory.mktemp("fsdp_grads")
+    res = subprocess.run([sys.executable, str(HERE / "fsdp_grad_driver.py"), str(out), *MODES],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["exact", "truncated", "range"])
-def test_bptt_gradient_of_sharded_parameters_is_the_mean_of_the_ranks_whole_gradients(tmp_path, mode):
+@pytest.mark.parametrize("mode", MODES)
+def test_bptt_gradient_of_sharded_parameters_is_the_mean_of_the_ranks_whole_gradients(sharded_gradients, mode):
     """2 ranks (gloo), FSDP2 on each block and the model, 3- and 2-chunk samples (different chunk
     counts per rank), fp64: the sharded gradients, gathered, equal the mean of the two samples'
     single-process gradients to 1e-12 relative (a sum instead of a mean is off by 100%, gradients
     of the last chunk only by far more than that)."""
-    res = subprocess.run([sys.executable, str(HERE / "fsdp_grad_driver.py"), str(tmp_path), mode],
-                         capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    got = torch.load(tmp_path / "grads.pt", weights_only=True)
-    want = torch.load(tmp_path / "expected.pt", weights_only=True)
+    got = torch.load(sharded_gradients / mode / "grads.pt", weights_only=True)
+    want = torch.load(sharded_gradients / mode / "expected.pt", weights_only=True)
     assert set(got) == set(want)
     for name, g in got.items():
         scale = want[name].abs().max().clamp(min=1e-30)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
 from fit_project import _setup, _tokenizer
 
 pytestmark = pytest.mark.slow
@@ -88,11 +87,11 @@ def test_summary_equals_the_csv(tiny_run):
     assert len(elapsed) == 4 and s.wall_seconds == max(elapsed) > 0
 
 
-def test_report_command_prints_the_table_and_writes_a_png_with_the_curves(tiny_run, tmp_path):
+def test_report_command_prints_the_table_and_writes_a_png_with_the_curves(tiny_run, tmp_path, cli):
     import matplotlib.image
 
     out = tmp_path / "curves.png"
-    result = run_cli("report", str(tiny_run), "--out", str(out))
+    result = cli("report", str(tiny_run), "--out", str(out))
     assert result.returncode == 0, result.stderr
     rows = _csv_rows(tiny_run)
     last_train = _column(rows, "train/loss")[-1]
@@ -136,7 +135,7 @@ def test_a_resumed_run_reads_every_version_and_later_steps_win(tmp_path):
     assert s.steps == 3 and s.tokens == 30 and s.wall_seconds == 7.0 and s.valid_best == (2, 4.5)
 
 
-def test_a_folder_without_logs_is_one_clear_error(tmp_path):
-    result = run_cli("report", str(tmp_path))
+def test_a_folder_without_logs_is_one_clear_error(tmp_path, cli):
+    result = cli("report", str(tmp_path))
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0 and "holds no metrics.csv" in result.stderr

@@ -11,6 +11,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from conftest import two_ranks
 from rwkv_plug.training.checkpoint import atomic_checkpoint_io, find_resume
 from rwkv_plug.training.module import RwkvTrainingModule, TrainSettings
 from rwkv_plug.training.testing import ToyRWKV
@@ -56,20 +57,38 @@ def params(module):
     return {k: v.detach().clone() for k, v in module.model.state_dict().items()}
 
 
-@pytest.mark.parametrize(
-    "over",
-    [{}, {"warmup_steps": 3}, {"lr_period_type": "epoch", "lr_period": 1, "lr_type": "linear"}],
-    ids=["cosine", "warmup", "epoch-period"],
-)
+SCHEDULES = {"cosine": {}, "warmup": {"warmup_steps": 3},
+             "epoch-period": {"lr_period_type": "epoch", "lr_period": 1, "lr_type": "linear"}}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """One 7-step run per schedule, a checkpoint every step: both resume points of a schedule
+    resume from the same run (each run costs a Lightning fit)."""
+    runs: dict[str, tuple[Path, RwkvTrainingModule]] = {}
+
+    def run(schedule: str) -> tuple[Path, RwkvTrainingModule]:
+        if schedule not in runs:
+            warnings.filterwarnings("ignore")
+            root = tmp_path_factory.mktemp(f"full-{schedule}")
+            L.seed_everything(0, verbose=False)
+            full = make_module(model_over=SCHEDULES[schedule], dropout=0.1)
+            make_trainer(root, 7).fit(full)
+            runs[schedule] = root, full
+        return runs[schedule]
+
+    return run
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
 @pytest.mark.slow
 @pytest.mark.parametrize("step", [4, 3], ids=["mid-epoch", "last-batch"])
-def test_resume_from_a_step_checkpoint_equals_uninterrupted(tmp_path, over, step):
+def test_resume_from_a_step_checkpoint_equals_uninterrupted(tmp_path, uninterrupted, schedule, step):
     # 5 rows, accumulate 2 -> 3 optimizer steps per epoch; step 4 is mid-epoch 2, step 3 ends epoch 1
     warnings.filterwarnings("ignore")
-    L.seed_everything(0, verbose=False)
-    full = make_module(model_over=over, dropout=0.1)
-    make_trainer(tmp_path / "a", 7).fit(full)
-    ckpt = tmp_path / "a" / "ckpt" / f"step={step}.ckpt"
+    over = SCHEDULES[schedule]
+    root, full = uninterrupted(schedule)
+    ckpt = root / "ckpt" / f"step={step}.ckpt"
     assert ckpt.is_file()
 
     L.seed_everything(0, verbose=False)
@@ -150,7 +169,8 @@ def test_two_rank_resume_continues_each_ranks_dropout_stream(tmp_path):
         settings = TrainSettings(model=MODEL, microbatch_size=1, accumulate_grad_batches=1)
         module = RwkvTrainingModule(ToyRWKV(dropout=0.2), settings, toy_rows(8), None)
         trainer = L.Trainer(
-            accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=max_steps, default_root_dir=root,
+            accelerator="cpu", devices=2, max_steps=max_steps, default_root_dir=root,
+            strategy=two_ranks(),
             logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
             limit_val_batches=0, use_distributed_sampler=False, plugins=[atomic_checkpoint_io()],
             callbacks=[ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=1,
@@ -178,6 +198,35 @@ def _steps(root: Path) -> list[tuple[float, float]]:
     return [(float(r["train/loss"]), float(r["train/tokens"])) for r in rows]
 
 
+@pytest.fixture(scope="module")
+def default_checkpoint_project(tmp_path_factory):
+    """A fit project with dropout whose dataset the first run builds and every later run reuses,
+    and its uninterrupted runs, each made once: ``(folder, config text, full(end) -> run folder)``."""
+    from fit_project import _setup, _tokenizer
+
+    from rwkv_plug.models.init import init_state_dict
+    from rwkv_plug.models.io import save_state_dict
+    from rwkv_plug.training.fit import run_fit
+
+    root = tmp_path_factory.mktemp("default_checkpoints")
+    _tokenizer(root / "tok")
+    save_state_dict(init_state_dict(2, 64, 64, seed=0), root / "model.pth")
+    text = _setup(root, max_steps=8).read_text()
+    text = text.replace("  warmup_steps: 2\n", "  warmup_steps: 2\n  dropout: 0.1\n")
+    fulls: dict[str, Path] = {}
+
+    def full(end: str) -> Path:
+        """The uninterrupted run to ``end`` (run in the project folder, the cwd of the caller)."""
+        if end not in fulls:
+            name = f"full{len(fulls)}"
+            (root / f"{name}.yaml").write_text(text.replace("max_steps: 8", end))
+            run_fit(root / f"{name}.yaml", log=lambda m: None)
+            fulls[end] = root / "runs" / name
+        return fulls[end]
+
+    return root, text, full
+
+
 @pytest.mark.parametrize(
     "end, steps, last_batches",
     [("max_steps: 8", 8, 4), ("max_steps: -1\n  max_epochs: 2", 12, 12)],
@@ -185,35 +234,30 @@ def _steps(root: Path) -> list[tuple[float, float]]:
 )
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", [4, 6], ids=["mid-epoch", "epoch-end"])
-def test_resume_from_default_checkpoints_equals_uninterrupted(tmp_path, offline_data, stop, end, steps, last_batches):
+def test_resume_from_default_checkpoints_equals_uninterrupted(offline_data, monkeypatch, default_checkpoint_project,
+                                                              stop, end, steps, last_batches):
     """Without every_n_train_steps, the checkpoint is written at the epoch end, also when
     max_steps stops training inside an epoch; resuming it neither replays nor skips data."""
-    from fit_project import _setup, _tokenizer
-
-    from rwkv_plug.models.init import init_state_dict
-    from rwkv_plug.models.io import save_state_dict
     from rwkv_plug.training.fit import run_fit
 
-    _tokenizer(tmp_path / "tok")
-    save_state_dict(init_state_dict(2, 64, 64, seed=0), tmp_path / "model.pth")
-    text = _setup(tmp_path, max_steps=8).read_text()
-    text = text.replace("  warmup_steps: 2\n", "  warmup_steps: 2\n  dropout: 0.1\n")
+    root, text, full_run = default_checkpoint_project
+    monkeypatch.chdir(root)
     # 6 optimizer steps per epoch; warmup then a constant LR: the schedule does not depend on the run's length
-    (tmp_path / "full.yaml").write_text(text.replace("max_steps: 8", end))
-    (tmp_path / "cut.yaml").write_text(text.replace("max_steps: 8", f"max_steps: {stop}"))
-    run_fit(tmp_path / "full.yaml", log=lambda m: None)
-    run_fit(tmp_path / "cut.yaml", log=lambda m: None)
-    (tmp_path / "cut.yaml").write_text(text.replace("max_steps: 8", end))
+    name = f"cut{stop}-{steps}"
+    cut = root / f"{name}.yaml"
+    cut.write_text(text.replace("max_steps: 8", f"max_steps: {stop}"))
+    run_fit(cut, log=lambda m: None)
+    cut.write_text(text.replace("max_steps: 8", end))
     out: list[str] = []
-    run_fit(tmp_path / "cut.yaml", resume="auto", log=out.append)
-    assert "resume auto: continuing from runs/cut/checkpoints/last.ckpt" in out, out
+    run_fit(cut, resume="auto", log=out.append)
+    assert f"resume auto: continuing from runs/{name}/checkpoints/last.ckpt" in out, out
 
-    full, cut = _steps(tmp_path / "runs" / "full"), _steps(tmp_path / "runs" / "cut")
+    full_folder, cut_folder = full_run(end), root / "runs" / name
+    full, cut = _steps(full_folder), _steps(cut_folder)
     assert len(full) == len(cut) == steps
     assert [t for _, t in cut] == [t for _, t in full]  # tokens seen, step by step
     assert [l for l, _ in cut] == pytest.approx([l for l, _ in full], rel=0, abs=1e-6)
-    ckpts = [tmp_path / "runs" / name / "checkpoints" / "last.ckpt" for name in ("full", "cut")]
-    a, b = (torch.load(p, weights_only=True) for p in ckpts)
+    a, b = (torch.load(f / "checkpoints" / "last.ckpt", weights_only=True) for f in (full_folder, cut_folder))
     assert a["global_step"] == b["global_step"] == steps
     assert a["rwkv_plug"]["epoch"] == b["rwkv_plug"]["epoch"] == 1
     assert a["rwkv_plug"]["epoch_batches"] == b["rwkv_plug"]["epoch_batches"] == last_batches  # accumulate 2

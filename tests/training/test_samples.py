@@ -6,7 +6,6 @@ import csv
 
 import pytest
 
-from conftest import run_cli
 from fit_project import _project
 
 from rwkv_plug.core.config import Problems, resolve_options
@@ -35,7 +34,7 @@ def test_bad_sample_options_are_reported(values, needle):
 
 
 @pytest.mark.slow
-def test_configured_prompts_are_continued_every_n_steps_into_every_log(tmp_path):
+def test_configured_prompts_are_continued_every_n_steps_into_every_log(tmp_path, cli):
     import torch
 
     from rwkv_plug.data.tokenizer import load_tokenizer
@@ -43,8 +42,8 @@ def test_configured_prompts_are_continued_every_n_steps_into_every_log(tmp_path)
     from rwkv_plug.models.sampling import generate
 
     cfg = _project(tmp_path, max_steps=4)
-    res = run_cli("fit", str(cfg), "--model.sample_prompts", "[the cat, a red ball]",
-                  "--model.sample_every_n_steps", "2", "--model.sample_tokens", "6", cwd=tmp_path)
+    res = cli("fit", str(cfg), "--model.sample_prompts", "[the cat, a red ball]",
+              "--model.sample_every_n_steps", "2", "--model.sample_tokens", "6", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     folder = tmp_path / "runs" / "cfg" / "logs" / "version_0"
     with (folder / "samples.csv").open() as fh:

@@ -29,6 +29,8 @@ _PUBLIC: dict[str, str] = {
     ),
     # the built-in text strategy, for plugins that extend it (plugins-example's text_eos)
     "TextStrategy": "rwkv_plug.builtin_strategies.text",
+    # a plugin's own data: keys as a typed, frozen object
+    "option_values": "rwkv_plug.core.sections",
 }
 
 __all__ = ["__version__", *_PUBLIC]

@@ -101,6 +101,12 @@ def _builtin_options(kind: str) -> list[Option]:
     return [opt for cls in classes for opt in getattr(cls, "options", ())]
 
 
+def _datapack_options() -> Sequence[Option]:
+    from rwkv_plug.data.datapack import DATAPACK_OPTIONS
+
+    return DATAPACK_OPTIONS
+
+
 def tables() -> dict[str, Callable[[], str]]:
     """Each generated table by its marker name."""
     from rwkv_plug.data import options as D
@@ -114,6 +120,7 @@ def tables() -> dict[str, Callable[[], str]]:
         "top-level-options": lambda: options_table([T.SEED_OPTION]),
         "data-options": lambda: options_table(D.DATA_OPTIONS),
         "data-legacy": lambda: legacy_table(D.DATA_LEGACY),
+        "datapack-options": lambda: options_table(_datapack_options()),
         "strategy-options": lambda: options_table(_builtin_options("strategies")),
         "tokenizer-options": lambda: options_table(_builtin_options("tokenizers")),
     }

@@ -30,6 +30,7 @@ from typing import Any
 
 from rwkv_plug.builtin_strategies.pieces import Piece, PieceStrategy
 from rwkv_plug.core.interfaces import BadRow, Option
+from rwkv_plug.core.sections import option_values
 
 FORMATS = ("iopairs", "sender")
 
@@ -72,46 +73,49 @@ class ConversationStrategy(PieceStrategy):
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> list[str]:
-        fmt = options.get("conversation_format")
+        o = option_values(ConversationStrategy, options)
+        fmt = o.conversation_format
         if fmt is None:
             return []
         problems = []
-        if not options.get("conversation_key"):
+        if not o.conversation_key:
             problems.append("data.conversation_key is required with conversation_format: name the column "
                             "that holds the list of turns")
         if fmt == "sender":
-            if not options.get("conversation_sender_key"):
+            if not o.conversation_sender_key:
                 problems.append("data.conversation_sender_key is required with conversation_format: sender")
-            if not options.get("conversation_input_key_map"):
+            if not o.conversation_input_key_map:
                 problems.append("data.conversation_input_key_map is required with conversation_format: sender "
                                 "(which keys of a turn hold its text, e.g. {content: '{sender}: '})")
         return problems
 
     @classmethod
     def matches(cls, columns: Sequence[str], options: Mapping[str, Any]) -> bool:
-        return options.get("conversation_format") in FORMATS and options.get("conversation_key") in columns
+        o = option_values(ConversationStrategy, options)
+        return o.conversation_format in FORMATS and o.conversation_key in columns
 
     @classmethod
     def expects(cls, options: Mapping[str, Any]) -> str:
-        if options.get("conversation_format") not in FORMATS:
+        o = option_values(ConversationStrategy, options)
+        if o.conversation_format not in FORMATS:
             return "is off (set data.conversation_format to iopairs or sender)"
-        return f"needs a '{options.get('conversation_key')}' column of turns"
+        return f"needs a '{o.conversation_key}' column of turns"
 
     def __init__(self, options: Mapping[str, Any], tokenizer) -> None:
         super().__init__(options, tokenizer)
-        o, enc = self.opts, tokenizer.encode
-        self.format, self.key = o["conversation_format"], o["conversation_key"]
-        self.suffix = {k: enc(v) for k, v in (o.get("conversation_sender_suffix") or {}).items() if v}
-        end = o.get("conversation_end_of_conversation")
+        o, enc = option_values(ConversationStrategy, options), tokenizer.encode
+        self.format, self.key = o.conversation_format, o.conversation_key
+        self.suffix = {k: enc(v) for k, v in (o.conversation_sender_suffix or {}).items() if v}
+        end = o.conversation_end_of_conversation
         self.end = enc(end) if end else []
         if self.format == "iopairs":
-            self.prefix = {k: enc(v) for k, v in (o.get("conversation_input_key_prefix_map") or {}).items() if v}
-            self.key_mask = dict(o.get("conversation_input_key_mask") or {})
+            self.prefix = {k: enc(v) for k, v in (o.conversation_input_key_prefix_map or {}).items() if v}
+            self.key_mask = dict(o.conversation_input_key_mask or {})
         else:
-            self.sender_key = o["conversation_sender_key"]
-            self.sender_mask = dict(o.get("conversation_sender_mask") or {})
-            self.templates = dict(o.get("conversation_input_key_map") or {})
-            labels = dict(o.get("conversation_sender_value_map") or {})
+            self.sender_key = o.conversation_sender_key
+            self.sender_mask = dict(o.conversation_sender_mask or {})
+            self.templates = dict(o.conversation_input_key_map or {})
+            labels = dict(o.conversation_sender_value_map or {})
             # the template of each key, with each known sender's label filled in, encoded once
             self.sender_prefix = {(key, sender): enc(template.replace("{sender}", label))
                                   for key, template in self.templates.items() for sender, label in labels.items()

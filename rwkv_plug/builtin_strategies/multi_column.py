@@ -26,6 +26,7 @@ from typing import Any
 from rwkv_plug.builtin_strategies.pieces import Piece, PieceStrategy
 from rwkv_plug.core.errors import ConfigError
 from rwkv_plug.core.interfaces import BadRow, Option
+from rwkv_plug.core.sections import option_values
 
 DEFAULT_KEYS = ("instruction", "input", "output")
 DEFAULT_PREFIX = ("Instruction:\n", "Input:\n", "Output:\n")
@@ -46,76 +47,40 @@ class Layout:
 
 
 def resolve_layout(options: Mapping[str, Any]) -> Layout:
-    """Apply the defaults and check the ``multi_column_*`` keys; one ConfigError lists every problem.
+    """Apply the defaults and the rules across the ``multi_column_*`` keys; one ConfigError lists
+    every problem. ``options`` is the validated ``data:`` section: each key's own type (a list of
+    column names, of strings or nulls, of true/false) was checked against its declaration when the
+    config was read, so only what one key cannot say alone is checked here.
 
     An unset list takes the seed's default: the separator and suffix always,
     the prefix and train mask while there are as many keys as the defaults
     have (three; the keys may have other names). With another number of
-    keys an unset prefix or train mask is an error naming the key to add.
+    keys an unset prefix or train mask is an error naming the key to add,
+    and every list must have one entry per key.
     """
-    keys = options.get("multi_column_keys")
-    if keys is None:
-        keys = list(DEFAULT_KEYS)
-    elif not isinstance(keys, (list, tuple)) or not all(isinstance(k, str) and k for k in keys):
-        raise ConfigError(
-            f"data.multi_column_keys must be a list of column names, got {keys!r}"
-        )
+    o = option_values(MultiColumnStrategy, options)
+    keys = tuple(DEFAULT_KEYS if o.multi_column_keys is None else o.multi_column_keys)
     n = len(keys)
     # [] turns the strategy off: nothing else is read
     defaults_fit = n == len(DEFAULT_KEYS) or n == 0
     problems: list[str] = []
     missing: list[str] = []
 
-    def strings(key: str, default: Sequence[str], always: bool = False) -> tuple[str, ...]:
-        value = options.get(key)
-        if value is None:
-            if always or defaults_fit:
-                return tuple(default) if n == len(default) else ("",) * n
-            missing.append(key)
-            return ("",) * n
-        if not isinstance(value, (list, tuple)):
-            problems.append(f"data.{key} must be a list (one entry per key), got {value!r}")
-            return ("",) * n
+    def per_key(key: str, value: Sequence[Any] | None, default: Sequence[Any], always: bool = False,
+                give: str = "give one per key (null for none)") -> tuple[Any, ...]:
+        if value is None:  # the default, else (an error when not `always`) its first entry per key
+            if not (always or defaults_fit):
+                missing.append(key)
+            return tuple(default) if n == len(default) else (default[0],) * n
         if len(value) != n:
-            problems.append(
-                f"data.{key} has {len(value)} entries but data.multi_column_keys has {n}; "
-                "give one per key (null for none)"
-            )
-        for i, entry in enumerate(value):
-            if entry is not None and not isinstance(entry, str):
-                problems.append(f"data.{key}[{i}] must be a string or null, got {entry!r}")
-        return tuple(e if isinstance(e, str) else "" for e in value)
+            problems.append(f"data.{key} has {len(value)} entries but data.multi_column_keys has {n}; {give}")
+        return tuple(value)
 
-    prefix = strings("multi_column_prefix", DEFAULT_PREFIX)
-    suffix = strings("multi_column_suffix", DEFAULT_SUFFIX, always=True)
-
-    mask = options.get("multi_column_train_mask")
-    if mask is None:
-        if not defaults_fit:
-            missing.append("multi_column_train_mask")
-        mask = DEFAULT_TRAIN_MASK if n == len(DEFAULT_TRAIN_MASK) else (True,) * n
-    elif not isinstance(mask, (list, tuple)):
-        problems.append(f"data.multi_column_train_mask must be a list of true/false, got {mask!r}")
-        mask = (True,) * n
-    else:
-        if len(mask) != n:
-            problems.append(
-                f"data.multi_column_train_mask has {len(mask)} entries but "
-                f"data.multi_column_keys has {n}; give one true/false per key"
-            )
-        for i, entry in enumerate(mask):
-            if not isinstance(entry, bool):
-                problems.append(
-                    f"data.multi_column_train_mask[{i}] must be true or false, got {entry!r}"
-                )
-
-    separator = options.get("multi_column_separator")
-    if separator is None:
-        separator = DEFAULT_SEPARATOR
-    elif not isinstance(separator, str):
-        problems.append(f"data.multi_column_separator must be a string, got {separator!r}")
-        separator = ""
-
+    prefix = per_key("multi_column_prefix", o.multi_column_prefix, DEFAULT_PREFIX)
+    suffix = per_key("multi_column_suffix", o.multi_column_suffix, DEFAULT_SUFFIX, always=True)
+    mask = per_key("multi_column_train_mask", o.multi_column_train_mask, DEFAULT_TRAIN_MASK,
+                   give="give one true/false per key")
+    separator = DEFAULT_SEPARATOR if o.multi_column_separator is None else o.multi_column_separator
     if missing:
         problems.append((
             f"data.multi_column_keys has {n} keys, so the defaults for "
@@ -125,7 +90,7 @@ def resolve_layout(options: Mapping[str, Any]) -> Layout:
         ))
     if problems:
         raise ConfigError("; ".join(problems))
-    return Layout(tuple(keys), prefix, suffix, tuple(mask), separator)
+    return Layout(keys, tuple(p or "" for p in prefix), tuple(s or "" for s in suffix), mask, separator)
 
 
 def _example(key: str, keys: Sequence[str]) -> str:
@@ -133,6 +98,10 @@ def _example(key: str, keys: Sequence[str]) -> str:
     if key == "multi_column_train_mask":
         return "[" + ", ".join(["true"] * len(keys)) + "]"
     return "[" + ", ".join(f"'{k.capitalize()}:\\n'" for k in keys) + "]"
+
+
+def _column_names(keys: Sequence[str]) -> str | None:
+    return None if all(keys) else "a list of column names"  # an empty name is no column
 
 
 _TURNED_OFF = ("data.strategy is multi_column but data.multi_column_keys is [], which turns it off; "
@@ -151,6 +120,8 @@ class MultiColumnStrategy(PieceStrategy):
             "Columns to join, in this order. `[]` turns multi_column off. Unset (null): `['instruction', "
             "'input', 'output']`.",
             type=list[str],
+            expects="a list of column names",
+            check=_column_names,
         ),
         Option(
             "multi_column_prefix",
@@ -160,6 +131,7 @@ class MultiColumnStrategy(PieceStrategy):
             "another number of keys.",
             escapes=True,
             type=list[str | None],
+            expects="a list with a string or null per key",
         ),
         Option(
             "multi_column_suffix",
@@ -168,6 +140,7 @@ class MultiColumnStrategy(PieceStrategy):
             "none.",
             escapes=True,
             type=list[str | None],
+            expects="a list with a string or null per key",
         ),
         Option(
             "multi_column_train_mask",
@@ -175,6 +148,7 @@ class MultiColumnStrategy(PieceStrategy):
             "Whether each column's tokens are learned, one `true`/`false` per key. Unset (null): `[true, false, "
             "true]` with three keys; required with another number of keys.",
             type=list[bool],
+            expects="a list with true or false per key",
         ),
         Option(
             "multi_column_separator",

@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rwkv_plug.builtin_strategies.pieces import Piece, PieceStrategy, cell_text
-from rwkv_plug.core.errors import ConfigError
 from rwkv_plug.core.interfaces import BadRow, Option
+from rwkv_plug.core.sections import option_values
 
 
 class PromptCompletionStrategy(PieceStrategy):
@@ -33,12 +33,7 @@ class PromptCompletionStrategy(PieceStrategy):
 
     def __init__(self, options: Mapping[str, Any], tokenizer) -> None:
         super().__init__(options, tokenizer)
-        flag = self.opts.get("disable_prompt_completion_mask", False)
-        if not isinstance(flag, bool):
-            raise ConfigError(
-                f"data.disable_prompt_completion_mask must be true or false, got {flag!r}"
-            )
-        self.learn_prompt = flag
+        self.learn_prompt = option_values(PromptCompletionStrategy, options).disable_prompt_completion_mask
 
     def pieces(self, row: Mapping[str, Any]) -> list[Piece]:
         prompt = cell_text(row, "prompt")

@@ -6,16 +6,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rwkv_plug.builtin_strategies.pieces import Piece, PieceStrategy, cell_text, flat_encode
-from rwkv_plug.core.errors import ConfigError, DataError, did_you_mean
+from rwkv_plug.core.errors import DataError, did_you_mean
 from rwkv_plug.core.interfaces import BadRow, FlatSamples, Option
+from rwkv_plug.core.sections import option_values
 
 
 def text_column(options: Mapping[str, Any]) -> str:
-    """The column the text strategy reads: ``custom_text_key`` or ``text``."""
-    key = options.get("custom_text_key")
-    if key is not None and not isinstance(key, str):
-        raise ConfigError(f"data.custom_text_key must be a column name, got {key!r}")
-    return key or "text"
+    """The column the text strategy reads: ``custom_text_key`` or ``text`` (``options`` is the
+    validated ``data:`` section: the key's type was checked against its declaration)."""
+    return option_values(TextStrategy, options).custom_text_key or "text"
 
 
 class TextStrategy(PieceStrategy):
@@ -38,14 +37,14 @@ class TextStrategy(PieceStrategy):
     def priority(cls, options: Mapping[str, Any]) -> int:
         # An explicit custom_text_key is the user choosing this strategy
         # (the reference trainer checked it before everything else).
-        return 0 if options.get("custom_text_key") else cls.detect_priority
+        return 0 if option_values(TextStrategy, options).custom_text_key else cls.detect_priority
 
     @classmethod
     def matches(cls, columns: Sequence[str], options: Mapping[str, Any]) -> bool:
         column = text_column(options)
         if column in columns:
             return True
-        if options.get("custom_text_key"):
+        if option_values(TextStrategy, options).custom_text_key:
             # The user named a column that is not there: say so rather than
             # quietly falling back to another strategy.
             raise DataError(
@@ -56,7 +55,7 @@ class TextStrategy(PieceStrategy):
 
     @classmethod
     def expects(cls, options: Mapping[str, Any]) -> str:
-        if options.get("custom_text_key"):
+        if option_values(TextStrategy, options).custom_text_key:
             return f"needs {text_column(options)} (data.custom_text_key)"
         return "needs text (or set data.custom_text_key)"
 

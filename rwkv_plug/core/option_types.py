@@ -100,7 +100,10 @@ def _matches_one(tp: Any, value: Any) -> bool:
 def describe(tp: Any, many: bool = False) -> str:
     """``tp`` in a user's words: ``a list of strings or null``."""
     words = []
-    for member in sorted(_members(tp), key=lambda m: m is _NONE):  # null last
+    members = _members(tp)
+    if int in members and float in members:  # "an integer or a number" says "a number" twice
+        members = tuple(m for m in members if m is not int)
+    for member in sorted(members, key=lambda m: m is _NONE):  # null last
         origin, args = typing.get_origin(member) or member, typing.get_args(member)
         if member in _WORDS:
             words.append(_WORDS[member][many])
@@ -144,11 +147,26 @@ def check_value(opt: Option, value: Any, yaml_numbers: bool = False) -> tuple[An
         return value, None
     if opt.expects:
         problem = f"must be {opt.expects}, got {value!r}"
+    problem += _bad_entry(tp, value)
     if opt.suggest:  # the earlier wording: always a full stop, then any did-you-mean
         from rwkv_plug.core.errors import did_you_mean
 
         problem += "." + (did_you_mean(value, [str(c) for c in opt.choices]) if isinstance(value, str) else "")
     return value, problem
+
+
+def _bad_entry(tp: Any, value: Any) -> str:
+    """``"; entry 1 is 0, not true or false"`` when ``value`` is a list of the wrong entries for
+    ``tp``'s list type, so a long list's message points at the entry to fix; else ""."""
+    if not isinstance(value, (list, tuple)):
+        return ""
+    for member in _members(tp):
+        args = typing.get_args(member)
+        if (typing.get_origin(member) or member) in (list, tuple) and args:
+            for i, entry in enumerate(value):
+                if not matches(args[0], entry):
+                    return f"; entry {i} is {entry!r}, not {describe(args[0])}"
+    return ""
 
 
 def _number_kind(members: tuple[Any, ...]) -> type | None:

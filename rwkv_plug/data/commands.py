@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+if TYPE_CHECKING:
+    from rwkv_plug.data.options import DataConfig
 
-def load_data_config(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(resolved data: section, whole file)``; the other sections' keys are left to their
+
+def load_data_config(path: str) -> tuple["DataConfig", dict[str, Any]]:
+    """``(typed data: section, whole file)``; the other sections' keys are left to their
     owners, but an unknown section is reported as ``fit`` reports it."""
     from rwkv_plug.core.config import CONFIG_SECTIONS, Problems, check_sections, load_yaml
-    from rwkv_plug.core.errors import ConfigError
-    from rwkv_plug.data.options import resolve_data_config
+    from rwkv_plug.data.options import data_config, resolve_data_config
 
     whole = load_yaml(path)
     problems = Problems(path)
@@ -23,7 +25,7 @@ def load_data_config(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
         problems.raise_if_any()
     cfg = resolve_data_config(whole["data"], problems)
     problems.raise_if_any()
-    return cfg, whole
+    return data_config(cfg), whole
 
 
 @click.command("preload", short_help="Build the tokenized dataset of a config.")
@@ -35,17 +37,17 @@ def preload(config: str, force: bool) -> None:
     from rwkv_plug.data.pipeline import load_summary, prepare_dataset
 
     cfg, _ = load_data_config(config)
-    cfg["skip_datapath_setup"] = False  # preload's job is the check (as in the earlier trainer)
-    if not cfg.get("source"):
+    cfg = cfg.replace(skip_datapath_setup=False)  # preload's job is the check (as in the earlier trainer)
+    if not cfg.source:
         raise ConfigError(f"{config}: data.source is required to build data_path (skip_datapath_setup only "
                           "lets fit and inspect do without it)")
     _, status = prepare_dataset(cfg, force=force, log=click.echo)
     if status == "reused":
-        summary = load_summary(cfg["data_path"])
+        summary = load_summary(cfg.data_path)
         if summary is not None:
             for line in summary.lines():
                 click.echo(line)
-    click.echo(f"dataset {status}: {cfg['data_path']}")
+    click.echo(f"dataset {status}: {cfg.data_path}")
 
 
 @click.command("datapack", short_help="Build several datasets and mix them into one.")
@@ -89,9 +91,9 @@ def inspect_cmd(config: str, samples: int, split: str, color: bool | None, ctx_l
     trainer = whole.get("trainer") if isinstance(whole.get("trainer"), dict) else {}
     micro = trainer.get("microbatch_size", 1)  # fit's default
     micro = micro if isinstance(micro, int) and micro > 0 else 1
-    for line in view.stats_lines(dd, ctx_len, micro, bool(cfg.get("packing_enable"))):
+    for line in view.stats_lines(dd, ctx_len, micro, cfg.packing_enable):
         click.echo(line)
-    tokenizer = load_tokenizer(cfg["tokenizer"], cfg)
+    tokenizer = load_tokenizer(cfg.tokenizer, cfg)
     ds = dd[split]
     click.echo(view.legend(color), color=color)
     for i in range(min(samples, len(ds))):

@@ -31,14 +31,30 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rwkv_plug.core.config import Problems, check_sections, load_yaml
+from rwkv_plug.core.config import Problems, check_sections, load_yaml, resolve_options
 from rwkv_plug.core.errors import ConfigError, DataError
+from rwkv_plug.core.interfaces import Option
+from rwkv_plug.core.sections import build, section_class
 from rwkv_plug.data import store
+from rwkv_plug.data.weighted_mix import WEIGHTINGS
 
 MIXING_MODES = ("concat", "shuffle")
 #: Seed of the shuffled mix (the earlier trainer's).
 SHUFFLE_SEED = 101
-_PACK_KEYS = ("data_path", "mixing_mode", "weighting", "seed")
+
+#: The ``datapack:`` section's keys (docs/config.md, Datapacks).
+DATAPACK_OPTIONS: tuple[Option, ...] = (
+    Option("data_path", None, "Folder the mix is saved to.", type=str, shown_default="required"),
+    Option("mixing_mode", "concat", "`concat`: the train splits in list order; `shuffle`: shuffled together.",
+           choices=MIXING_MODES, expects="one of " + ", ".join(MIXING_MODES)),
+    Option("weighting", None, "With weights: `subsample` (no row repeated) or `repeat` (no row left out).",
+           type=str, choices=WEIGHTINGS, expects="one of " + ", ".join(WEIGHTINGS), shown_default="subsample"),
+    Option("seed", None, "Seed of the shuffle and of the weighted sampling.", type=int, minimum=0,
+           expects="a whole number, 0 or more", shown_default=str(SHUFFLE_SEED)),
+)
+#: The validated ``datapack:`` section.
+DatapackConfig = section_class("DatapackConfig", DATAPACK_OPTIONS, __name__,
+                               "The validated ``datapack:`` section of a datapack file.")
 #: Keys of a dataset entry that belong to the pack, not to its data: section.
 _ENTRY_KEYS = ("name", "weight")
 PACK_SECTIONS = ("datapack", "default", "dataset")
@@ -46,34 +62,27 @@ PACK_SECTIONS = ("datapack", "default", "dataset")
 Log = Callable[[str], None]
 
 
-def load_pack(path: str | Path) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
-    """``(datapack section, [(name, resolved data: section) ...])``, every problem reported at once.
-
-    The datapack section comes back with ``weights``: the datasets' weights in
-    order, or None when they give none.
-    """
-    from rwkv_plug.data.options import resolve_data_config
+def load_pack(path: str | Path) -> tuple[DatapackConfig, list[float] | None, list[tuple[str, Any]]]:
+    """``(datapack section, weights, [(name, data: section) ...])``, every problem reported at
+    once; ``weights`` are the datasets' weights in order, or None when they give none."""
+    from rwkv_plug.data.options import data_config, resolve_data_config
 
     raw = load_yaml(path)
     problems = Problems(str(path))
     check_sections(raw, PACK_SECTIONS, problems, kind="a datapack file")
-    pack = raw.get("datapack") or {}
+    given = raw.get("datapack") or {}
     default = raw.get("default") or {}
     entries = raw.get("dataset")
-    if not isinstance(pack, dict) or not isinstance(default, dict):
+    if not isinstance(given, dict) or not isinstance(default, dict):
         raise ConfigError(f"{path}: the datapack and default sections must be mappings of keys")
-    for key in pack:
-        if key not in _PACK_KEYS:
-            problems.add(f"unknown key datapack.{key} (datapack takes {', '.join(_PACK_KEYS)})")
-    if not pack.get("data_path"):
+    values = resolve_options("datapack", given, DATAPACK_OPTIONS, problems, check_types=True)
+    if not values["data_path"] and "data_path" not in values.failed:
         problems.add("datapack.data_path is required: the folder the mix is saved to")
-    mode = pack.setdefault("mixing_mode", "concat")
-    if mode not in MIXING_MODES:
-        problems.add(f"datapack.mixing_mode must be one of {', '.join(MIXING_MODES)}, got {mode!r}")
     if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
         problems.add("dataset must be a list of data: sections (one mapping per dataset)")
         entries = []
-    _check_weighting(pack, default, entries, problems)
+    pack = build(DatapackConfig, {k: v for k, v in values.items() if k not in values.failed})
+    weights = _check_weighting(pack, default, entries, problems)
     parts = []
     for i, entry in enumerate(entries):
         section = {k: v for k, v in {**default, **entry}.items() if k not in _ENTRY_KEYS}
@@ -82,9 +91,9 @@ def load_pack(path: str | Path) -> tuple[dict[str, Any], list[tuple[str, dict[st
         sub = Problems(f"dataset[{i}]")
         cfg = resolve_data_config(section, sub)
         problems.items.extend(f"dataset[{i}]: {item}" for item in sub.items)
-        parts.append((str(entry.get("name") or f"dataset_{i}"), cfg))
+        parts.append((str(entry.get("name") or f"dataset_{i}"), data_config(cfg)))
     problems.raise_if_any()
-    return pack, parts
+    return pack, weights, parts
 
 
 def build_pack(path: str | Path, force: bool = False, log: Log = print):
@@ -93,17 +102,17 @@ def build_pack(path: str | Path, force: bool = False, log: Log = print):
 
     from rwkv_plug.data.pipeline import prepare_dataset
 
-    pack, parts = load_pack(path)
-    weights = pack.get("weights")
+    pack, weights, parts = load_pack(path)
     built = []
     for name, cfg in parts:
         log(f"datapack: dataset {name}")
         dd, _ = prepare_dataset(cfg, force=force, log=log)
-        built.append((name, cfg, dd, store.read_meta(Path(cfg["data_path"]).expanduser().resolve())))
+        built.append((name, cfg, dd, store.read_meta(Path(cfg.data_path).expanduser().resolve())))
     _check_same_tokenizer(built)
-    out = Path(pack["data_path"]).expanduser().resolve()
-    mixing = {k: pack[k] for k in ("weights", "weighting", "seed") if pack.get(k) is not None}
-    recipe = store.roundtrip({"mixing_mode": pack["mixing_mode"], **mixing,
+    out = Path(pack.data_path).expanduser().resolve()
+    mixing = {k: v for k, v in (("weights", weights), ("weighting", pack.weighting), ("seed", pack.seed))
+              if v is not None}
+    recipe = store.roundtrip({"mixing_mode": pack.mixing_mode, **mixing,
                               "parts": [(name, (meta or {}).get("fingerprint")) for name, _, _, meta in built]})
     old = store.read_meta(out)
     if not force and old is not None and old.get("parts", {}).get("datapack") == recipe:
@@ -113,8 +122,8 @@ def build_pack(path: str | Path, force: bool = False, log: Log = print):
     trains = [dd["train"] for _, _, dd, _ in built]
     report = None
     if weights is not None:
-        trains, report = _weighted(built, weights, pack.get("weighting") or "subsample", _seed(pack))
-    mixed = _mix(trains, [dd["test"] for _, _, dd, _ in built], pack["mixing_mode"], _seed(pack))
+        trains, report = _weighted(built, weights, pack.weighting or "subsample", _seed(pack))
+    mixed = _mix(trains, [dd["test"] for _, _, dd, _ in built], pack.mixing_mode, _seed(pack))
     _save(out, mixed, recipe, built, log, report)
     return datasets.load_from_disk(str(out)), "built"
 
@@ -130,32 +139,28 @@ def _check_same_tokenizer(built: list) -> None:
                         "in the default section")
 
 
-def _seed(pack: dict[str, Any]) -> int:
-    return SHUFFLE_SEED if pack.get("seed") is None else int(pack["seed"])
+def _seed(pack: DatapackConfig) -> int:
+    return SHUFFLE_SEED if pack.seed is None else pack.seed
 
 
-def _check_weighting(pack: dict[str, Any], default: dict[str, Any], entries: list, problems: Problems) -> None:
-    """The weights, weighting and seed keys; the weights (or None) are kept as ``pack["weights"]``."""
-    from rwkv_plug.data.weighted_mix import WEIGHTINGS, weight_problems
+def _check_weighting(pack: DatapackConfig, default: dict[str, Any], entries: list,
+                     problems: Problems) -> list[float] | None:
+    """The datasets' weights against each other and ``datapack.weighting`` (the section's rule
+    across keys; each key's own type and range its declaration checks): the weights, or None."""
+    from rwkv_plug.data.weighted_mix import weight_problems
 
     if "weight" in default:
         problems.add("default.weight: a weight belongs to each dataset entry (its share of trained tokens), "
                      "not to the default section")
-    seed = pack.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        problems.add(f"datapack.seed must be a whole number, 0 or more, got {seed!r}")
     names = [str(e.get("name") or f"dataset_{i}") for i, e in enumerate(entries)]
     raw = [e.get("weight") for e in entries]
     found = weight_problems(raw, names)
     problems.items.extend(found)
     weighted = any(w is not None for w in raw)
-    pack["weights"] = [float(w) for w in raw] if weighted and not found else None
-    mode = pack.get("weighting")
-    if mode is not None and mode not in WEIGHTINGS:
-        problems.add(f"datapack.weighting must be one of {', '.join(WEIGHTINGS)}, got {mode!r}")
-    elif mode is not None and not weighted:
+    if pack.weighting is not None and not weighted:
         problems.add("datapack.weighting needs a weight on every dataset (dataset[i].weight); without weights "
                      "the parts are mixed whole")
+    return [float(w) for w in raw] if weighted and not found else None
 
 
 def _weighted(built: list, weights: list[float], weighting: str, seed: int):

@@ -128,8 +128,10 @@ class Encoder:
     def __init__(self, strategy_cls: type[Strategy], cfg: Mapping[str, Any],
                  tokenizer: Tokenizer, row_offset: int = 0, rechunking: bool = False,
                  threads: int | None = None) -> None:
+        from rwkv_plug.data.options import as_data_config
+
         self.strategy_cls = strategy_cls
-        self.cfg = dict(cfg)
+        self.cfg = as_data_config(cfg)
         self.row_offset = row_offset
         #: documents become one stream (then a document's first token is a target too)
         self.rechunking = rechunking
@@ -150,7 +152,7 @@ class Encoder:
             if self._tokenizer is None:
                 from rwkv_plug.data.tokenizer import load_tokenizer
 
-                self._tokenizer = with_threads(load_tokenizer(self.cfg["tokenizer"], self.cfg), self.threads)
+                self._tokenizer = with_threads(load_tokenizer(self.cfg.tokenizer, self.cfg), self.threads)
             self._strategy = self.strategy_cls(self.cfg, self._tokenizer)
         return self._strategy
 
@@ -170,8 +172,8 @@ class Encoder:
         return self.flat and "arrow" in self.strategy.fast_paths() and self.tokenizer.reads_spans
 
     def _limits(self) -> tuple[int, int, int]:
-        return (int(self.cfg.get("data_prefix_skip_mask") or 0), int(self.cfg.get("min_token_size") or -1),
-                int(self.cfg.get("max_token_size") or -1))
+        cfg = self.cfg
+        return int(cfg.data_prefix_skip_mask or 0), int(cfg.min_token_size or -1), int(cfg.max_token_size or -1)
 
     def __call__(self, batch: dict[str, list], indices: list[int]) -> pa.Table:
         names = list(batch)

@@ -92,7 +92,7 @@ DATA_OPTIONS: tuple[Option, ...] = (
     Option("test_split", 0.01,
            "Fraction in (0,1) → ceil(f·N) rows; integer k → k rows; <=0 → 1 row. Ignored when the source has a "
            "`test` split.",
-           check=_split_size),
+           type=int | float, check=_split_size),  # a row count stays an int (messages show it as written)
     Option("test_split_shuffle", False,
            "Without it the test rows are the last rows; with it a seeded (42) shuffle, the same on every build.",
            aliases=("test_shuffle",)),
@@ -106,10 +106,10 @@ DATA_OPTIONS: tuple[Option, ...] = (
     Option("dataset_offset", -1,
            "Skip this many source train rows (a fraction if in (0,1)). Applied **once**, to the source rows before "
            "tokenising.",
-           type=float, check=_row_range),
+           type=int | float, check=_row_range),
     Option("dataset_length", -1,
            "Keep this many source train rows (a fraction if in (0,1)). Applied **once**, with `dataset_offset`.",
-           type=float, check=_row_range),
+           type=int | float, check=_row_range),
     Option("reverse_train_dataset_before_save", False,
            "Reverse the order of the train split."),
     Option("num_proc", None,
@@ -121,7 +121,8 @@ DATA_OPTIONS: tuple[Option, ...] = (
            "counts tokenising workers only: the main thread rechunks each batch while the next is tokenised, "
            "and a local JSON source is parsed on up to 4 threads. A JSON Lines `train` source tokenised in one "
            "process (and with no `dataset_offset`/`dataset_length`) is tokenised while it is parsed, one 10 MB "
-           "batch after another, giving the same dataset as parsing first; other sources are parsed whole "
+           "batch after another (the first 2 MB on their own, so tokenising starts sooner), giving the same "
+           "dataset as parsing first; other sources are parsed whole "
            "before tokenising starts.",
            type=int, check=_at_least(1), shown_default="CPU count"),
     Option("dataloader_shuffle_training", False,
@@ -196,6 +197,13 @@ DataConfig = section_class("DataConfig", DATA_OPTIONS, __name__,
 def data_config(values: Mapping[str, Any]) -> DataConfig:
     """The typed, frozen form of a validated ``data:`` section (:func:`resolve_data_config`'s result)."""
     return build(DataConfig, values)
+
+
+def as_data_config(cfg: Mapping[str, Any]) -> DataConfig:
+    """``cfg`` itself when it is a :class:`DataConfig`, else the ``DataConfig`` of its keys, the
+    defaults for the rest. No checks: what a user wrote goes through :func:`resolve_data_config`
+    first; this lets the pipeline's steps take a part of a section (a test, a plugin) too."""
+    return cfg if isinstance(cfg, DataConfig) else data_config(cfg)
 
 
 def plugin_options() -> list[Option]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,12 +145,16 @@ def missing_local_source(source: str) -> str | None:
     return None
 
 
-def resolve_source(cfg: dict) -> Source:
-    """Work out what ``data.source`` names, without reading any rows yet."""
-    source: str = cfg["source"]
-    params = dict(cfg.get("source_dataset_params") or {})
+def resolve_source(cfg: Mapping[str, Any]) -> Source:
+    """Work out what ``data.source`` names (``cfg``: the ``data:`` section, or some of its keys),
+    without reading any rows yet."""
+    from rwkv_plug.data.options import as_data_config  # it imports this module
+
+    cfg = as_data_config(cfg)
+    source: str = cfg.source
+    params = dict(cfg.source_dataset_params or {})
     if source in BUILDERS:
-        data_dir = cfg.get("source_data_dir")
+        data_dir = cfg.source_data_dir
         files: list[Path] = []
         if data_dir:
             d = Path(data_dir).expanduser().resolve()
@@ -226,7 +231,7 @@ def _builder_for(path: Path) -> str:
     return builder
 
 
-def load_source(src: Source, cfg: dict, cache_dir: str | None, num_proc: int | None = None):
+def load_source(src: Source, cfg: Mapping[str, Any], cache_dir: str | None, num_proc: int | None = None):
     """Load rows as a DatasetDict holding ``train`` and, if the source has one, ``test``."""
     import datasets
 
@@ -256,10 +261,12 @@ def load_source(src: Source, cfg: dict, cache_dir: str | None, num_proc: int | N
     return _pick_splits(dd, src, cfg)
 
 
-def _pick_splits(dd, src: Source, cfg: dict):
+def _pick_splits(dd, src: Source, cfg: Mapping[str, Any]):
     import datasets
 
-    want = cfg.get("source_dataset_split") or "train"
+    from rwkv_plug.data.options import as_data_config
+
+    want = as_data_config(cfg).source_dataset_split or "train"
     if want not in dd:
         raise DataError(f"data.source_dataset_split '{want}' is not a split of '{src.location}'; "
                         f"it has: {', '.join(dd.keys())}")

@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from rwkv_plug.core.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from rwkv_plug.data.options import DataConfig
 
 
 def load_eval_model(path: str, dtype: str, kernel: str, device: str):
@@ -52,13 +55,14 @@ def _data(spec: str, overrides: dict[str, Any], log) -> tuple[Any, dict[str, Any
     from rwkv_plug.core.config import Problems, load_yaml
     from rwkv_plug.core.option_types import yaml_number
     from rwkv_plug.core.overrides import apply_overrides
-    from rwkv_plug.data.options import resolve_data_config
+    from rwkv_plug.data.options import data_config, resolve_data_config
     from rwkv_plug.data.pipeline import prepare_dataset
 
     raw = apply_overrides(load_yaml(p), overrides)
     problems = Problems(f"{p} (with --{', --'.join(overrides)})" if overrides else str(p))
     data = resolve_data_config(raw.get("data") if isinstance(raw.get("data"), dict) else None, problems)
     problems.raise_if_any()
+    data = data_config(data)
     ctx = (raw.get("model") or {}).get("ctx_len") if isinstance(raw.get("model"), dict) else None
     ctx = yaml_number(ctx) if isinstance(ctx, str) else ctx
     dataset, _ = prepare_dataset(data, log=log)
@@ -224,13 +228,13 @@ def _default_out(model_path: str) -> Path:
     return p / "eval.png" if p.is_dir() else p.with_name(f"{p.stem}-eval.png")
 
 
-def _probe_tokenizer(name: str | None, data_cfg: dict | None, model):
+def _probe_tokenizer(name: str | None, data_cfg: "DataConfig | None", model):
     from rwkv_plug.core.errors import TokenizerError
     from rwkv_plug.data.tokenizer import load_tokenizer
     from rwkv_plug.models.commands import default_tokenizer
 
     if name is None and data_cfg is not None:
-        tok = load_tokenizer(data_cfg["tokenizer"], data_cfg)
+        tok = load_tokenizer(data_cfg.tokenizer, data_cfg)
     else:
         tok = load_tokenizer(name or default_tokenizer(model.vocab_size), data_cfg or {})
     if tok.vocab_size > model.vocab_size:

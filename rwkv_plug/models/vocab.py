@@ -53,9 +53,11 @@ def check_tokenizer_fits(data_cfg: Mapping[str, Any], model_vocab: int, model_fi
 
     The tokenizer is loaded here once; the build reuses it (``load_tokenizer`` caches).
     """
+    from rwkv_plug.data.options import as_data_config
     from rwkv_plug.data.tokenizer import load_tokenizer
 
-    spec = str(data_cfg.get("tokenizer"))
+    data_cfg = as_data_config(data_cfg)
+    spec = str(data_cfg.tokenizer)
     tok_vocab = load_tokenizer(spec, data_cfg).vocab_size
     if tok_vocab > model_vocab:
         raise _too_many_ids(spec, tok_vocab, model_vocab, model_file)
@@ -73,8 +75,11 @@ def _too_many_ids(spec: str, tok_vocab: int, model_vocab: int, model_file: str) 
 def check_vocab(data_cfg: Mapping[str, Any], dataset: Mapping[str, Any], model_vocab: int,
                 model_file: str, log: Callable[[str], None] = print) -> None:
     """Raise ``ConfigError`` if an id can reach past the model's rows; warn on a clear mismatch."""
-    spec, tok_vocab, top = dataset_record(data_cfg["data_path"])
-    spec = spec or str(data_cfg.get("tokenizer"))
+    from rwkv_plug.data.options import as_data_config
+
+    data_cfg = as_data_config(data_cfg)
+    spec, tok_vocab, top = dataset_record(data_cfg.data_path)
+    spec = spec or str(data_cfg.tokenizer)
     if tok_vocab is not None and tok_vocab > model_vocab:
         raise _too_many_ids(spec, tok_vocab, model_vocab, model_file)
     if top is None:  # not recorded: one pass over the ids

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,22 +15,47 @@ from typing import Any
 from rwkv_plug.core.config import Problems, check_sections, load_yaml, resolve_options
 from rwkv_plug.core.errors import ConfigError, did_you_mean
 from rwkv_plug.core.option_types import check_value
+from rwkv_plug.core.sections import build, section_class
 from rwkv_plug.data.options import DataConfig
 from rwkv_plug.training import options as O
 from rwkv_plug.training.lightning_args import check_values, checkpoint_hints, trainer_hints
 from rwkv_plug.training.model_config import ModelConfig, model_section
 
 
+#: The validated ``trainer:`` section, as Lightning gets it: one frozen field per key of
+#: :data:`~rwkv_plug.training.options.TRAINER_LIGHTNING` (the Lightning arguments rwkv-plug
+#: documents or reads; None where unset and Lightning's default applies), every other Lightning
+#: argument given in ``lightning_options``. :func:`lightning_kwargs` gives the keyword arguments.
+TrainerConfig = section_class(
+    "TrainerConfig",
+    [dataclasses.replace(o, default=None) if o.default is O.LIGHTNINGS_OWN else o for o in O.TRAINER_LIGHTNING],
+    __name__, "The validated ``trainer:`` section (docs/config.md), less rwkv-plug's own keys "
+    "(microbatch_size, target_batch_size, checkpoint: fields of FitConfig).", extensible=True,
+    extra="lightning_options", extra_help="the other lightning.Trainer arguments given, passed on as they are")
+_LIGHTNINGS_OWN = frozenset(o.name for o in O.TRAINER_LIGHTNING if o.default is O.LIGHTNINGS_OWN)
+
+
+def lightning_kwargs(trainer: TrainerConfig) -> dict[str, Any]:
+    """The keyword arguments for ``lightning.Trainer``: the keys set (a key left to Lightning's
+    default and unset is left out) and every other argument given."""
+    out = {name: getattr(trainer, name) for name in trainer.__section_keys__
+           if not (name in _LIGHTNINGS_OWN and getattr(trainer, name) is None)}
+    out.update(trainer.lightning_options)
+    return out
+
+
 @dataclass
 class FitConfig:
-    """A validated fit config. Paths are resolved; trainer values are raw YAML."""
+    """A validated fit config: each section a typed, frozen object read by attribute. Paths are
+    resolved; Lightning's values are as Lightning takes them."""
 
     path: Path
-    #: the ``model:`` section, typed and frozen (read ``cfg.model.ctx_len``; mapping access
-    #: ``cfg.model["ctx_len"]`` still works while code moves to attributes)
+    #: the ``model:`` section, typed and frozen (``cfg.model.ctx_len``)
     model: ModelConfig
-    #: Keyword arguments for ``lightning.Trainer`` (logger/callbacks still as specs).
-    trainer: dict[str, Any]
+    #: the ``trainer:`` section, typed and frozen, less microbatch_size, target_batch_size and
+    #: checkpoint (fields here); logger/callbacks still as specs. ``lightning_kwargs(cfg.trainer)``
+    #: are the keyword arguments for ``lightning.Trainer``.
+    trainer: TrainerConfig
     microbatch_size: int
     target_batch_size: int
     accumulate_grad_batches: int
@@ -37,7 +63,7 @@ class FitConfig:
     #: ``ModelCheckpoint`` keyword arguments (dirpath resolved).
     checkpoint: dict[str, Any]
     #: the ``data:`` section, typed and frozen (``cfg.data.data_path``; plugin keys in
-    #: ``cfg.data.plugin_options``; mapping access ``cfg.data["tokenizer"]`` still works)
+    #: ``cfg.data.plugin_options``); plugins get it as a read-only mapping of every key
     data: DataConfig
     seed: int | None = 42
     root_dir: Path = field(default_factory=Path)
@@ -52,7 +78,7 @@ class FitConfig:
 
     @property
     def world_size(self) -> int:
-        return self.num_devices * int(self.trainer.get("num_nodes", 1))
+        return self.num_devices * int(self.trainer.num_nodes)
 
 
 _NUM_NODES = next(o for o in O.TRAINER_LIGHTNING if o.name == "num_nodes")
@@ -64,10 +90,10 @@ def trainer_argument_names() -> list[str]:
     return [n for n in inspect.signature(lightning.Trainer.__init__).parameters if n != "self"]
 
 
-def count_devices(trainer: dict[str, Any]) -> int:
-    """Devices per node, as Lightning will use them (needed for accumulation)."""
-    devices = trainer.get("devices", "auto")
-    accel = str(trainer.get("accelerator", "auto")).lower()
+def count_devices(devices: Any = "auto", accelerator: Any = "auto") -> int:
+    """Devices per node, as Lightning will use them (needed for accumulation), from
+    ``trainer.devices`` and ``trainer.accelerator``."""
+    accel = str(accelerator).lower()
     if isinstance(devices, str) and "," in devices:  # Lightning's "0,1": device ids
         devices = [part for part in devices.split(",") if part.strip()]
     if isinstance(devices, (list, tuple)):
@@ -228,7 +254,7 @@ def load_fit_config(path: str | Path, problems: Problems | None = None,
     accumulate = 1
     devices = 1
     try:
-        devices = count_devices(trainer)
+        devices = count_devices(trainer.get("devices", "auto"), trainer.get("accelerator", "auto"))
     except ConfigError as exc:
         problems.add(str(exc))
     nodes = trainer.get("num_nodes", 1)
@@ -248,7 +274,7 @@ def load_fit_config(path: str | Path, problems: Problems | None = None,
     trainer["accumulate_grad_batches"] = accumulate
     problems.raise_if_any()
     return FitConfig(
-        path=path, model=model, trainer=trainer, microbatch_size=micro, target_batch_size=target,
+        path=path, model=model, trainer=build(TrainerConfig, trainer), microbatch_size=micro, target_batch_size=target,
         accumulate_grad_batches=accumulate, num_devices=devices, checkpoint=checkpoint, data=data,
         seed=seed, root_dir=root, overrides=overrides, raw=raw,
     )

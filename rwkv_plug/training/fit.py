@@ -11,7 +11,8 @@ from typing import Any
 from rwkv_plug.core import notice
 from rwkv_plug.core.errors import ConfigError, Interrupted, TrainingError
 from rwkv_plug.training import options as O
-from rwkv_plug.training.config import FitConfig, load_fit_config, logger_package_problem, sharded_strategy_problem
+from rwkv_plug.training.config import (FitConfig, lightning_kwargs, load_fit_config, logger_package_problem,
+                                       sharded_strategy_problem)
 from rwkv_plug.training.lightning_args import check_epoch_batches, fit_naming_refusals, lightning_errors
 from rwkv_plug.training.lightning_args import refused as refused_by_lightning
 from rwkv_plug.training.model_config import ModelConfig, model_config
@@ -80,21 +81,23 @@ def build_trainer(cfg: FitConfig, extra_callbacks: list | None = None):
     from rwkv_plug.training.progress import step_progress_bar
     from rwkv_plug.training.samples import sample_callbacks
 
-    kwargs = dict(cfg.trainer)
-    refused = sharded_strategy_problem(kwargs.get("strategy"), kwargs.get("accelerator"))  # an object set in Python
+    t = cfg.trainer
+    kwargs = lightning_kwargs(t)
+    refused = sharded_strategy_problem(t.strategy, t.accelerator)  # an object set in Python
     if refused:
         raise ConfigError(refused)
     from rwkv_plug.training.sharding import fsdp2_strategy, is_fsdp2
 
-    if is_fsdp2(kwargs.get("strategy"), kwargs.get("accelerator")):  # fsdp2: Lightning's ModelParallelStrategy
-        if str(kwargs["strategy"]).lower() == "fsdp":
+    if is_fsdp2(t.strategy, t.accelerator):  # fsdp2: Lightning's ModelParallelStrategy
+        if str(t.strategy).lower() == "fsdp":
             notice.warn_once("fsdp as fsdp2", "trainer.strategy 'fsdp' runs as 'fsdp2' (FSDP1 cannot shard the "
                              "chunked BPTT engine's parameters; docs/training.md, Sharded training)")
         kwargs["strategy"] = fsdp2_strategy(cfg.world_size)
-    kwargs["logger"] = _loggers(kwargs.get("logger"), cfg.root_dir)
-    callbacks = [_instantiate(c, "callbacks") for c in (kwargs.pop("callbacks", None) or [])]
+    kwargs["logger"] = _loggers(t.logger, cfg.root_dir)
+    kwargs.pop("callbacks", None)
+    callbacks = [_instantiate(c, "callbacks") for c in (t.callbacks or [])]
     if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
-        if kwargs.get("enable_checkpointing", True):
+        if t.enable_checkpointing is not False:
             try:
                 callbacks.append(ModelCheckpoint(**cfg.checkpoint))
             except lightning_errors() as exc:
@@ -103,7 +106,7 @@ def build_trainer(cfg: FitConfig, extra_callbacks: list | None = None):
     callbacks.extend(sample_callbacks(cfg.model, cfg.data))  # none unless model.sample_prompts
     callbacks.append(SaveOnCtrlC())
     callbacks.append(RunClock())  # train/elapsed_sec: the wall time `rwkv-plug report` shows
-    if kwargs.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
+    if t.enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
         callbacks.append(step_progress_bar())
     plugins = kwargs.pop("plugins", None) or []
     plugins = list(plugins) if isinstance(plugins, list) else [plugins]
@@ -112,7 +115,7 @@ def build_trainer(cfg: FitConfig, extra_callbacks: list | None = None):
     try:
         return L.Trainer(callbacks=callbacks, plugins=plugins, **kwargs)
     except lightning_errors() as exc:
-        raise refused_by_lightning(exc, str(cfg.path), "trainer", cfg.trainer) from None
+        raise refused_by_lightning(exc, str(cfg.path), "trainer", lightning_kwargs(t)) from None
 
 
 _SIZE_KEYS = ("n_layer", "n_embd", "vocab_size", "dim_att", "dim_ffn")
@@ -158,7 +161,7 @@ def _run_fit(config: str | Path, resume: str | None, log: Callable[[str], None],
     device = type(trainer.accelerator).__name__.removesuffix("Accelerator").lower() or "?"
     log(
         f"batch: microbatch {cfg.microbatch_size} x devices {cfg.num_devices} ({device}) x nodes "
-        f"{cfg.trainer.get('num_nodes', 1)} x accumulate {cfg.accumulate_grad_batches} = "
+        f"{cfg.trainer.num_nodes} x accumulate {cfg.accumulate_grad_batches} = "
         f"{cfg.microbatch_size * cfg.world_size * cfg.accumulate_grad_batches} samples per optimizer step"
     )
     # where this config's checkpoints are: trainer.checkpoint's folder or a ModelCheckpoint's in trainer.callbacks
@@ -217,7 +220,7 @@ def _training_module(cfg: FitConfig, trainer, model, log: Callable[[str], None])
     check_tokenizer_fits(cfg.data, model.vocab_size, m.load_model)  # before building the data
     dataset, _ = prepare_dataset(cfg.data, log=log)  # it says whether it built or reused
     if "train" not in dataset or len(dataset["train"]) == 0:
-        raise TrainingError(f"the dataset at {cfg.data.get('data_path')} has no training rows")
+        raise TrainingError(f"the dataset at {cfg.data.data_path} has no training rows")
     check_vocab(cfg.data, dataset, model.vocab_size, m.load_model, log)
     if m.torch_set_float32_matmul_precision:
         torch.set_float32_matmul_precision(m.torch_set_float32_matmul_precision)
@@ -229,13 +232,13 @@ def _training_module(cfg: FitConfig, trainer, model, log: Callable[[str], None])
         model=m,
         microbatch_size=cfg.microbatch_size,
         accumulate_grad_batches=cfg.accumulate_grad_batches,
-        shuffle=bool(cfg.data.get("dataloader_shuffle_training", False)) and not cfg.data.get("sort_by_length"),
+        shuffle=cfg.data.dataloader_shuffle_training and not cfg.data.sort_by_length,
         seed=cfg.seed or 0,
-        prefetch=int(cfg.data.get("dataloader_prefetch_factor") or 0),
-        pin_memory=bool(cfg.data.get("dataloader_pin_memory", True)),
+        prefetch=cfg.data.dataloader_prefetch_factor,
+        pin_memory=cfg.data.dataloader_pin_memory,
     )
     train, test = dataset["train"], dataset.get("test")
-    if cfg.data.get("dataloader_swap_train_test_split"):  # a debugging aid of the earlier trainer
+    if cfg.data.dataloader_swap_train_test_split:  # a debugging aid of the earlier trainer
         log("data.dataloader_swap_train_test_split: training on the test split, validating on the train split")
         train, test = test, train
     _check_record_resets(cfg, model, train)
@@ -252,7 +255,7 @@ def _check_record_resets(cfg: FitConfig, model, train) -> None:
 
     if RECORD_STARTS not in (getattr(train, "column_names", None) or ()):
         return
-    align = int(cfg.data.get("packing_align") or 32)
+    align = cfg.data.packing_align
     if cfg.model.ctx_len % align:
         raise TrainingError(f"model.ctx_len {cfg.model.ctx_len} is not a multiple of data.packing_align "
                             f"{align}: packed records would start off the kernel's chunk grid; make model.ctx_len "
@@ -271,7 +274,7 @@ def _padding_report(cfg: FitConfig, settings, train) -> str:
     world = cfg.world_size
     orders = [ResumableSampler(len(train), world, r, settings.shuffle, settings.seed).indices(0) for r in range(world)]
     share = padding_share(sample_lengths(train), cfg.microbatch_size, orders)
-    return padding_line(share, cfg.microbatch_size, bool(cfg.data.get("packing_enable")), " of an epoch")
+    return padding_line(share, cfg.microbatch_size, cfg.data.packing_enable, " of an epoch")
 
 
 def _keep_config(trainer, cfg: FitConfig) -> None:
@@ -303,7 +306,7 @@ def _fit(trainer, module, cfg: FitConfig, ckpt: str | None) -> None:
         if ckpt is not None:  # resuming writes into the folder it resumes from, as it should
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         try:
-            fit_naming_refusals(trainer, str(cfg.path), cfg.trainer, module, ckpt_path=ckpt, weights_only=True)
+            fit_naming_refusals(trainer, str(cfg.path), lightning_kwargs(cfg.trainer), module, ckpt_path=ckpt, weights_only=True)
         except SystemExit:
             # Lightning answers Ctrl-C with its own shutdown and sys.exit(1); say what is kept instead
             if not trainer.interrupted:

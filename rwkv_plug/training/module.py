@@ -104,7 +104,7 @@ class RwkvTrainingModule(L.LightningModule):
         tokens = int(batch["lengths"].sum())
         self._tokens += tokens
         self._trained += out.trained_tokens
-        sync = bool(self.settings.model.get("consolidated_logging", True))
+        sync = self.settings.model.consolidated_logging
         bs = batch["input_ids"].shape[0]
         loss, learn_loss = self._step_means(out.data_loss, out.loss.detach())
         self.log("train/loss", loss, prog_bar=True, sync_dist=sync, batch_size=bs)

@@ -23,8 +23,10 @@ def _texts(value: list) -> str | None:
     return None if all(value) else "non-empty texts"
 
 
-def _kept_states(value: int) -> str | None:
-    return None if value == -1 or value >= 1 else "-1 (keep every chunk's start state) or 1 or more"
+def _kept_states(value) -> str | None:
+    if value == "auto" or (type(value) is int and (value == -1 or value >= 1)):
+        return None
+    return "-1 (keep every chunk's start state), 1 or more, or auto (sized from the weights)"
 
 
 #: The ``model:`` keys, each declared once: type (from the default unless given), default,
@@ -63,8 +65,9 @@ MODEL_OPTIONS: tuple[Option, ...] = (
            "gradients."),
     Option("bptt_kept_states", DEFAULT_KEPT_STATES, "Chunk-start states exact BPTT keeps at once; a sample with "
            "more chunks runs some chunks again (no autograd) in its backward to rebuild the others, same "
-           "gradients; -1 keeps every chunk's (memory grows with the sample). See "
-           "docs/training.md#bounded-memory-kept-states.", check=_kept_states),
+           "gradients; -1 keeps every chunk's (memory grows with the sample); auto keeps as many as fit in 10% "
+           "of the weights + their gradients and Adam moments, at least 64. See "
+           "docs/training.md#bounded-memory-kept-states.", type=object, check=_kept_states),
     # = training.head_loss.DEFAULT_HEAD_CHUNK_TOKENS (that module imports torch; a test checks they agree)
     Option("head_chunk_tokens", 1024, "The head and the loss run over this many tokens at a time (of "
            "microbatch x ctx_len), so the full (tokens, vocab) logits and their gradient are never held; same "
@@ -192,6 +195,16 @@ TRAINER_LIGHTNING: tuple[Option, ...] = (
     Option("callbacks", LIGHTNINGS_OWN, "A list of `{class_path, init_args}` mappings. A `ModelCheckpoint` given "
            "here replaces the one built from `trainer.checkpoint` (setting both is an error); its folder is where "
            "`fit --resume auto` looks (below).", shown_default="none"),
+    Option("max_steps", LIGHTNINGS_OWN, "Lightning's; optimizer steps to train (`-1`: no limit); `rwkv-plug plan` "
+           "and the LR schedule count them.", shown_default="-1"),
+    Option("max_epochs", LIGHTNINGS_OWN, "Lightning's; epochs to train (unset with `max_steps: -1`: 1000).",
+           shown_default="Lightning's"),
+    Option("limit_train_batches", LIGHTNINGS_OWN, "Lightning's; training batches per epoch, a count or a "
+           "fraction of them (`rwkv-plug plan` and the resumable sampler count them).", shown_default="1.0"),
+    Option("enable_checkpointing", LIGHTNINGS_OWN, "Lightning's; false: no `ModelCheckpoint` is added.",
+           shown_default="true"),
+    Option("enable_progress_bar", LIGHTNINGS_OWN, "Lightning's; false: no step progress bar.",
+           shown_default="true"),
 )
 
 #: lightning.Trainer arguments rwkv-plug sets itself: refused, with why.

@@ -142,7 +142,7 @@ def run_plan(config: str, overrides: dict | None = None, echo: Callable[[str], N
         raise ConfigError(f"{cfg.path}: {missing}")
     m, t = cfg.model, cfg.trainer
     sd = load_state_dict(m.load_model)  # memory-mapped: only the shapes are read
-    arch = detect_arch(sd, f"model file '{m['load_model']}'")
+    arch = detect_arch(sd, f"model file '{m.load_model}'")
     shapes = {k: tuple(v.shape) for k, v in sd.items()}
     dims = getattr(arch, "dims", None)  # rwkv5 and rwkv7 read their sizes; else the embedding's rows
     vocab = int(dims(sd)["vocab_size"]) if callable(dims) else int(shapes["emb.weight"][0])
@@ -170,12 +170,12 @@ def run_plan(config: str, overrides: dict | None = None, echo: Callable[[str], N
 
     world, micro, accumulate = cfg.world_size, cfg.microbatch_size, cfg.accumulate_grad_batches
     batches = -(-(stats.samples // world) // micro)  # per device; as RwkvTrainingModule.batches_per_epoch
-    limit_batches = t.get("limit_train_batches")  # as RwkvTrainingModule.trained_batches_per_epoch
+    limit_batches = t.limit_train_batches  # as RwkvTrainingModule.trained_batches_per_epoch
     if isinstance(limit_batches, int) and not isinstance(limit_batches, bool):
         batches = min(batches, limit_batches)
     elif isinstance(limit_batches, float):
         batches = int(batches * limit_batches)
-    steps, limit = run_steps(batches, accumulate, t.get("max_steps"), t.get("max_epochs"))
+    steps, limit = run_steps(batches, accumulate, t.max_steps, t.max_epochs)
     per_epoch = max(1, -(-batches // accumulate))
     echo("steps")
     echo(f"  batch            microbatch {micro} x devices {world} x accumulate {accumulate} = "
@@ -188,9 +188,9 @@ def run_plan(config: str, overrides: dict | None = None, echo: Callable[[str], N
 
     longest_chunks = max(stats.chunk_counts, default=1)
     shape = StepShape(
-        microbatch=micro, ctx_len=ctx, chunks=longest_chunks, precision=str(t.get("precision") or "32-true"),
-        strategy=_strategy_name(t.get("strategy")), devices=world, bptt_learning=m.bptt_learning,
-        grad_cp=m.grad_cp, device_type=_device_type(t.get("accelerator")), kernel=str(m.kernel),
+        microbatch=micro, ctx_len=ctx, chunks=longest_chunks, precision=str(t.precision or "32-true"),
+        strategy=_strategy_name(t.strategy), devices=world, bptt_learning=m.bptt_learning,
+        grad_cp=m.grad_cp, device_type=_device_type(t.accelerator), kernel=str(m.kernel),
         tuning=m.tuning, kept_states=m.bptt_kept_states, head_chunk=m.head_chunk_tokens,
     )
     plan = estimate(arch, shapes, vocab, shape)

@@ -44,14 +44,16 @@ class TrainingSamples(Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if not trainer.is_global_zero or self._tok is not None:
             return
+        from rwkv_plug.data.options import as_data_config
         from rwkv_plug.data.tokenizer import load_tokenizer
 
-        self._tok = load_tokenizer(self.data["tokenizer"], self.data)
+        data = as_data_config(self.data)
+        self._tok = load_tokenizer(data.tokenizer, data)
         self._ids = [self._tok.encode(p) for p in self.prompts]
         empty = [p for p, ids in zip(self.prompts, self._ids) if not ids]
         if empty:
             raise TrainingError(f"model.sample_prompts: {empty[0]!r} encodes to no tokens with tokenizer "
-                                f"'{self.data['tokenizer']}'; give some text")
+                                f"'{data.tokenizer}'; give some text")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step

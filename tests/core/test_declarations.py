@@ -148,6 +148,38 @@ def test_the_data_section_object_holds_plugin_keys_apart_and_reads_them_as_keys(
         data.source = "b.txt"
 
 
+def test_a_plugin_reads_its_own_keys_as_attributes_with_their_defaults():
+    from rwkv_plug.builtin_strategies.multi_column import MultiColumnStrategy
+    from rwkv_plug.builtin_strategies.text import TextStrategy
+    from rwkv_plug.core.sections import option_values
+
+    section = {"custom_text_key": "body", "multi_column_keys": ["q"], "source": "a.txt"}
+    text = option_values(TextStrategy, section)
+    assert text.custom_text_key == "body" and not hasattr(text, "source")  # its own keys only
+    multi = option_values(MultiColumnStrategy, section)
+    assert multi.multi_column_keys == ["q"] and multi.multi_column_separator is None  # unset: its default
+    assert pickle.loads(pickle.dumps(multi)) == multi  # a strategy holding it goes to worker processes
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        multi.multi_column_keys = []
+
+
+def test_the_trainer_section_is_typed_and_passes_unknown_lightning_arguments_on():
+    from rwkv_plug.training.config import TrainerConfig, lightning_kwargs
+
+    # as load_fit_config builds it: rwkv-plug's defaults under the given keys, its own keys taken out
+    t = build(TrainerConfig, {"max_steps": 7, "devices": 1, "accelerator": "cpu", "strategy": "auto",
+                              "gradient_clip_val": 1.0})
+    assert (t.max_steps, t.devices, t.accelerator, t.num_nodes) == (7, 1, "cpu", 1)
+    assert t.precision is None and t.max_epochs is None  # unset: Lightning's own default
+    assert t.lightning_options == {"gradient_clip_val": 1.0}
+    kwargs = lightning_kwargs(t)
+    assert kwargs["max_steps"] == 7 and kwargs["gradient_clip_val"] == 1.0 and kwargs["strategy"] == "auto"
+    assert "precision" not in kwargs and "max_epochs" not in kwargs  # Lightning's defaults stay Lightning's
+    assert "microbatch_size" not in TrainerConfig.__section_keys__  # rwkv-plug's own keys are FitConfig fields
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        t.max_steps = 8
+
+
 @pytest.mark.parametrize("seed, message", [
     ("abc", "seed_everything must be an integer or true/false, got 'abc'"),
     (1.5, "seed_everything must be an integer or true/false, got 1.5"),

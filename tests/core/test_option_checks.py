@@ -37,7 +37,7 @@ def test_rules_across_keys_are_found_at_config_load(section, problem):
 
 def test_a_value_of_the_wrong_type_is_reported_once():
     found = problems_of({"multi_column_keys": ["a", "b"], "multi_column_prefix": 5})
-    assert found == ["data.multi_column_prefix must be a list of strings or nulls or null, got 5"]
+    assert found == ["data.multi_column_prefix must be a list with a string or null per key, got 5"]
 
 
 def test_the_built_in_defaults_have_no_problems():

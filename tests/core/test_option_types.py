@@ -38,7 +38,7 @@ def test_type_is_derived_from_the_default(default, good, bad, expected):
 def test_declared_type_choices_check_and_null():
     keys = Option("k", None, type=list[str])
     assert problem(keys, None) is None and problem(keys, ["a", "b"]) is None
-    assert problem(keys, ["a", 1]) == "must be a list of strings or null, got ['a', 1]"
+    assert problem(keys, ["a", 1]) == "must be a list of strings or null, got ['a', 1]; entry 1 is 1, not a string"
     mapping = Option("k", {}, type=dict[str, str])
     assert problem(mapping, {"a": 1}) == "must be a mapping of strings to strings, got {'a': 1}"
     either = Option("k", "x", type=str | None)

@@ -7,7 +7,6 @@ import dataclasses
 import pytest
 import yaml
 
-from conftest import run_cli
 from fit_project import _error_lines, _project, _with
 
 from rwkv_plug.core.config import CONFIG_SECTIONS
@@ -71,7 +70,7 @@ def test_overrides_equal_the_same_keys_written_in_the_file(tmp_path, monkeypatch
     from_cli = load_fit_config(base, overrides=overrides)
     from_file = load_fit_config(written)
     assert _compared(from_cli) == _compared(from_file)
-    assert from_cli.trainer["max_steps"] == 20 and from_cli.model["lr_init"] == 1e-4 and from_cli.seed == 7
+    assert from_cli.trainer.max_steps == 20 and from_cli.model.lr_init == 1e-4 and from_cli.seed == 7
     assert from_cli.checkpoint["every_n_train_steps"] == 5
 
 
@@ -96,19 +95,18 @@ def test_the_saved_config_holds_the_overrides_and_reads_back_the_same(tmp_path, 
     assert _compared(load_fit_config(again)) == _compared(cfg)
 
 
-@pytest.mark.slow
-def test_bad_override_keys_and_values_are_the_usual_one_line_errors(tmp_path):
+def test_bad_override_keys_and_values_are_the_usual_one_line_errors(tmp_path, cli):
     cfg = _project(tmp_path)
-    res = run_cli("fit", str(cfg), "--trainer.max_stepz", "20", "--model.lr_init", "fast", cwd=tmp_path)
+    res = cli("fit", str(cfg), "--trainer.max_stepz", "20", "--model.lr_init", "fast", cwd=tmp_path)
     assert res.returncode == 2, res.stderr[-2000:]
     errors = _error_lines(res)
     assert len(errors) == 1 and len([l for l in res.stderr.splitlines() if l.strip()]) == 1, res.stderr
     assert "(with --trainer.max_stepz, --model.lr_init): 2 problems" in errors[0]
     assert "unknown key trainer.max_stepz. Did you mean 'max_steps'?" in errors[0]
     assert "model.lr_init must be a number, got 'fast'" in errors[0]
-    checked = run_cli("check", str(cfg), "--trainer.max_epochs", "ten", cwd=tmp_path)
+    checked = cli("check", str(cfg), "--trainer.max_epochs", "ten", cwd=tmp_path)
     assert checked.returncode == 1 and "trainer.max_epochs must be an integer" in checked.stderr, checked.stderr
-    ok = run_cli("check", str(cfg), "--trainer.max_steps", "5", cwd=tmp_path)
+    ok = cli("check", str(cfg), "--trainer.max_steps", "5", cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
-    unknown = run_cli("fit", "--traner.max_steps", "2", str(cfg), cwd=tmp_path)
+    unknown = cli("fit", "--traner.max_steps", "2", str(cfg), cwd=tmp_path)
     assert unknown.returncode == 2 and "Did you mean 'trainer'?" in _error_lines(unknown)[0]

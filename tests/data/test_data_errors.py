@@ -179,11 +179,11 @@ def test_hub_source_offline_is_one_clear_error(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_streaming_is_refused_with_what_to_do_instead(tmp_path):
+def test_streaming_is_refused_with_what_to_do_instead(tmp_path, cli):
     (tmp_path / "a.jsonl").write_text('{"text": "one two three"}\n{"text": "four five six"}\n')
     (tmp_path / "c.yaml").write_text("data:\n  data_path: out\n  source: a.jsonl\n"
                                      "  source_dataset_params: {streaming: true}\n")
-    result = run_cli("preload", "c.yaml")
+    result = cli("preload", "c.yaml")
     assert result.returncode == 2 and one_error(result.stderr), result.stderr
     assert ("c.yaml: data.source_dataset_params.streaming is not supported yet: remove it; the source is "
             "downloaded and read whole") in result.stderr
@@ -210,11 +210,11 @@ def test_test_split_too_large_says_how_far_to_lower_it(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_one_sample_left_names_the_skipped_rows_not_test_split(tmp_path):
+def test_one_sample_left_names_the_skipped_rows_not_test_split(tmp_path, cli):
     rows = [{"text": "one two three"}, {"text": None}, {"text": None}]
     (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "c.yaml").write_text("data:\n  data_path: out\n  source: a.jsonl\n  test_split: 0\n")
-    result = run_cli("preload", "c.yaml")
+    result = cli("preload", "c.yaml")
     assert result.returncode == 1 and one_error(result.stderr)
     assert ("only 1 sample is left to split into train and test (2 of 3 source rows were skipped "
             "(column 'text' is None: 2))") in result.stderr
@@ -224,7 +224,7 @@ def test_one_sample_left_names_the_skipped_rows_not_test_split(tmp_path):
 
 # -- values of every plugin's options -------------------------------------------
 @pytest.mark.slow
-def test_plugin_option_values_are_checked_all_at_once(tmp_path):
+def test_plugin_option_values_are_checked_all_at_once(tmp_path, cli):
     """Options of strategies and tokenizers that are not in use are checked too."""
     (tmp_path / "a.jsonl").write_text('{"text": "one two three"}\n{"text": "four five six"}\n')
     (tmp_path / "c.yaml").write_text(textwrap.dedent("""\
@@ -239,14 +239,15 @@ def test_plugin_option_values_are_checked_all_at_once(tmp_path):
           custom_text_key: [text]
           test_split: 1e-1
         """))
-    result = run_cli("preload", "c.yaml")
+    result = cli("preload", "c.yaml")
     assert result.returncode == 2 and one_error(result.stderr), result.stderr
     err = result.stderr
     assert "c.yaml: 5 problems" in err
     assert "data.world_add_endoftext_token must be true or false, got 3" in err
     assert "data.disable_prompt_completion_mask must be true or false, got 'maybe'" in err
     assert "data.tokenizer_kwargs must be a mapping or null, got 5" in err
-    assert "data.multi_column_train_mask must be a list of true/false values or null, got ['yes']" in err
+    assert ("data.multi_column_train_mask must be a list with true or false per key, got ['yes']; entry 0 is "
+            "'yes', not true or false") in err
     assert "data.custom_text_key must be a string or null, got ['text']" in err
     assert "test_split" not in err  # YAML 1.1 reads 1e-1 as a string; it is the number 0.1
     assert not (tmp_path / "out").exists()
@@ -275,7 +276,7 @@ def test_malformed_json_line_is_named_by_file_and_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_pickle_sources_and_the_pandas_builder_are_refused(tmp_path):
+def test_pickle_sources_and_the_pandas_builder_are_refused(tmp_path, cli):
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "x.pkl").write_bytes(b"not read")
     (tmp_path / "empty").mkdir()
@@ -287,19 +288,19 @@ def test_pickle_sources_and_the_pandas_builder_are_refused(tmp_path):
              "empty": (1, "holds no data files; use files ending in .csv, .json, .jsonl, .parquet, .text, .txt")}
     for source, (code, message) in cases.items():
         (tmp_path / "c.yaml").write_text(f"data:\n  data_path: out\n  source: {source}\n")
-        result = run_cli("preload", "c.yaml")
+        result = cli("preload", "c.yaml")
         assert result.returncode == code and one_error(result.stderr), (source, result.stderr)
         assert message in result.stderr, (source, result.stderr)
 
 
 @pytest.mark.slow
-def test_forced_strategy_without_its_columns_fails_before_tokenising(tmp_path):
+def test_forced_strategy_without_its_columns_fails_before_tokenising(tmp_path, cli):
     import pandas as pd
 
     pd.DataFrame({"body": ["one two three", "four five six"]}).to_parquet(tmp_path / "b.parquet")
     (tmp_path / "c.yaml").write_text("data:\n  data_path: out\n  source: b.parquet\n"
                                      "  strategy: prompt_completion\n")
-    result = run_cli("preload", "c.yaml")
+    result = cli("preload", "c.yaml")
     assert result.returncode == 1 and one_error(result.stderr), result.stderr
     assert ("data.strategy is 'prompt_completion', which needs prompt and completion, but the "
             "source's columns are body") in result.stderr
@@ -309,28 +310,28 @@ def test_forced_strategy_without_its_columns_fails_before_tokenising(tmp_path):
 # -- rows of a folder source are traced to their file ---------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", ["", ', "title": "t"'])  # the same columns in both files, or not
-def test_bad_row_of_a_folder_source_names_its_file_and_line(tmp_path, extra):
+def test_bad_row_of_a_folder_source_names_its_file_and_line(tmp_path, cli, extra):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "a.jsonl").write_text("".join(f'{{"text": "row {i} of a"{extra}}}\n' for i in range(3)))
     (tmp_path / "d" / "b.jsonl").write_text('{"text": "row 0 of b"}\n{"text": null}\n')
     (tmp_path / "c.yaml").write_text("data:\n  data_path: out\n  source: d\n  test_split: 1\n")
-    result = run_cli("preload", "c.yaml")
+    result = cli("preload", "c.yaml")
     assert result.returncode == 0, result.stderr
     at = f"{tmp_path / 'd' / 'b.jsonl'}:2"
     assert f"skipped 1: column 'text' is None (e.g. train row 4, 0-based, {at})" in result.stdout
     (tmp_path / "c.yaml").write_text("data:\n  data_path: out\n  source: d\n  strict: true\n")
-    result = run_cli("preload", "c.yaml")
+    result = cli("preload", "c.yaml")
     assert result.returncode == 1 and one_error(result.stderr)
     assert f"error: {at}: train row 4 (0-based): column 'text' is None" in result.stderr
 
 
 @pytest.mark.slow
-def test_a_number_among_text_in_a_folder_source_is_refused_not_turned_into_text(tmp_path):
+def test_a_number_among_text_in_a_folder_source_is_refused_not_turned_into_text(tmp_path, cli):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "a.jsonl").write_text('{"text": "row of a"}\n')
     (tmp_path / "d" / "b.jsonl").write_text('{"text": "row of b"}\n{"text": null}\n{"text": 12345}\n')
     (tmp_path / "c.yaml").write_text("data:\n  data_path: out\n  source: d\n  test_split: 1\n")
-    result = run_cli("preload", "c.yaml")
+    result = cli("preload", "c.yaml")
     assert result.returncode == 1 and one_error(result.stderr), result.stdout + result.stderr
     assert (f"{tmp_path / 'd' / 'b.jsonl'}:3: column 'text' holds a number, but "
             f"{tmp_path / 'd' / 'a.jsonl'}:1 holds text") in result.stderr

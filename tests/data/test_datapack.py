@@ -62,12 +62,14 @@ def test_the_parts_must_share_a_tokenizer(tmp_path):
 
 
 def test_mistakes_in_the_pack_file_are_reported_together(tmp_path):
-    (tmp_path / "pack.yaml").write_text("datapack: {mixing_mode: zip, size: 3}\ndataset:\n  - {source: x.txt}\n")
+    (tmp_path / "pack.yaml").write_text("datapack: {mixing_mode: zip, size: 3, seed: -1}\n"
+                                        "dataset:\n  - {source: x.txt}\n")
     with pytest.raises(ConfigError) as info:
         build_pack(tmp_path / "pack.yaml", log=lambda m: None)
     msg = str(info.value)
     assert "unknown key datapack.size" in msg and "datapack.data_path is required" in msg
     assert "datapack.mixing_mode must be one of concat, shuffle, got 'zip'" in msg
+    assert "datapack.seed must be a whole number, 0 or more, got -1" in msg
     assert "dataset[0]: data.data_path is required" in msg
 
 

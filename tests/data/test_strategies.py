@@ -68,7 +68,7 @@ def data_options(section: dict | None = None) -> dict:
     """The ``data:`` options as the config layer resolves them (defaults, escapes)."""
     problems = Problems("test.yaml")
     opts = [o for cls in BUILTINS for o in cls.options]
-    out = resolve_options("data", section or {}, opts, problems, passthrough=("strategy",))
+    out = resolve_options("data", section or {}, opts, problems, passthrough=("strategy",), check_types=True)
     problems.raise_if_any()
     return out
 
@@ -280,9 +280,6 @@ def test_other_key_counts_must_write_out_prefix_and_train_mask():
             {"multi_column_keys": ["a", "b"], "multi_column_train_mask": [True]},
             "multi_column_train_mask has 1 entries but data.multi_column_keys has 2",
         ),
-        ({"multi_column_train_mask": [True, 0, True]}, r"multi_column_train_mask\[1\] must be true or false"),
-        ({"multi_column_keys": "instruction"}, "must be a list of column names"),
-        ({"multi_column_suffix": ["", 3, ""]}, r"multi_column_suffix\[1\] must be a string or null"),
     ],
 )
 def test_multi_column_config_errors_name_the_key(section, message):
@@ -290,6 +287,26 @@ def test_multi_column_config_errors_name_the_key(section, message):
         MultiColumnStrategy(data_options(section), ByteTokenizer())
     with pytest.raises(ConfigError, match=message):  # found at detection time as well
         pick_strategy(["text"], data_options(section), None)
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"multi_column_train_mask": [True, 0, True]},
+         "data.multi_column_train_mask must be a list with true or false per key, got [True, 0, True]; "
+         "entry 1 is 0, not true or false"),
+        ({"multi_column_keys": "instruction"}, "data.multi_column_keys must be a list of column names, got 'instruction'"),
+        ({"multi_column_keys": ["a", ""]}, "data.multi_column_keys must be a list of column names, got ['a', '']"),
+        ({"multi_column_suffix": ["", 3, ""]},
+         "data.multi_column_suffix must be a list with a string or null per key, got ['', 3, '']; "
+         "entry 1 is 3, not a string or null"),
+    ],
+)
+def test_multi_column_wrong_types_are_found_when_the_options_are_read(section, message):
+    # the declarations check each key's type, so the strategy never sees such a value
+    with pytest.raises(ConfigError) as exc:
+        data_options(section)
+    assert str(exc.value) == f"test.yaml: {message}"
 
 
 def test_empty_keys_disable_multi_column():

@@ -44,7 +44,7 @@ def test_sharded_names_are_caught_in_any_case(tmp_path, strategy):
 
 @pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn", "auto", "ddp_find_unused_parameters_true"])
 def test_unsharded_strategy_names_pass(tmp_path, strategy):
-    assert load_fit_config(_config(tmp_path, strategy)).trainer["strategy"] == strategy
+    assert load_fit_config(_config(tmp_path, strategy)).trainer.strategy == strategy
 
 
 def test_strategy_objects_and_class_paths():
@@ -66,6 +66,6 @@ def test_build_trainer_refuses_an_fsdp1_strategy_object(tmp_path):
     from rwkv_plug.training.fit import build_trainer
 
     cfg = load_fit_config(_config(tmp_path, "ddp"))
-    cfg.trainer["strategy"] = FSDPStrategy()
+    cfg.trainer = cfg.trainer.replace(strategy=FSDPStrategy())  # the section is frozen: a changed copy
     with pytest.raises(ConfigError, match="FSDPStrategy' is not supported"):
         build_trainer(cfg)

@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 from rwkv_plug.builtin_strategies.pieces import Piece, PieceStrategy
 from rwkv_plug.core.errors import ConfigError, DataError, did_you_mean
 from rwkv_plug.core.interfaces import BadRow, FlatSamples, Option, Sample
+from rwkv_plug.core.sections import option_values
 
 COLUMNS = ("messages", "conversations")
 FORMATS = ("rwkv", "chat_template")
@@ -55,7 +56,7 @@ class Turn(NamedTuple):  # a NamedTuple: made once per message, faster than a fr
 
 
 def _column(options: Mapping[str, Any], columns: Sequence[str]) -> str | None:
-    named = options.get("messages_column")
+    named = option_values(MessagesStrategy, options).messages_column
     if named:
         return named if named in columns else None
     return next((c for c in COLUMNS if c in columns), None)
@@ -96,8 +97,8 @@ class MessagesStrategy(PieceStrategy):
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> list[str]:
-        names = options.get("messages_role_names")
-        names = DEFAULT_ROLE_NAMES if names is None else names
+        o = option_values(cls, options)
+        names = DEFAULT_ROLE_NAMES if o.messages_role_names is None else o.messages_role_names
         roles = ", ".join(names) or "none"
         problems = []
         if not names:
@@ -106,34 +107,33 @@ class MessagesStrategy(PieceStrategy):
         empty = [role for role, label in names.items() if not label]
         if empty:
             problems.append(f"data.messages_role_names gives role(s) {', '.join(empty)} an empty display name")
-        trained = options.get("messages_train_roles") or []
+        trained = o.messages_train_roles or []
         unknown = [r for r in trained if r not in names]
         if unknown:
             problems.append(f"data.messages_train_roles names {', '.join(unknown)}, which data.messages_role_names "
                             f"does not have (roles: {roles})")
-        mapping = options.get("messages_role_map")
-        mapping = DEFAULT_ROLE_MAP if mapping is None else mapping
+        mapping = DEFAULT_ROLE_MAP if o.messages_role_map is None else o.messages_role_map
         bad = sorted({role for role in mapping.values() if role not in names})
         if bad:
             problems.append(f"data.messages_role_map maps to {', '.join(bad)}, which data.messages_role_names "
                             f"does not have (roles: {roles})")
-        if options.get("messages_system_column") and "system" not in names:
+        if o.messages_system_column and "system" not in names:
             problems.append("data.messages_system_column needs a 'system' role in data.messages_role_names; "
                             "add it or set messages_system_column: null")
-        if options.get("messages_format") == "chat_template":
+        if o.messages_format == "chat_template":
             # the library's mask marks the template's generation blocks: only those can be learned
             if list(trained) != ["assistant"]:
                 problems.append("data.messages_train_roles must be [assistant] with messages_format: "
                                 "chat_template (the template's mask marks assistant turns only); use "
                                 "messages_format: rwkv to learn other roles")
-            if options.get("messages_train_end_of_turn") is False:
+            if o.messages_train_end_of_turn is False:
                 problems.append("data.messages_train_end_of_turn applies to messages_format: rwkv only; with "
                                 "chat_template the template's {% generation %} blocks decide")
         return problems
 
     @classmethod
     def matches(cls, columns: Sequence[str], options: Mapping[str, Any]) -> bool:
-        named = options.get("messages_column")
+        named = option_values(cls, options).messages_column
         if named and named not in columns:
             # the user named a column that is not there: say so rather than fall back
             raise DataError(f"data.messages_column is '{named}' but the dataset has no such column "
@@ -142,7 +142,7 @@ class MessagesStrategy(PieceStrategy):
 
     @classmethod
     def expects(cls, options: Mapping[str, Any]) -> str:
-        named = options.get("messages_column")
+        named = option_values(cls, options).messages_column
         if named:
             return f"needs a '{named}' column of messages (data.messages_column)"
         return "needs a 'messages' or 'conversations' column of messages"
@@ -152,24 +152,24 @@ class MessagesStrategy(PieceStrategy):
         problems = self.check_options(self.opts)
         if problems:
             raise ConfigError("; ".join(problems))
-        o = self.opts
-        self.column = o.get("messages_column")
-        self.names = dict(DEFAULT_ROLE_NAMES if o.get("messages_role_names") is None else o["messages_role_names"])
-        self.role_map = dict(DEFAULT_ROLE_MAP if o.get("messages_role_map") is None else o["messages_role_map"])
+        o = option_values(MessagesStrategy, self.opts)
+        self.column = o.messages_column
+        self.names = dict(DEFAULT_ROLE_NAMES if o.messages_role_names is None else o.messages_role_names)
+        self.role_map = dict(DEFAULT_ROLE_MAP if o.messages_role_map is None else o.messages_role_map)
         # raw role name -> role, for the names that give a known role (the fast path of _turn)
         self.known = {raw: role for raw in {*self.names, *self.role_map}
                       if (role := self.role_map.get(raw, raw)) in self.names}
-        self.trained = frozenset(o.get("messages_train_roles") or ())
-        self.learn_end = o.get("messages_train_end_of_turn", True) is not False
-        self.system_column = o.get("messages_system_column")
-        self.format = o.get("messages_format") or "rwkv"
+        self.trained = frozenset(o.messages_train_roles or ())
+        self.learn_end = o.messages_train_end_of_turn is not False
+        self.system_column = o.messages_system_column
+        self.format = o.messages_format or "rwkv"
         if self.format == "chat_template":
             self.hf = _template_tokenizer(tokenizer)
         else:
             # labels and the end of a turn are their own pieces: tokenised once here for the per-row path
             # (the flat path tokenises their texts within its batch, which gives the same ids)
             self.label_texts = {role: f"{label}:" for role, label in self.names.items()}
-            self.turn_end_text = o.get("messages_turn_end") or "\n\n"
+            self.turn_end_text = o.messages_turn_end or "\n\n"
             self.labels = {role: tokenizer.encode(text) for role, text in self.label_texts.items()}
             self.turn_end = tokenizer.encode(self.turn_end_text)
             # the flat path tokenises an empty content as the text "" (a piece of its own only there)

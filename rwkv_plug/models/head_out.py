@@ -7,7 +7,10 @@
 * ``False``: the head input ``ln_out(x)`` (B, T, C), for the chunked head and loss of
   :mod:`rwkv_plug.training.head_loss`, which multiplies by ``model.head.weight`` itself.
 
-A model class that accepts ``head`` says so with ``head_modes = True``.
+A model class that accepts ``head`` says so with ``head_modes = True``. One that also takes
+``head="state"`` (the new state only, output None; the last block skips what the state does
+not need, e.g. ``RWKV5``) says so with ``state_mode = True``; exact BPTT's added runs use it
+(:func:`rwkv_plug.training.head_loss.model_state`).
 """
 
 from __future__ import annotations

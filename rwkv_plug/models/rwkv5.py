@@ -76,21 +76,47 @@ class TimeMix(nn.Module):
         k = self.key(xk).view(B, T, H, N)
         v = self.value(xv).view(B, T, H, N)
         g = F.silu(self.gate(xg))  # (B, T, A)
+        y, wkv = self._wkv(r, k, v, wkv, kernel, resets, fresh)
+        # clone: a view of x[:, -1] would keep the whole chunk's activations alive
+        return self._out(y, g), x[:, -1].clone(), wkv  # (B, T, C)
 
+    def last_output(self, x: Tensor, shift: Tensor, wkv: Tensor, kernel, resets: Tensor | None = None,
+                    fresh: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`forward` with the output of the last position only, (B, 1, C): what a run for
+        the new state needs. The WKV state needs k and v everywhere; the receptance is zero
+        before the last position (the kernel's outputs there are not read), and the gate, group
+        norm and output projection run on the last position alone."""
+        B, T, C = x.shape  # x is ln1(x)
+        H, N = self.n_head, HEAD_SIZE
+        xx = _token_shift(x, shift, resets)
+        dx = x - xx
+        k = self.key(xx + dx * self.time_mix_k).view(B, T, H, N)
+        v = self.value(xx + dx * self.time_mix_v).view(B, T, H, N)
+        xl, dxl = xx[:, -1:], dx[:, -1:]  # (B, 1, C)
+        r_last = self.receptance(xl + dxl * self.time_mix_r).view(B, 1, H, N)
+        r = torch.cat([r_last.new_zeros(B, T - 1, H, N), r_last], dim=1)
+        g = F.silu(self.gate(xl + dxl * self.time_mix_g))  # (B, 1, A)
+        y, wkv = self._wkv(r, k, v, wkv, kernel, resets, fresh)
+        return self._out(y[:, -1:], g), x[:, -1].clone(), wkv  # (B, 1, C)
+
+    def _wkv(self, r: Tensor, k: Tensor, v: Tensor, wkv: Tensor, kernel, resets: Tensor | None,
+             fresh: Tensor | None) -> tuple[Tensor, Tensor]:
         # decays in at least fp32 (bf16 weights), fp64 when the model is fp64
         wdt = torch.promote_types(self.time_decay.dtype, torch.float32)
         w = torch.exp(-torch.exp(self.time_decay.to(wdt)))  # (H, N) in (0, 1)
         u = self.time_faaaa.to(wdt)  # (H, N)
         # y_t = r_t (S + diag(u) k_t^T v_t);  S <- diag(w) S + k_t^T v_t
         if resets is None:
-            y, wkv = kernel.wkv5(r, k, v, w, u, wkv)  # (B, T, H, N), (B, H, N, N)
-        else:  # a record starting inside the chunk starts from ``fresh`` (zeros or the tuned state)
-            y, wkv = kernel.wkv5(r, k, v, w, u, wkv, resets=resets, s_reset=fresh)
+            return kernel.wkv5(r, k, v, w, u, wkv)  # (B, T, H, N), (B, H, N, N)
+        # a record starting inside the chunk starts from ``fresh`` (zeros or the tuned state)
+        return kernel.wkv5(r, k, v, w, u, wkv, resets=resets, s_reset=fresh)
 
+    def _out(self, y: Tensor, g: Tensor) -> Tensor:
+        """The block's output from the kernel's ``y`` (B, T, H, N) and the gate ``g`` (B, T, A)."""
+        B, T, H, N = y.shape
         y = y.reshape(B * T, H * N) / HEAD_SIZE_DIVISOR
         y = self.ln_x(y).view(B, T, H * N)  # (B, T, A)
-        # clone: a view of x[:, -1] would keep the whole chunk's activations alive
-        return self.output(y * g), x[:, -1].clone(), wkv  # (B, T, C)
+        return self.output(y * g)  # (B, T, C)
 
 
 class ChannelMix(nn.Module):
@@ -128,9 +154,13 @@ class Block(nn.Module):
         self.drop1 = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: Tensor, att_shift: Tensor, wkv: Tensor, ffn_shift: Tensor, kernel,
-                resets: Tensor | None = None, fresh: Tensor | None = None):
+                resets: Tensor | None = None, fresh: Tensor | None = None, state_only: bool = False):
         # resets (B, T) bool: packed records' first tokens, which start from the fresh state
-        # (shifts zero, WKV ``fresh``) exactly as if trained alone
+        # (shifts zero, WKV ``fresh``) exactly as if trained alone.
+        # state_only: the new state alone (:meth:`new_state`); through forward, so that
+        # wrappers' hooks (FSDP2's gathering of a sharded block) run
+        if state_only:
+            return self.new_state(x, att_shift, wkv, ffn_shift, kernel, resets, fresh)
         if self.layer_id == 0:
             x = self.ln0(x)
         dx, att_shift, wkv = self.att(self.ln1(x), att_shift, wkv, kernel, resets, fresh)
@@ -138,6 +168,17 @@ class Block(nn.Module):
         dx, ffn_shift = self.ffn(self.ln2(x), ffn_shift, resets)
         x = self.drop1(x + dx)
         return x, att_shift, wkv, ffn_shift
+
+    def new_state(self, x: Tensor, att_shift: Tensor, wkv: Tensor, ffn_shift: Tensor, kernel,
+                  resets: Tensor | None = None, fresh: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """The state :meth:`forward` returns, without the output it does not need: the time
+        mix's output at the last position only, no channel mix (its new shift is its input's
+        last position). Draws no random numbers, so only for a block whose dropout is off."""
+        if self.layer_id == 0:
+            x = self.ln0(x)
+        dx, att_shift, wkv = self.att.last_output(self.ln1(x), att_shift, wkv, kernel, resets, fresh)
+        x_last = x[:, -1:] + dx  # (B, 1, C)
+        return att_shift, wkv, self.ln2(x_last)[:, -1].clone()
 
 
 class RWKV5(KernelSlot, nn.Module):
@@ -154,6 +195,8 @@ class RWKV5(KernelSlot, nn.Module):
     wkv_op = "wkv5"
     #: forward takes ``head=True | "last" | False`` (models/head_out.py)
     head_modes = True
+    #: forward takes ``head="state"``: the new state only, output None (training/head_loss.model_state)
+    state_mode = True
 
     def __init__(
         self,
@@ -173,6 +216,7 @@ class RWKV5(KernelSlot, nn.Module):
         self.dim_ffn = dim_ffn or default_dim_ffn(n_embd)
         self.n_head = self.dim_att // HEAD_SIZE
         self.grad_cp = grad_cp
+        self.dropout = dropout
         self.emb = Embedding(vocab_size, n_embd)  # nn.Embedding, gradient memory reused on CPU
         self.drop0 = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.blocks = nn.ModuleList(
@@ -211,14 +255,21 @@ class RWKV5(KernelSlot, nn.Module):
         ) else x.dtype
         kernel = self.kernel_for(idx.device, act_dtype, resets=resets is not None)
         new_state: list[Tensor] = []
+        # head="state": the last block computes its new state only (no dropout draws to keep)
+        state_only = head == "state" and (self.dropout == 0 or not self.training)
         for i, block in enumerate(self.blocks):
             s = state[3 * i : 3 * i + 3]
             fresh = restart_wkv(self.tuned_state, i, B, idx.device, resets)
+            if state_only and i == self.n_layer - 1:
+                new_state += block(x, *s, kernel, resets, fresh, state_only=True)
+                return None, tuple(new_state)
             if self.grad_cp and self.training and torch.is_grad_enabled():
                 out = torch.utils.checkpoint.checkpoint(block, x, *s, kernel, resets, fresh, use_reentrant=False)
             else:
                 out = block(x, *s, kernel, resets, fresh)
             x = out[0]
             new_state += out[1:]
+        if head == "state":  # dropout on: every block ran whole, for the same random draws
+            return None, tuple(new_state)
         # logits (B, T, V); (B, 1, V) for head="last"; the head input (B, T, C) for head=False
         return head_out(self.ln_out, self.head, x, head), tuple(new_state)

@@ -203,7 +203,11 @@ def model_loss(model, idx: Tensor, state, targets: Tensor, mask: Tensor, denom: 
 
 
 def model_state(model, idx: Tensor, state, **model_kw):
-    """Run ``model`` on one ctx chunk for its new state only (the head on the last position at most)."""
+    """Run ``model`` on one ctx chunk for its new state only: a model with ``state_mode``
+    skips the output side of its last block and the head (``head="state"``), one with head
+    modes computes the head on the last position only."""
+    if getattr(model, "state_mode", False):
+        return model(idx, state, head="state", **model_kw)[1]
     if getattr(model, "head_modes", False):
         return model(idx, state, head="last", **model_kw)[1]
     return model(idx, state, **model_kw)[1]

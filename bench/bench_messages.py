@@ -10,11 +10,28 @@ assistant messages of about ``--message-chars`` characters in turn. Timed:
 * strategy: the strategy on the rows (checks every message, tokenises
   each message's content on its own, builds the masks).
 
-The strategy's flat output is first checked against ``encode_batch``'s.
-Two pairs: ``flat``, the pipeline's path (``MessagesStrategy.encode_flat``
-vs the tokenizer's ``encode_flat``: numpy arrays, no Python int per token),
-and ``lists`` (``encode_batch`` vs ``encode_batch``). The ratio is bare time /
-strategy time (target >= 0.8x on the flat path, which preload uses), in
+The strategy's fast paths' output is first checked against ``encode_batch``'s.
+Up to three pairs, the bare side always given its rendered strings built
+before timing:
+
+* ``arrow``, the path preload uses when the tokenizer reads Arrow bytes
+  (``reads_spans``, e.g. world): ``MessagesStrategy.encode_arrow`` of a
+  pyarrow table of the rows (built before timing, as preload gets its
+  batches from the dataset's Arrow table) vs the tokenizer's ``encode_flat``
+  of the rendered strings. Timed on the strategy side: reading and checking
+  the messages column, rendering every message (label, space, content, end
+  of turn) into one buffer with pyarrow, the tokenizer's ``encode_spans`` of
+  its label, content and end-of-turn spans, and the numpy masks and offsets.
+  With ``--json-messages`` each message is a JSON text in the table (the
+  ``arrow.json`` type ``datasets`` stores when messages' keys differ), so the
+  strategy's time includes parsing them with pyarrow's JSON reader;
+* ``flat``, the path preload uses otherwise (``MessagesStrategy.encode_flat``
+  of the rows as Python dicts vs the tokenizer's ``encode_flat``: numpy
+  arrays, no Python int per token);
+* ``lists`` (``encode_batch`` vs ``encode_batch``).
+
+The ratio is bare time / strategy time (target >= 0.8x on the path preload
+uses: ``arrow`` where it is printed, else ``flat``), in
 wall-clock time (the target) and in CPU time of the process (all its
 threads: steadier on a shared machine, and a floor for the wall ratio, since
 the strategy overlaps its Python work with the tokenizer's threads). The
@@ -22,6 +39,7 @@ best of ``--repeat`` runs of each is kept, the runs of a pair interleaved.
 Usage: python bench/bench_messages.py [--mb 10] [--tokenizers world,neox]
        python bench/bench_messages.py --quick     (1 MB, world, 2 runs: checks that it runs)
        python bench/bench_messages.py --files 'docs/*.md' --tokenizers world   (local text)
+       python bench/bench_messages.py --json-messages       (the arrow pair on messages stored as JSON text)
 """
 
 from __future__ import annotations
@@ -58,6 +76,17 @@ def conversation(doc: str, message_chars: int) -> dict:
     return {"messages": messages}
 
 
+def json_table(rows: list[dict]):
+    """The rows as a table whose messages are JSON texts (``arrow.json``), as ``datasets`` stores them."""
+    import json
+
+    import pyarrow as pa
+
+    lists = pa.array([[json.dumps(m) for m in r["messages"]] for r in rows], pa.list_(pa.string()))
+    return pa.table({"messages": pa.ListArray.from_arrays(
+        lists.offsets, pa.ExtensionArray.from_storage(pa.json_(), lists.values))})
+
+
 def rwkv_text(row: dict) -> str:
     names = {"system": "System", "user": "User", "assistant": "Assistant"}
     return "".join(f"{names[m['role']]}: {m['content']}\n\n" for m in row["messages"])
@@ -71,11 +100,14 @@ def main() -> None:
     ap.add_argument("--message-chars", type=int, default=400)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="1 MB, world only, 2 runs")
+    ap.add_argument("--json-messages", action="store_true",
+                    help="the arrow pair's table holds each message as JSON text (datasets' Json feature)")
     args = ap.parse_args()
     if args.quick:
         args.mb, args.tokenizers, args.repeat = 1, "world", 2
 
     import numpy as np
+    import pyarrow as pa
     from bench_preload import split_documents
 
     from rwkv_plug.builtin_strategies.messages import MessagesStrategy
@@ -106,13 +138,22 @@ def main() -> None:
         if bad:
             raise SystemExit(f"{len(bad)} rows skipped, e.g. {bad[0]}: the benchmark's rows must all encode")
         n_tokens = sum(len(s) for s in samples)
-        flat, want = strategy.encode_flat(rows), FlatSamples.from_samples(samples)
+        want = FlatSamples.from_samples(samples)
+        # the pipeline's choice (data/encode.py, Encoder.arrow): Arrow tables when the tokenizer reads them
+        arrow = "arrow" in strategy.fast_paths() and tok.reads_spans
+        table = (json_table(rows) if args.json_messages else pa.Table.from_pylist(rows)) if arrow else None
         fields = ("ids", "offsets", "mask")
-        if flat is None or not all(np.array_equal(getattr(flat, k), getattr(want, k)) for k in fields):
-            raise SystemExit(f"{name}: the flat path does not give encode_batch's samples: not timed")
-        del samples, flat, want
+        checked = {"flat": strategy.encode_flat(rows)}
+        if arrow:
+            checked["arrow"] = strategy.encode_arrow(table)
+        for path, got in checked.items():
+            if got is None or not all(np.array_equal(getattr(got, k), getattr(want, k)) for k in fields):
+                raise SystemExit(f"{name}: the {path} path does not give encode_batch's samples: not timed")
+        del samples, want, checked
         pairs = [("flat", lambda: tok.encode_flat(rendered), lambda: strategy.encode_flat(rows)),
                  ("lists", lambda: tok.encode_batch(rendered), lambda: strategy.encode_batch(rows))]
+        if arrow:
+            pairs.insert(0, ("arrow", lambda: tok.encode_flat(rendered), lambda: strategy.encode_arrow(table)))
         for path, bare, strat in pairs:
             (t_bare, c_bare), (t_strat, c_strat) = best_times([bare, strat], args.repeat)
             print(f"{name:5s} messages {path:5s}  bare {n_tokens / t_bare / 1e6:6.2f}M tok/s  "

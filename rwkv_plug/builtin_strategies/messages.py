@@ -261,7 +261,13 @@ class MessagesStrategy(PieceStrategy):
                 and cls.encode_batch is own.encode_batch and cls.encode is own.encode)
 
     def fast_paths(self) -> frozenset[str]:
-        return frozenset({"flat"}) if self._flat_layout() else frozenset()
+        if not self._flat_layout():
+            return frozenset()
+        # the Arrow path gives what this class's encode_flat gives: not a subclass's own
+        return frozenset({"flat", "arrow"}) if self._own_flat() else frozenset({"flat"})
+
+    def _own_flat(self) -> bool:
+        return type(self).encode_flat is MessagesStrategy.encode_flat
 
     def encode_flat(self, rows: Sequence[Mapping[str, Any]]) -> FlatSamples | None:
         """``encode_batch`` of the rwkv layout as flat arrays (the pipeline's fast path), or None to decline
@@ -272,6 +278,16 @@ class MessagesStrategy(PieceStrategy):
         from rwkv_plug.builtin_strategies.messages_flat import encode_rwkv_flat
 
         return encode_rwkv_flat(self, rows)
+
+    def encode_arrow(self, table: Any) -> FlatSamples | None:
+        """``encode_flat`` of a pyarrow table's rows, read column-wise from its buffers, or None to
+        decline (as ``encode_flat`` does, and for tables it does not read: the rows then go to
+        ``encode_flat``); see :mod:`rwkv_plug.builtin_strategies.messages_arrow`."""
+        if not (self._flat_layout() and self._own_flat()):
+            return None
+        from rwkv_plug.builtin_strategies.messages_arrow import encode_rwkv_arrow
+
+        return encode_rwkv_arrow(self, table)
 
     # -- the tokenizer's chat template --------------------------------------
     def encode(self, row: Mapping[str, Any]) -> Sample:

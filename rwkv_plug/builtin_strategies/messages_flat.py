@@ -1,5 +1,8 @@
 """The ``messages`` strategy's flat fast path (the rwkv layout): rows -> :class:`FlatSamples`.
 
+Preload uses it when the tokenizer does not read Arrow bytes, and for tables
+the Arrow path (:mod:`~rwkv_plug.builtin_strategies.messages_arrow`) declines.
+
 Each message is three pieces, each tokenised on its own: its role label
 (``User:``), its content with the leading space, and the end of turn. All
 three go to the tokenizer's ``encode_flat`` as texts, in row order, so the

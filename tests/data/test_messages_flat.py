@@ -113,7 +113,7 @@ class _BosTokenizer(ByteTokenizer):
 def test_a_tokenizer_that_gives_the_empty_text_a_token_still_has_no_piece_for_an_empty_content():
     """The flat path tokenises an empty content as ``""``; the per-row path has no piece for it."""
     strategy = MessagesStrategy(options(), _BosTokenizer())
-    assert strategy.fast_paths() == frozenset({"flat"})
+    assert strategy.fast_paths() == frozenset({"flat", "arrow"})
     rows = [{"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "ok"}]},
             {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]}] * 40
     want = strategy.encode(rows[0])

@@ -2,9 +2,14 @@
 
     python bench/bench_packing.py [--layers 6 --embd 512 --vocab 65536 --ctx 512 --records 256 --micro 1 8]
     python bench/bench_packing.py --quick          # tiny sizes: checks that it runs
+    python bench/bench_packing.py --lengths lognormal --micro 8 --arms unpacked packed
 
-Short SFT records (lengths uniform around ctx_len / 4, the prompt half masked) are
-trained three ways per round, for each ``--micro`` (rows per microbatch):
+Short SFT records (mean length ctx_len / 4, the prompt half masked) are trained
+three ways per round, for each ``--micro`` (rows per microbatch). ``--lengths``
+picks their spread: ``uniform`` in [ctx/8, 3 ctx/8] (narrow: a microbatch's
+longest row is close to its mean), or ``lognormal`` (sigma 0.8, capped at
+ctx_len: a long right tail, the usual shape of instruction/chat datasets' lengths,
+so a microbatch's longest row is often several times its mean):
 
 * ``unpacked, padded to longest``: each record a row, a microbatch padded to its
   longest row (what this trainer does, training/batches.py);
@@ -24,6 +29,7 @@ a quarter of ctx_len.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -36,12 +42,26 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_train import build_model, make_opt, provenance  # noqa: E402
 
 
-def records(n: int, ctx: int, vocab: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:
-    """``n`` SFT-like records, lengths uniform in [ctx/8, 3 ctx/8] (mean ctx/4), prompt half masked."""
+LOGNORMAL_SIGMA = 0.8
+
+
+def record_length(ctx: int, spread: str, g: torch.Generator) -> int:
+    """One record's length, mean about ctx/4: uniform in [ctx/8, 3 ctx/8], or lognormal capped at ctx."""
+    if spread == "uniform":
+        return int(torch.randint(max(2, ctx // 8), max(3, 3 * ctx // 8) + 1, (1,), generator=g))
+    # exp(N(mu, sigma)) has mean exp(mu + sigma^2 / 2); mu is set so that mean is ctx / 4
+    mu = math.log(ctx / 4) - LOGNORMAL_SIGMA ** 2 / 2
+    draw = math.exp(mu + LOGNORMAL_SIGMA * float(torch.randn((), generator=g)))
+    return min(ctx, max(2, round(draw)))
+
+
+def records(n: int, ctx: int, vocab: int, spread: str = "uniform",
+            seed: int = 0) -> list[tuple[list[int], list[int]]]:
+    """``n`` SFT-like records of mean length about ctx/4 (see ``record_length``), prompt half masked."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(n):
-        length = int(torch.randint(max(2, ctx // 8), max(3, 3 * ctx // 8) + 1, (1,), generator=g))
+        length = record_length(ctx, spread, g)
         ids = torch.randint(1, vocab, (length,), generator=g).tolist()
         prompt = length // 2
         out.append((ids, [0] * prompt + [1] * (length - prompt)))
@@ -99,11 +119,12 @@ ARMS = {
 
 def compare(model, opt, rows, micro: int, a, settings) -> None:
     """The three arms at one microbatch size, alternating rounds; prints their table."""
-    arms = {
-        "unpacked": unpacked_batches(rows, micro),
-        "ctx": ctx_padded_batches(rows, micro, a.ctx),
-        "packed": packed_batches(rows, micro, a.ctx, a.align),
+    build = {
+        "unpacked": lambda: unpacked_batches(rows, micro),
+        "ctx": lambda: ctx_padded_batches(rows, micro, a.ctx),
+        "packed": lambda: packed_batches(rows, micro, a.ctx, a.align),
     }
+    arms = {name: build[name]() for name in ARMS if name in a.arms}
     for batches in arms.values():  # warm-up: kernels resolved, allocator primed
         run_round(model, opt, batches[:1], settings)
     rates: dict[str, list[float]] = {name: [] for name in arms}
@@ -122,8 +143,10 @@ def compare(model, opt, rows, micro: int, a, settings) -> None:
         computed = sum(b["input_ids"].numel() for b in batches)
         print(f"  {ARMS[name]:<47} {len(batches):>12} {computed:>15} {med[name]:>13.0f}  "
               f"{', '.join(f'{r:.0f}' for r in rates[name])}")
-    print(f"  packed / unpacked padded to longest: {med['packed'] / med['unpacked']:.2f}x (target >= 2x)")
-    print(f"  packed / unpacked padded to ctx_len: {med['packed'] / med['ctx']:.2f}x")
+    if "unpacked" in med:
+        print(f"  packed / unpacked padded to longest: {med['packed'] / med['unpacked']:.2f}x (target >= 2x)")
+    if "ctx" in med:
+        print(f"  packed / unpacked padded to ctx_len: {med['packed'] / med['ctx']:.2f}x")
 
 
 def main() -> None:
@@ -138,6 +161,10 @@ def main() -> None:
     p.add_argument("--align", type=int, default=32, help="data.packing_align")
     p.add_argument("--rounds", type=int, default=3, help="rounds of each arm, alternating")
     p.add_argument("--arch", default="rwkv5", choices=["rwkv5", "rwkv7"])
+    p.add_argument("--lengths", default="uniform", choices=["uniform", "lognormal"],
+                   help="spread of the record lengths (mean ctx/4 either way)")
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS),
+                   help="which arms to run (packed always runs)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, one round: checks that it runs")
     a = p.parse_args()
     if a.quick:
@@ -150,11 +177,14 @@ def main() -> None:
     model = build_model(a.layers, a.embd, a.vocab, "torch", a.arch)
     model.require_resets()
     opt = make_opt(model)
-    rows = records(a.records, a.ctx, a.vocab)
+    a.arms = sorted(set(a.arms) | {"packed"}, key=list(ARMS).index)
+    rows = records(a.records, a.ctx, a.vocab, a.lengths)
     settings = BpttSettings(ctx_len=a.ctx)
     print(provenance())
-    print(f"{a.arch} L{a.layers} C{a.embd} V{a.vocab}, ctx_len {a.ctx}, {a.records} records "
-          f"(mean {sum(len(r[0]) for r in rows) / len(rows):.0f} tokens), align {a.align}, "
+    lengths = sorted(len(r[0]) for r in rows)
+    print(f"{a.arch} L{a.layers} C{a.embd} V{a.vocab}, ctx_len {a.ctx}, {a.records} records, {a.lengths} "
+          f"lengths (mean {sum(lengths) / len(lengths):.0f}, median {lengths[len(lengths) // 2]}, "
+          f"max {lengths[-1]} tokens), align {a.align}, "
           f"torch threads {torch.get_num_threads()}")
     for micro in a.micro:
         compare(model, opt, rows, micro, a, settings)

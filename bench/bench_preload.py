@@ -8,8 +8,9 @@ file. For each tokenizer we time:
   with a ``threads`` setting (world) is timed once per ``--procs`` value, on
   that many threads, as preload's ``num_proc`` runs it; others (neox: Rust
   threads on every core) once;
-* preload: ``prepare_dataset(force=True)`` with ``num_proc`` 1 and 2: load
-  the jsonl, tokenise, filter, rechunk to 4096, split and save to disk.
+* preload: ``prepare_dataset(force=True, load=False)`` with ``num_proc`` 1 and 2, as
+  ``rwkv-plug preload`` calls it: load the jsonl, tokenise, filter, rechunk to 4096,
+  split and save to disk (the saved dataset is not opened afterwards).
 
 Each measurement is repeated ``--repeat`` times after one warm-up round,
 bare and preload runs interleaved. The ratio is given for the fastest run of each (the one least
@@ -27,6 +28,8 @@ far less than wall-clock time when other jobs share the machine.
 ``--also-unstreamed`` adds preload runs that parse the whole source before
 tokenising (data/streamed.py turned off), in the same run: the gain of
 tokenising while parsing.
+``--also-loaded`` adds preload runs that also open the saved dataset, as ``fit`` and
+``inspect`` call ``prepare_dataset``, in the same run: what opening it costs.
 ``--also-copied`` adds preload runs whose save copies the train split (as
 ``save_to_disk`` does) instead of moving the file the rechunker wrote while
 tokenising (data/in_place.py), in the same run: the gain of the move.
@@ -35,6 +38,7 @@ each stage ran, on which thread, and its thread CPU time (bench/stages.py): wher
 the serial parts are.
 
 Usage: python bench/bench_preload.py [--mb 25] [--tokenizers neox,world] [--repeat 5] [--stages]
+       [--also-loaded] [--also-copied] [--also-unstreamed] [--also-load-dataset]
        python bench/bench_preload.py --quick    (2 MB, world, 1 run: checks that it runs)
 (the neox tokenizer file comes from RWKV_PLUG_NEOX_TOKENIZER).
 """
@@ -76,6 +80,8 @@ def main() -> None:
                     help="also time preload with the source read by datasets.load_dataset")
     ap.add_argument("--also-unstreamed", action="store_true",
                     help="also time preload with parsing and tokenising one after the other")
+    ap.add_argument("--also-loaded", action="store_true",
+                    help="also time preload with the saved dataset opened afterwards (as fit does)")
     ap.add_argument("--also-copied", action="store_true",
                     help="also time preload with the train split copied by the save, not moved")
     ap.add_argument("--stages", action="store_true", help="print a per-stage timeline of one more run")
@@ -112,6 +118,8 @@ def main() -> None:
                 runs += [(p, "unstreamed") for p in procs_list]
             if args.also_copied:
                 runs += [(p, "copied") for p in procs_list]
+            if args.also_loaded:
+                runs += [(p, "loaded") for p in procs_list]
             # bare on the threads preload's num_proc gives it (world), or as it comes (0)
             threaded = tok.threads is not None
             bare_s: dict[int, list[float]] = {p: [] for p in (procs_list if threaded else [0])}
@@ -133,7 +141,7 @@ def main() -> None:
                     cfg = {"data_path": str(Path(tmp) / f"out-{name}-{procs}"), "source": str(src),
                            "tokenizer": name, "text_rechunk_force": True, "num_proc": procs}
                     direct.DIRECT_LIMIT = -1 if how == "load_dataset" else limit  # -1: every source falls back
-                    streamed.ENABLED = how in ("", "copied")
+                    streamed.ENABLED = how in ("", "copied", "loaded")
                     if how == "copied":  # every split saved by save_to_disk
                         from rwkv_plug.data import in_place
 
@@ -141,7 +149,7 @@ def main() -> None:
                         in_place.save_splits = lambda dd, folder, _files=None: moves(dd, folder, {})
                     c0, t0 = time.process_time(), time.perf_counter()
                     try:
-                        prepare_dataset(cfg, force=True, log=lambda _msg: None)
+                        prepare_dataset(cfg, force=True, log=lambda _msg: None, load=how == "loaded")
                     finally:
                         direct.DIRECT_LIMIT, streamed.ENABLED = limit, True
                         if how == "copied":
@@ -159,7 +167,8 @@ def main() -> None:
                 fast, med = min(bare), statistics.median(bare)
                 cpu = statistics.median(bare_cpu[procs if threaded else 0]) / statistics.median(pre_cpu[procs, how])
                 label = {"": "", "load_dataset": " (source via load_dataset)",
-                         "unstreamed": " (parse, then tokenise)", "copied": " (train split copied)"}[how]
+                         "unstreamed": " (parse, then tokenise)", "copied": " (train split copied)",
+                         "loaded": " (result opened)"}[how]
                 p_fast, p_med = min(times), statistics.median(times)
                 print(f"{name}: preload num_proc={procs}{label}: {tokens / p_fast / 1e3:,.0f}k tok/s "
                       f"(fastest {p_fast:.3f} s, median {p_med:.3f} s), {fast / p_fast:.2f}x bare "
@@ -171,7 +180,8 @@ def main() -> None:
                     cfg = {"data_path": str(Path(tmp) / f"out-{name}-{procs}"), "source": str(src),
                            "tokenizer": name, "text_rechunk_force": True, "num_proc": procs}
                     print(f"{name}: stages of one preload, num_proc={procs} (ms from its start)")
-                    for line in timeline(lambda: prepare_dataset(cfg, force=True, log=lambda _msg: None)):
+                    for line in timeline(lambda: prepare_dataset(cfg, force=True, log=lambda _msg: None,
+                                                                 load=False)):
                         print("  " + line)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 

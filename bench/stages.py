@@ -21,7 +21,7 @@ STAGES = [
     ("rwkv_plug.data.in_process", "ChunkOutput.finish", "finish the rechunked split"),
     ("rwkv_plug.data.pipeline", "_arrange", "cut the test split"),
     ("rwkv_plug.data.in_place", "save_splits", "save the splits"),
-    ("rwkv_plug.data.pipeline", "_finish_summary", "split statistics"),
+    ("rwkv_plug.data.pipeline", "finish_summary", "split statistics"),
     ("rwkv_plug.data.store", "write_meta", "write the record"),
     ("rwkv_plug.data.store", "publish", "publish"),
     ("datasets", "load_from_disk", "load the result"),

@@ -41,7 +41,7 @@ def preload(config: str, force: bool) -> None:
     if not cfg.source:
         raise ConfigError(f"{config}: data.source is required to build data_path (skip_datapath_setup only "
                           "lets fit and inspect do without it)")
-    _, status = prepare_dataset(cfg, force=force, log=click.echo)
+    _, status = prepare_dataset(cfg, force=force, log=click.echo, load=False)  # on disk is all it needs
     if status == "reused":
         summary = load_summary(cfg.data_path)
         if summary is not None:

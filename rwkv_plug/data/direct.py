@@ -152,11 +152,12 @@ def _text_and_other(tables: list) -> bool:
 def file_tables(builder: str, path: Path, split_files: list[Path], lead: int = 0) -> Iterator[Any]:
     """The parsed batches of one file of a split (whose files are ``split_files``), in order.
 
-    ``lead`` > 0 (JSON only): the first batch comes in two, its first ``lead`` bytes (to a
-    line end) and the rest, so that a caller who tokenises each batch starts sooner. Both
-    parts having the same column types is what the whole batch has (the types are the
-    promotion of every value's); where they differ ``assemble`` refuses them, as a change
-    of types between batches.
+    ``lead`` > 0 (JSON only): the first batch comes in parts, its first ``lead`` bytes (to a
+    line end), then parts of about twice the size before, so that a caller who tokenises
+    each batch starts sooner and does not wait for the next part's parse (see
+    ``_batch_parts``). All parts having the same column types is what the whole batch has
+    (the types are the promotion of every value's); where they differ ``assemble`` refuses
+    them, as a change of types between batches.
     """
     try:
         yield from (_json_tables(path, lead) if builder == "json" else _READERS[builder](path))
@@ -199,25 +200,45 @@ def _json_tables(path: Path, lead: int = 0) -> Iterator[Any]:
     workers = max(1, min(4, cpu_count()))
     pending: list = []
     with open(path, "rb") as f, ThreadPoolExecutor(workers) as pool:
-        first = True
+        first, handed = True, lead <= 0
         while True:
-            batch = f.read(JSON_CHUNK)
-            if not batch:
+            read = False
+            for i, part in enumerate(_batch_parts(f, lead if first else 0)):
+                if i == 0 and (part.startswith(b"[") or (first and part.startswith(codecs.BOM_UTF8))):
+                    raise _Fallback  # datasets converts a JSON array / strips the BOM first
+                read = True
+                pending.append(pool.submit(_parse_json_batch, part))
+                # the lead part is handed on once the next is being parsed; then up to
+                # ``workers`` parts wait, parsed or being parsed (bounding the bytes held)
+                while len(pending) > (workers if handed else 1):
+                    handed = True
+                    yield pending.pop(0).result()
+            if not read:
                 break
-            if batch.startswith(b"[") or (first and batch.startswith(codecs.BOM_UTF8)):
-                raise _Fallback  # datasets converts a JSON array / strips the BOM first
-            batch += f.readline()
-            cut = batch.find(b"\n", lead) + 1 if first and lead > 0 else 0
             first = False
-            if 0 < cut < len(batch):
-                whole = memoryview(batch)  # the two parts without a copy
-                pending.append(pool.submit(_parse_json_batch, whole[:cut]))
-                batch = whole[cut:]
-            pending.append(pool.submit(_parse_json_batch, batch))
-            if len(pending) > workers:  # bound the bytes held in memory
-                yield pending.pop(0).result()
         while pending:
             yield pending.pop(0).result()
+
+
+def _batch_parts(f: Any, lead: int) -> Iterator[bytes]:
+    """The next batch of the open file ``f``: JSON_CHUNK bytes and the rest of their last
+    line, as datasets reads it. With ``lead`` > 0 it comes in parts, each read when the
+    one before has been taken, that end at the first line end at or past ``lead``,
+    ``3 * lead``, ``7 * lead``, ... bytes (each part about twice the one before) and at
+    the batch's end."""
+    pos, cut = 0, lead
+    while 0 < cut < JSON_CHUNK:
+        if pos <= cut:  # else a long line ran past this cut
+            part = f.read(cut - pos) + f.readline()
+            if not part:
+                return
+            pos += len(part)
+            yield part
+        cut = 2 * cut + lead
+    if pos <= JSON_CHUNK:  # else the last part ended where the batch does
+        part = f.read(JSON_CHUNK - pos) + f.readline()
+        if part:
+            yield part
 
 
 def _parse_json_batch(batch: bytes | memoryview) -> Any:

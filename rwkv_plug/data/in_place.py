@@ -7,7 +7,9 @@ will be the first rows of the rechunked ones in order (the test split cut from t
 end, nothing sorted, shuffled or reversed), the rechunker writes each batch of chunks
 to its file as soon as they are cut, keeping back only the last ones the test split
 will take (:func:`hold`), and :func:`save_splits` moves that file into the saved
-folder instead of copying it, writing the same JSON files as ``save_to_disk``.
+folder instead of copying it, writing the same JSON files as ``save_to_disk``. The
+chunks kept back are written to a file of their own when tokenising ends, and that
+file becomes the saved test split the same way.
 
 Whether the file really is the split is checked at the end (its row count), and any
 doubt gives the ordinary save: the saved dataset is the same either way.
@@ -44,12 +46,18 @@ def hold(cfg: Any, name: str, cut_test: bool) -> Callable[[int], int] | None:
     return lambda n: test_count(n, test_split)
 
 
-def moves(cfg: Any, files: dict[str, tuple[str, int]], train: Any) -> dict[str, str]:
+def moves(cfg: Any, files: dict[str, tuple[str | None, int, str | None, int]], train: Any,
+          test: Any) -> dict[str, str]:
     """``{"train": file}`` when the arranged ``train`` split is all the rows of the
-    rechunker's file (``files["train"]``: its path and rows) and only those."""
-    file, rows = files.get("train", (None, 0))
+    rechunker's file (``files["train"]``: its path and rows, then the path and rows of
+    the file of the chunks it kept back, or None) and only those; with ``"test": rest``
+    too when ``test`` is all the rows of that second file (the rechunker keeps back only
+    the chunks a test split cut from the end takes, so the two are then the same)."""
+    file, rows, rest, rest_rows = files.get("train", (None, 0, None, 0))
     if file is None or not keeps_order(cfg) or len(train) != rows:
         return {}
+    if rest is not None and len(test) == rest_rows:
+        return {"train": file, "test": rest}
     return {"train": file}
 
 

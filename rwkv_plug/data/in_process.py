@@ -50,16 +50,19 @@ def encode_in_process(name: str, ds, fn: Encoder, output: "ChunkOutput | FileOut
 
 
 def encode_tables(name: str, tables: Iterator[pa.Table], fn: Encoder, output: "ChunkOutput | FileOutput",
-                  rows: Callable[[pa.Table], dict]) -> pa.Table:
+                  rows: Callable[[pa.Table], dict], batch_bytes: int | None = None,
+                  min_rows: int | None = None) -> pa.Table:
     """:func:`encode_in_process` of a split that arrives as Arrow tables (the source's
     rows in order, each table one batch, as a parser yields them): each is encoded
     while the next is taken from ``tables``. ``rows(table)`` gives a table's rows as
-    ``datasets`` formats them, for a strategy that declines the Arrow path."""
+    ``datasets`` formats them, for a strategy that declines the Arrow path.
+    ``batch_bytes`` and ``min_rows``: the size of an encoded batch in source bytes and
+    its floor in rows (defaults: BATCH_BYTES and MIN_BATCH_ROWS, as encode_in_process)."""
     def jobs() -> Iterator[tuple[Callable, tuple]]:
         done = 0
-        for table in tables:  # cut as encode_in_process cuts a split
+        for table in tables:
             n = table.num_rows
-            step = _step(table.nbytes, n, n)
+            step = _step(table.nbytes, n, n, batch_bytes, min_rows)
             for start in range(0, n, step):
                 part = table.slice(start, step)
                 indices = list(range(done + start, done + start + part.num_rows))
@@ -72,10 +75,14 @@ def encode_tables(name: str, tables: Iterator[pa.Table], fn: Encoder, output: "C
     return _run(name, jobs(), None, fn.flat, output)
 
 
-def _step(nbytes: int, table_rows: int, n: int) -> int:
-    """Rows per batch: about BATCH_BYTES of source, at least MIN_BATCH_ROWS, at most ``n``."""
+def _step(nbytes: int, table_rows: int, n: int, batch_bytes: int | None = None,
+          min_rows: int | None = None) -> int:
+    """Rows per batch: about ``batch_bytes`` (BATCH_BYTES) of source, at least ``min_rows``
+    (MIN_BATCH_ROWS), at most ``n``."""
+    batch_bytes = BATCH_BYTES if batch_bytes is None else batch_bytes
+    min_rows = MIN_BATCH_ROWS if min_rows is None else min_rows
     per_row = max(1, nbytes // max(1, table_rows))
-    return max(1, min(n, max(MIN_BATCH_ROWS, BATCH_BYTES // per_row)))
+    return max(1, min(n, max(min_rows, batch_bytes // per_row)))
 
 
 def _run(name: str, jobs: Iterator[tuple[Callable, tuple]], total: int | None, ahead: bool,

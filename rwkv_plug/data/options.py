@@ -120,8 +120,9 @@ DATA_OPTIONS: tuple[Option, ...] = (
            "pool costs more than it saves), the `world` tokenizer still on `num_proc` threads. `num_proc` "
            "counts tokenising workers only: the main thread rechunks each batch while the next is tokenised, "
            "and a local JSON source is parsed on up to 4 threads. A JSON Lines `train` source tokenised in one "
-           "process (and with no `dataset_offset`/`dataset_length`) is tokenised while it is parsed, one 10 MB "
-           "batch after another (the first 2 MB on their own, so tokenising starts sooner), giving the same "
+           "process (and with no `dataset_offset`/`dataset_length`) is tokenised while it is parsed: read and "
+           "parsed one 10 MB batch after another (the first batch in parts of about 1, 2, 4 MB, so "
+           "tokenising starts sooner), tokenised in batches of about 4 MB, giving the same "
            "dataset as parsing first; other sources are parsed whole "
            "before tokenising starts.",
            type=int, check=_at_least(1), shown_default="CPU count"),

@@ -24,8 +24,9 @@ from rwkv_plug.data import in_place, store, tempdirs
 from rwkv_plug.data.encode import StrategyFailed
 from rwkv_plug.data.locate import RowLocator, no_locator
 from rwkv_plug.data.options import DATA_OPTIONS, DataConfig, data_config, resolve_data_config
+from rwkv_plug.data.rechunk import RechunkResult
 from rwkv_plug.data.sources import Source, load_source, resolve_source
-from rwkv_plug.data.summary import SplitStats, Summary, split_stats
+from rwkv_plug.data.summary import Summary, chunk_stats, finish_summary
 from rwkv_plug.data.workers import cpu_count, main_handles_ctrl_c
 
 Log = Callable[[str], None]
@@ -50,11 +51,13 @@ def load_summary(data_path: str | Path) -> Summary | None:
     return Summary.from_json(meta["summary"]) if meta and meta.get("summary") else None
 
 
-def prepare_dataset(data_cfg: Mapping[str, Any], *, force: bool = False, log: Log = print):
+def prepare_dataset(data_cfg: Mapping[str, Any], *, force: bool = False, log: Log = print, load: bool = True):
     """Build ``data_path`` if missing or stale (or ``force``), else reuse it.
 
     Returns ``(DatasetDict with train and test, "built" | "reused")``; both
     splits have columns ``input_ids`` (int32 lists) and ``loss_mask`` (int8).
+    With ``load=False`` (``preload``: the dataset on disk is all it wants) the
+    DatasetDict is not opened and None stands in its place.
     """
     import datasets
 
@@ -62,6 +65,7 @@ def prepare_dataset(data_cfg: Mapping[str, Any], *, force: bool = False, log: Lo
     from rwkv_plug.core import plugins
     from rwkv_plug.data.tokenizer import load_tokenizer
 
+    opened = datasets.load_from_disk if load else (lambda _path: None)
     cfg = _resolved(data_cfg)
     data_path = Path(cfg.data_path).expanduser().resolve()
     if cfg.skip_datapath_setup and not force:
@@ -83,7 +87,7 @@ def prepare_dataset(data_cfg: Mapping[str, Any], *, force: bool = False, log: Lo
     reason = "--force was given" if force else store.stale_reason(data_path, parts)
     if reason is None:
         log(f"reusing the dataset at {data_path} (its fingerprint matches the config, source and tokenizer)")
-        return datasets.load_from_disk(str(data_path)), "reused"
+        return opened(str(data_path)), "reused"
     store.check_replaceable(data_path)
     log(f"building the dataset at {data_path}: {reason}")
     staged = store.build_dir(data_path)
@@ -92,11 +96,14 @@ def prepare_dataset(data_cfg: Mapping[str, Any], *, force: bool = False, log: Lo
     try:
         dd, summary, strategy, columns, moves = _build(cfg, src, tokenizer, work, log)
         parts = _parts(base, cfg, tokenizer, strategy)
-        # the statistics and the id check read the splits while the save writes them
-        with ThreadPoolExecutor(1) as pool:
-            checked = pool.submit(_finish_summary, dd, summary, tokenizer.vocab_size)
+        late = set(dd) - set(summary.splits)  # rechunked splits' statistics came with the chunks
+        with ThreadPoolExecutor(1) as pool:  # the others' and the id check run while the save writes
+            checked = pool.submit(finish_summary, dd, summary, tokenizer.vocab_size) if late else None
+            if not late:
+                finish_summary(dd, summary, tokenizer.vocab_size)  # only the id check is left
             in_place.save_splits(dd, staged, moves)  # dd.save_to_disk, a file written already moved
-            checked.result()  # a bad id raises here, before anything is published
+            if checked is not None:
+                checked.result()  # a bad id raises here, before anything is published
         entry = store.plugin_version(plugins.strategies(), summary.strategy)
         store.write_meta(staged, {"meta_version": store.META_VERSION, "parts": parts,
                                   "fingerprint": store.digest(parts), "strategy": entry,
@@ -114,7 +121,7 @@ def prepare_dataset(data_cfg: Mapping[str, Any], *, force: bool = False, log: Lo
     try:
         for line in summary.lines():
             log(line)
-        return datasets.load_from_disk(str(data_path)), "built"
+        return opened(str(data_path)), "built"
     finally:
         if remover is not None:
             remover.join()
@@ -158,8 +165,9 @@ class _Build:
     strategy: type | None = None
     rechunk: tuple[int, list[int]] | None = None  # (text_rechunk_size, separator ids) when rechunking
     cut_test: bool = True  # the test split is cut from train (the source has none)
-    files: dict[str, tuple[str, int]] = field(default_factory=dict)  # a split's rechunk file, its rows
-    # (data/in_place.py: the train file is moved into data_path, not copied)
+    # a split's rechunk file and its rows, then the file of the chunks kept back and its rows
+    files: dict[str, tuple[str | None, int, str | None, int]] = field(default_factory=dict)
+    # (data/in_place.py: the files are moved into data_path, not copied)
 
 
 def _as_it_is(data_path: Path, log: Log):
@@ -189,7 +197,7 @@ def _build(cfg: DataConfig, src: Source, tokenizer, work: Path, log: Log):
         columns, encoded = streamed
         train, test = _arrange(b, encoded)
         return (datasets.DatasetDict({"train": train, "test": test}), b.summary, b.strategy, columns,
-                in_place.moves(cfg, b.files, train))
+                in_place.moves(cfg, b.files, train, test))
     dd, ignored = load_source(src, cfg, cache_dir=str(work / "hf"), num_proc=nproc)
     b = _Build(cfg, tokenizer, work, nproc, Summary(tokenizer=summary), _locator(src, cfg))
     if ignored:
@@ -211,7 +219,7 @@ def _build(cfg: DataConfig, src: Source, tokenizer, work: Path, log: Log):
             raise DataError(f"{where + ': ' if where else ''}{name} {exc}") from None
     train, test = _arrange(b, encoded)
     return (datasets.DatasetDict({"train": train, "test": test}), b.summary, b.strategy, columns,
-            in_place.moves(cfg, b.files, train))
+            in_place.moves(cfg, b.files, train, test))
 
 
 def _select_rows(dd, cfg: DataConfig, summary: Summary) -> int:
@@ -253,28 +261,40 @@ def _packed(b: _Build, train):
     return result.dataset
 
 
-def _chunks(b: _Build, name: str, res):
-    """The dataset of a split's ``RechunkResult``, its remainder noted in the summary."""
+def _chunks(b: _Build, name: str, res: RechunkResult) -> RechunkResult:
+    """A split's ``RechunkResult``, checked, its remainder noted in the summary."""
     size = b.rechunk[0]
     b.summary.rechunk_remainder[name] = res.remainder
     if res.chunks == 0:
         raise DataError(f"the {name} split has fewer than text_rechunk_size={size} tokens "
                         f"({res.remainder}); lower data.text_rechunk_size or add data")
     if res.file is not None:
-        b.files[name] = (res.file, res.file_rows)
-    return res.dataset
+        b.files[name] = (res.file, res.file_rows, res.rest_file, res.chunks - res.file_rows)
+    return res
 
 
 def _arrange(b: _Build, encoded: dict):
     """``(train, test)``: the source's test split or one cut from train, then train packed,
-    sorted or reversed."""
+    sorted or reversed. ``encoded``: each split's Dataset, or its RechunkResult."""
     cfg, summary = b.cfg, b.summary
+    done = {k: v for k, v in encoded.items() if isinstance(v, RechunkResult)}
     if "test" in encoded:
         summary.notes.append("the source has a test split; data.test_split is not used")
-        train, test = encoded["train"], encoded["test"]
+        train, test = (done[k].dataset if k in done else encoded[k] for k in ("train", "test"))
+        picks = {"train": ("train", None), "test": ("test", None)}  # (source split, its rows)
     else:
-        train, test = splitting.split_train_test(encoded["train"], cfg.test_split,
-                                                 cfg.test_split_shuffle, _why_few(summary))
+        res = done.get("train")
+        rows = splitting.split_rows(res.chunks if res else len(encoded["train"]), cfg.test_split,
+                                    cfg.test_split_shuffle, summary.why_few())
+        if (res is not None and res.rest_file is not None and not cfg.test_split_shuffle
+                and len(rows[1]) == res.chunks - res.file_rows):
+            train, test = res.parts()  # the rows the selects take, each split's own file already
+        else:
+            train, test = ((res.dataset if res is not None else encoded["train"]).select(r) for r in rows)
+        picks = {"train": ("train", rows[0]), "test": ("train", rows[1])}
+    for name, (source, picked) in picks.items():  # the set of rows stays as it is from here on
+        if source in done:  # rechunked: the statistics came with the chunks
+            summary.splits[name] = chunk_stats(b.rechunk[0], done[source], picked)
     if cfg.packing_enable:
         train = _packed(b, train)
     if cfg.sort_by_length:
@@ -284,18 +304,8 @@ def _arrange(b: _Build, encoded: dict):
     return train, test
 
 
-def _finish_summary(dd, summary: Summary, vocab_size: int) -> None:
-    """Per-split statistics into ``summary``; raises if an id is outside the vocab."""
-    for name, ds in dd.items():
-        stats = summary.splits[name] = _split_stats(ds)
-        if stats.max_id >= vocab_size:
-            raise DataError(f"the {name} split holds token id {stats.max_id}, outside the tokenizer's "
-                            f"vocab of {vocab_size}; the tokenizer or the strategy made it (a strategy "
-                            "must only emit ids its tokenizer gives)")
-
-
 def _encode_split(b: _Build, name: str, ds, row_offset: int):
-    """The split's kept samples as a Dataset, rechunked when ``b.rechunk`` is set."""
+    """The split's kept samples as a Dataset, or rechunked (its RechunkResult) when ``b.rechunk`` is set."""
     from rwkv_plug.data.encode import Encoder, encoded_features
 
     # num_proc threads for a tokenizer that runs its own (world) in this process ...
@@ -374,18 +384,6 @@ def _locator(src: Source, cfg: DataConfig) -> Callable[[str, int], str]:
                       {"train": cfg.source_dataset_split or "train", "test": "test"})
 
 
-def _why_few(summary: Summary) -> str:
-    """Why few train samples may be left: rows skipped, and how rechunking counts."""
-    parts = []
-    rows_in, kept = summary.rows_in.get("train", 0), summary.documents_kept.get("train", 0)
-    if rows_in > kept:
-        reasons = ", ".join(f"{k}: {v.count}" for k, v in summary.skipped.items() if v.split == "train")
-        parts.append(f"{rows_in - kept} of {rows_in} source rows were skipped ({reasons})")
-    if summary.rechunk_size > 0:
-        parts.append(f"a sample is {summary.rechunk_size} tokens after rechunking")
-    return "; ".join(parts)
-
-
 def in_process(encoder, tokenizer) -> bool:
     """Whether tokenising runs in this process whatever ``num_proc`` says.
 
@@ -395,7 +393,3 @@ def in_process(encoder, tokenizer) -> bool:
     would only add start-up, pickling and shard-merge costs.
     """
     return bool(encoder.flat and (tokenizer.threads or 1) > 1)
-
-
-def _split_stats(ds) -> SplitStats:
-    return split_stats(ds)[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -17,13 +18,46 @@ import numpy as np
 
 @dataclass
 class RechunkResult:
-    dataset: object  # datasets.Dataset
     chunks: int
     remainder: int  # tokens at the end of the split, fewer than N, not used
-    #: the finished Arrow file that holds the first ``file_rows`` chunks (the rest, such as
-    #: those kept back for the test split, follow in memory); None when all are in memory
+    #: per chunk, in order: its trained tokens (mask sum less the first token's bit) and
+    #: largest id, so the split statistics need no pass over the saved tokens
+    trained: np.ndarray
+    top_ids: np.ndarray
+    #: the finished Arrow file that holds the first ``file_rows`` chunks; None when all
+    #: are in ``memory`` (a pa.Table)
     file: str | None = None
     file_rows: int = 0
+    #: the finished Arrow file of the chunks kept back (the last ``chunks - file_rows``),
+    #: when there is a ``file`` and any were kept back; None otherwise
+    rest_file: str | None = None
+    memory: Any = None
+
+    @cached_property
+    def dataset(self) -> Any:
+        """All the chunks as one ``datasets.Dataset``."""
+        import uuid
+
+        import datasets
+        from datasets.table import MemoryMappedTable, concat_tables
+
+        from rwkv_plug.data.encode import in_memory_samples, sample_features
+
+        if self.file is None:
+            return in_memory_samples(self.memory)
+        if self.rest_file is None:
+            return datasets.Dataset.from_file(self.file)
+        table = concat_tables([MemoryMappedTable.from_file(self.file), MemoryMappedTable.from_file(self.rest_file)])
+        return datasets.Dataset(table, info=datasets.DatasetInfo(features=sample_features()),
+                                fingerprint=uuid.uuid4().hex)
+
+    def parts(self) -> tuple[Any, Any]:
+        """The chunks of ``file`` and those of ``rest_file``, each a ``datasets.Dataset``
+        (the rows ``dataset.select`` would take for them, without the select)."""
+        import datasets
+
+        assert self.file is not None and self.rest_file is not None
+        return datasets.Dataset.from_file(self.file), datasets.Dataset.from_file(self.rest_file)
 
 
 def join_documents(lengths: np.ndarray, ids: np.ndarray, mask: np.ndarray,
@@ -46,7 +80,8 @@ class Rechunker:
     With ``hold`` (``hold(chunks so far)``: how many of the last chunks a test split cut
     from the end takes), every other chunk goes to ``path`` as soon as it is cut, so the
     file is written while tokenising goes on and can itself become the saved train
-    split (see data/in_place.py) instead of being copied by the save.
+    split (see data/in_place.py) instead of being copied by the save; the chunks kept
+    back go to a second file at :meth:`finish`, which can become the saved test split.
     """
 
     #: Chunks are kept in memory up to this many bytes (the final save then
@@ -63,6 +98,8 @@ class Rechunker:
         self.held_bytes = 0
         self.writer: Any = None
         self.file_rows = 0  # chunks written to path
+        self.trained: list[np.ndarray] = []  # per chunk, batch by batch (RechunkResult.trained)
+        self.top_ids: list[np.ndarray] = []
 
     def _write(self, table: Any) -> None:
         if self.hold is not None:
@@ -79,11 +116,7 @@ class Rechunker:
 
     def _to_file(self, table: Any) -> None:
         if self.writer is None:
-            from datasets.arrow_writer import ArrowWriter
-
-            from rwkv_plug.data.encode import sample_features
-
-            self.writer = ArrowWriter(features=sample_features(), path=self.path)
+            self.writer = _writer(self.path)
         self.writer.write_table(table)
         self.file_rows += table.num_rows
 
@@ -120,6 +153,9 @@ class Rechunker:
         c_mask = s_mask[:cut]  # s_mask is a fresh array, safe to edit
         if self.prefix_skip > 0:
             c_mask.reshape(n, size)[:, :self.prefix_skip] = 0
+        rows_mask = c_mask.reshape(n, size)  # a sample's first token is never a target
+        self.trained.append(rows_mask.sum(axis=1, dtype=np.int64) - rows_mask[:, 0])
+        self.top_ids.append(s_ids[:cut].reshape(n, size).max(axis=1))
         offsets = pa.array(np.arange(0, cut + 1, size, dtype=np.int32))
         self.chunks += n
         self._write(pa.table({
@@ -157,34 +193,50 @@ class Rechunker:
         return s_ids, s_mask
 
     def finish(self) -> RechunkResult:
-        import datasets
         import pyarrow as pa
 
-        from rwkv_plug.data.encode import in_memory_samples, sample_features
+        from rwkv_plug.data.encode import sample_features
 
+        done = RechunkResult(self.chunks, int(len(self.carry_ids)),
+                             np.concatenate(self.trained) if self.trained else np.zeros(0, np.int64),
+                             np.concatenate(self.top_ids) if self.top_ids else np.zeros(0, np.int32))
         if self.writer is None:
-            ds = in_memory_samples(pa.concat_tables(self.held) if self.held
-                                   else sample_features().arrow_schema.empty_table())
-            return RechunkResult(ds, self.chunks, int(len(self.carry_ids)))
+            done.memory = pa.concat_tables(self.held) if self.held else sample_features().arrow_schema.empty_table()
+            return done
         try:
             self.writer.finalize()
         finally:
             self.writer.close()
-        if self.held:  # the file's chunks, then those kept back for the test split
-            import uuid
-
-            from datasets.table import InMemoryTable, MemoryMappedTable, concat_tables
-
-            table = concat_tables([MemoryMappedTable.from_file(self.path), InMemoryTable(pa.concat_tables(self.held))])
-            ds = datasets.Dataset(table, info=datasets.DatasetInfo(features=sample_features()),
-                                  fingerprint=uuid.uuid4().hex)
-        else:
-            ds = datasets.Dataset.from_file(self.path)
-        return RechunkResult(ds, self.chunks, int(len(self.carry_ids)), self.path, self.file_rows)
+        done.file, done.file_rows = self.path, self.file_rows
+        if self.held:  # those kept back for the test split go to a file of their own
+            done.rest_file = _rest_path(self.path)
+            writer = _writer(done.rest_file)
+            try:
+                for table in self.held:
+                    writer.write_table(table)
+                writer.finalize()
+            finally:
+                writer.close()
+        return done
 
     def abort(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _writer(path: str) -> Any:
+    """An Arrow file writer for samples, as ``datasets`` writes a split's file."""
+    from datasets.arrow_writer import ArrowWriter
+
+    from rwkv_plug.data.encode import sample_features
+
+    return ArrowWriter(features=sample_features(), path=path)
+
+
+def _rest_path(path: str) -> str:
+    """The file of the chunks kept back, next to ``path``: ``x.arrow`` -> ``x-rest.arrow``."""
+    stem = path[:-len(".arrow")] if path.endswith(".arrow") else path
+    return f"{stem}-rest.arrow"
 
 
 def rechunk(ds, size: int, sep: Sequence[int], prefix_skip: int, path: str,

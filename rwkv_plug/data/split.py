@@ -45,12 +45,18 @@ def split_train_test(ds, test_split: float, shuffle: bool, why_few: str = ""):
     ``why_few`` (such as "3 of 5 source rows were skipped") is added to the
     error when too few samples are left to split.
     """
-    n = len(ds)
+    train, test = split_rows(len(ds), test_split, shuffle, why_few)
+    return ds.select(train), ds.select(test)
+
+
+def split_rows(n: int, test_split: float, shuffle: bool, why_few: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """The rows (indices) of the train and the test split that :func:`split_train_test` cuts
+    from ``n`` rows."""
     k = test_count(n, test_split)
     if k >= n:
         raise DataError(_too_few(n, k, test_split, why_few))
     order = np.random.default_rng(SPLIT_SEED).permutation(n) if shuffle else np.arange(n)
-    return ds.select(order[: n - k]), ds.select(order[n - k:])
+    return order[: n - k], order[n - k:]
 
 
 def _too_few(n: int, k: int, test_split: float, why_few: str) -> str:

@@ -30,9 +30,16 @@ from rwkv_plug.core.errors import DataError, RwkvPlugError
 #: False sends every source the ordinary way (bench/bench_preload.py compares the two).
 ENABLED = True
 #: Bytes of the source parsed on their own first (see ``direct.file_tables``): parsing
-#: them takes a fifth of a full batch's time, and the tokenizer, busy with them, does not
-#: wait for the rest of that batch, parsed meanwhile on another thread.
-LEAD_BYTES = 2 << 20
+#: them takes a tenth of a full batch's time; the rest of that batch follows in parts
+#: of about twice the size before, each parsed (faster than it is tokenised) while the
+#: tokenizer is busy with the one before.
+LEAD_BYTES = 1 << 20
+#: Source bytes per tokenised batch (no floor on its rows): half the in-process
+#: default, because the batch tokenised last is rechunked and written after
+#: tokenising ends, with nothing left to overlap it (smaller batches cost more
+#: per byte than they save there).
+BATCH_BYTES = 4 << 20
+MIN_BATCH_ROWS = 1
 
 
 class _Gone(Exception):
@@ -96,7 +103,7 @@ def _encode(b: Any, src: Any, batches: Iterator[Any], split_files: dict, per_fil
               else ChunkOutput("train", b.cfg, b.work, rechunk, in_place.hold(b.cfg, "train", True)))
     rows = _row_reader(first)
     try:
-        status = encode_tables("train", _chain(first, batches), fn, output, rows)
+        status = encode_tables("train", _chain(first, batches), fn, output, rows, BATCH_BYTES, MIN_BATCH_ROWS)
     except _Gone:
         raise
     except Exception as exc:  # encode_tables aborted the output

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from rwkv_plug.core.errors import DataError
+
 
 @dataclass
 class Skipped:
@@ -42,6 +44,17 @@ class Summary:
             self.skipped[reason] = Skipped(count, example_row, split, where)
         else:
             old.count += count
+
+    def why_few(self) -> str:
+        """Why few train samples may be left: rows skipped, and how rechunking counts."""
+        parts = []
+        rows_in, kept = self.rows_in.get("train", 0), self.documents_kept.get("train", 0)
+        if rows_in > kept:
+            reasons = ", ".join(f"{k}: {v.count}" for k, v in self.skipped.items() if v.split == "train")
+            parts.append(f"{rows_in - kept} of {rows_in} source rows were skipped ({reasons})")
+        if self.rechunk_size > 0:
+            parts.append(f"a sample is {self.rechunk_size} tokens after rechunking")
+        return "; ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,3 +117,25 @@ def split_stats(ds, batch_rows: int = 10_000) -> tuple[SplitStats, np.ndarray]:
             stats.max_id = max(stats.max_id, int(top))
     all_lengths = np.concatenate(lengths).astype(np.int64) if lengths else np.zeros(0, np.int64)
     return stats, all_lengths
+
+
+def chunk_stats(size: int, res: Any, rows: np.ndarray | None = None) -> SplitStats:
+    """``split_stats`` of a rechunked split, from what the rechunker kept per chunk
+    (``res``: its ``RechunkResult``): of the chunks ``rows`` (indices), or of all."""
+    trained, top = (res.trained, res.top_ids) if rows is None else (res.trained[rows], res.top_ids[rows])
+    samples = len(trained)
+    return SplitStats(samples=samples, tokens=samples * size, trained_tokens=int(trained.sum()),
+                      max_id=int(top.max()) if samples and size else -1)
+
+
+def finish_summary(dd: Any, summary: Summary, vocab_size: int) -> None:
+    """The statistics of each split of ``dd`` not in ``summary`` yet; raises a ``DataError``
+    if a split holds an id outside the vocab."""
+    for name, ds in dd.items():
+        stats = summary.splits.get(name)
+        if stats is None:
+            stats = summary.splits[name] = split_stats(ds)[0]
+        if stats.max_id >= vocab_size:
+            raise DataError(f"the {name} split holds token id {stats.max_id}, outside the tokenizer's "
+                            f"vocab of {vocab_size}; the tokenizer or the strategy made it (a strategy "
+                            "must only emit ids its tokenizer gives)")

@@ -165,9 +165,10 @@ def test_rechunker_stream_loop_matches_join_documents(sep, monkeypatch):
 def test_whole_build_same_with_and_without_the_arrow_path(tmp_path, monkeypatch, data, batch_rows):
     """One batch, or many (the helper thread with batches queued), against one
     batch without the Arrow path."""
-    from rwkv_plug.data import in_process
+    from rwkv_plug.data import in_process, streamed
     from rwkv_plug.data.pipeline import prepare_dataset
 
+    monkeypatch.setattr(streamed, "LEAD_BYTES", 0)  # the source parsed as one batch (it is tokenised as it is parsed)
     rows = [{"text": t} for t in texts(5, 3000, 120)]
     rows[5] = {"text": None}
     rows[9] = {"text": ""}
@@ -184,14 +185,15 @@ def test_whole_build_same_with_and_without_the_arrow_path(tmp_path, monkeypatch,
         dd, _ = prepare_dataset(cfg, force=True, log=lines.append)
         return {s: dd[s].with_format("arrow")[:] for s in ("train", "test")}, lines[1:]
 
-    sizes = in_process.BATCH_BYTES, in_process.MIN_BATCH_ROWS
-    if batch_rows:
-        monkeypatch.setattr(in_process, "BATCH_BYTES", 1)
-        monkeypatch.setattr(in_process, "MIN_BATCH_ROWS", batch_rows)
+    least = {module: module.MIN_BATCH_ROWS for module in (in_process, streamed)}
+    for module in least:
+        monkeypatch.setattr(module, "BATCH_BYTES", 1 if batch_rows else 1 << 30)
+        monkeypatch.setattr(module, "MIN_BATCH_ROWS", batch_rows or least[module])
     fast, fast_log = build("fast")
     assert len(calls) == (-(-3000 // batch_rows) if batch_rows else 1)
-    monkeypatch.setattr(in_process, "BATCH_BYTES", sizes[0])  # one batch
-    monkeypatch.setattr(in_process, "MIN_BATCH_ROWS", sizes[1])
+    for module in least:  # one batch
+        monkeypatch.setattr(module, "BATCH_BYTES", 1 << 30)
+        monkeypatch.setattr(module, "MIN_BATCH_ROWS", least[module])
     monkeypatch.setattr(TextStrategy, "encode_arrow", lambda self, t: None)
     slow, slow_log = build("slow")
     for split in ("train", "test"):
@@ -199,8 +201,10 @@ def test_whole_build_same_with_and_without_the_arrow_path(tmp_path, monkeypatch,
     assert fast_log == slow_log  # the same summary (the first line names the data path)
 
 
-def test_ids_outside_the_vocab_fail_the_build_and_publish_nothing(tmp_path, monkeypatch):
-    """The id check runs beside the save; its error still stops the build."""
+@pytest.mark.parametrize("data", [{}, {"text_rechunk_force": True, "text_rechunk_size": 64}])
+def test_ids_outside_the_vocab_fail_the_build_and_publish_nothing(tmp_path, monkeypatch, data):
+    """The id check runs beside the save (or, for rechunked splits, on the largest id of
+    each chunk, kept as they are cut); its error still stops the build."""
     from rwkv_plug.builtin_tokenizers.world import WorldTokenizer
     from rwkv_plug.core.errors import DataError
     from rwkv_plug.data.pipeline import prepare_dataset
@@ -210,7 +214,7 @@ def test_ids_outside_the_vocab_fail_the_build_and_publish_nothing(tmp_path, monk
     monkeypatch.setattr(WorldTokenizer, "vocab_size", property(lambda self: 300))
     out = tmp_path / "out"
     with pytest.raises(DataError, match="outside the tokenizer's vocab of 300"):
-        prepare_dataset({"data_path": str(out), "source": str(src), "tokenizer": "world"},
+        prepare_dataset({"data_path": str(out), "source": str(src), "tokenizer": "world", **data},
                         log=lambda _m: None)
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name not in ("src.jsonl",)]  # no staged/work left

@@ -49,6 +49,7 @@ def test_rechunker_writes_everything_when_the_test_chunks_would_not_fit_in_memor
     monkeypatch.setattr(Rechunker, "MEMORY_BYTES", 64 * 5 * 3)  # room for 3 chunks
     held = feed_all(Rechunker(64, [0], 1, str(tmp_path / "held.arrow"), hold=lambda n: n // 2))
     assert held.file_rows == held.chunks == plain.chunks  # none kept back: the save will copy
+    assert held.rest_file is None
     assert rows(held.dataset).equals(rows(plain.dataset))
 
 
@@ -58,8 +59,9 @@ def test_save_splits_moves_the_file_and_writes_what_save_to_disk_writes(tmp_path
     train, test = splitting.split_train_test(res.dataset, 0.1, False)
     dd = datasets.DatasetDict({"train": train, "test": test})
     dd.save_to_disk(str(tmp_path / "copied"))
-    in_place.save_splits(dd, tmp_path / "moved", {"train": res.file})
-    assert not (tmp_path / "work.arrow").exists()  # moved, not copied
+    assert res.rest_file == str(tmp_path / "work-rest.arrow")  # the test split's chunks
+    in_place.save_splits(dd, tmp_path / "moved", {"train": res.file, "test": res.rest_file})
+    assert not (tmp_path / "work.arrow").exists() and not (tmp_path / "work-rest.arrow").exists()  # moved
     moved, copied = tmp_path / "moved", tmp_path / "copied"
     names = ["dataset_dict.json"] + [f"{s}/{f}" for s in ("train", "test") for f in ("state.json", "dataset_info.json")]
     for name in names:
@@ -68,8 +70,9 @@ def test_save_splits_moves_the_file_and_writes_what_save_to_disk_writes(tmp_path
     back, want = datasets.load_from_disk(str(moved)), datasets.load_from_disk(str(copied))
     for split in ("train", "test"):
         assert len(back[split]) > 0 and rows(back[split]).equals(rows(want[split]))
-    assert json.loads((moved / "train" / "state.json").read_text())["_data_files"] == [
-        {"filename": "data-00000-of-00001.arrow"}]
+    for split in ("train", "test"):
+        assert json.loads((moved / split / "state.json").read_text())["_data_files"] == [
+            {"filename": "data-00000-of-00001.arrow"}]
 
 
 def test_save_splits_copies_when_the_file_is_not_the_split(tmp_path):
@@ -106,9 +109,42 @@ def test_build_moves_the_train_file_and_builds_the_same_dataset(tmp_path, monkey
         return {s: rows(dd[s]) for s in ("train", "test")}, store.read_meta(tmp_path / name)
 
     fast, fast_meta = build("fast")
-    assert moved == ([] if data.get("test_split_shuffle") else ["train"])
+    assert moved == ([] if data.get("test_split_shuffle") else ["train", "test"])
     monkeypatch.setattr(in_place, "_moves_whole", lambda ds, source: False)
     slow, slow_meta = build("slow")
     for split in ("train", "test"):
         assert fast[split].num_rows > 0 and fast[split].equals(slow[split]), split
     assert fast_meta["fingerprint"] == slow_meta["fingerprint"] and fast_meta["summary"] == slow_meta["summary"]
+
+
+@pytest.mark.usefixtures("offline_data")
+@pytest.mark.parametrize("stream, data", [
+    (True, {}),  # both splits' files moved
+    (True, {"test_split_shuffle": True, "data_prefix_skip_mask": 5}),  # rows picked at random
+    (True, {"sort_by_length": True, "test_split": 3}),
+    (False, {"num_proc": 2, "source_test": True}),  # the source's own test split
+])
+def test_statistics_from_the_chunks_are_those_of_the_saved_splits(tmp_path, monkeypatch, stream, data):
+    """The rechunker's per-chunk counts give the recorded statistics without a pass over
+    the saved tokens; they must be what a pass over the saved splits counts."""
+    from rwkv_plug.data import streamed, summary
+
+    monkeypatch.setattr(streamed, "ENABLED", stream)
+    passes = []
+    real = summary.split_stats
+    monkeypatch.setattr(summary, "split_stats", lambda ds, *a: passes.append(1) or real(ds, *a))
+    data = dict(data)
+    (tmp_path / "d").mkdir()
+    splits = [("train", 4)] + ([("test", 5)] if data.pop("source_test", False) else [])
+    for name, seed in splits:
+        (tmp_path / "d" / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"text": t}) + "\n" for t in texts(seed, 300, 120)), encoding="utf-8")
+    cfg = {"data_path": str(tmp_path / "out"), "source": "json", "source_data_dir": str(tmp_path / "d"),
+           "tokenizer": "world", "text_rechunk_force": True, "text_rechunk_size": 96, **data}
+    dd, _ = prepare_dataset(cfg, force=True, log=lambda _m: None)
+    assert passes == []  # no pass over the splits
+    recorded = store.read_meta(tmp_path / "out")["summary"]["splits"]
+    for split in ("train", "test"):
+        counted = real(dd[split])[0]
+        assert counted.samples > 0 and 0 < counted.trained_tokens < counted.tokens, split
+        assert recorded[split] == counted.__dict__, split

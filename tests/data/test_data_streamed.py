@@ -25,6 +25,8 @@ def small_batches(monkeypatch):
     monkeypatch.setattr(streamed, "LEAD_BYTES", 7_000)  # the first batch comes in two
     monkeypatch.setattr(in_process, "BATCH_BYTES", 1)
     monkeypatch.setattr(in_process, "MIN_BATCH_ROWS", 37)
+    monkeypatch.setattr(streamed, "BATCH_BYTES", 1)
+    monkeypatch.setattr(streamed, "MIN_BATCH_ROWS", 37)
     monkeypatch.setattr(load_tokenizer("world", {}), "threads", 2)
 
 
@@ -114,3 +116,42 @@ def test_a_strict_error_names_the_file_and_line_as_the_ordinary_build_does(tmp_p
         messages.append(str(err.value))
         assert not (tmp_path / f"out-{stream}").exists()
     assert messages[0] == messages[1] and "src.jsonl:432" in messages[0]
+
+
+def _batches_as_read_at_once(raw: bytes, chunk: int, lead: int) -> list[int]:
+    """Rows per part when each batch (``chunk`` bytes and the rest of their line) is read
+    whole and the first is cut after the first line end at or past ``lead``, ``3 * lead``,
+    ``7 * lead``, ... (those under ``chunk``)."""
+    parts, pos = [], 0
+    while pos < len(raw):
+        end = raw.find(b"\n", pos + chunk)
+        batch = raw[pos:len(raw) if end < 0 else end + 1]
+        cuts, at = [0], lead
+        while pos == 0 and 0 < at < chunk:
+            cut = batch.find(b"\n", at) + 1
+            if 0 < cut < len(batch) and cut > cuts[-1]:
+                cuts.append(cut)
+            at = 2 * at + lead
+        parts += [batch[a:b] for a, b in zip(cuts, cuts[1:] + [len(batch)])]
+        pos += len(batch)
+    return [p.count(b"\n") for p in parts]
+
+
+@pytest.mark.parametrize("lead", [0, 1, 37, 100, 333, 400, 999, 1000, 1001, 5000])
+def test_the_lead_parts_are_read_one_by_one_and_cut_where_the_whole_batch_would_be(tmp_path, monkeypatch, lead):
+    """The first batch's parts are read (and handed to the parser) one by one; they are
+    the parts of the batch read at once, also where a line ends at a cut or at the batch
+    size, or runs past them."""
+    import random
+
+    rnd = random.Random(lead)
+    monkeypatch.setattr(direct, "JSON_CHUNK", 1000)
+    for sizes in ([rnd.randint(0, 120) for _ in range(90)], [20] * 60, [1500, 3, 7, 2000, 5],
+                  [983, 5, 30], [987, 5, 5], [990] * 4, [2]):
+        rows = [{"text": "x" * n} for n in sizes]  # each line is 13 + n bytes with its newline
+        src = tmp_path / "src.jsonl"
+        write_rows(src, rows)
+        raw = src.read_bytes()
+        got = [t.num_rows for t in direct._json_tables(src, lead)]
+        assert got == _batches_as_read_at_once(raw, 1000, lead), sizes
+        assert sum(got) == len(rows)

@@ -7,6 +7,10 @@
 #include <pthread.h>
 
 #define PARALLEL_MIN_BYTES (1 << 16) /* smaller batches stay on the calling thread */
+/* The texts are handed out in runs of about this many bytes (a longer text is a run of its
+ * own): many short texts (an Arrow column's spans) then cost one grab of the shared counter
+ * per run, not per text, so the threads do not contend for its cache line. */
+#define RUN_BYTES (1 << 14)
 
 typedef struct {
     const TrieObject *trie;
@@ -14,16 +18,18 @@ typedef struct {
     const Py_ssize_t *lens, *offsets;
     Py_ssize_t *counts;
     int32_t *out;
-    Py_ssize_t n_texts;
-    Py_ssize_t next; /* shared work counter, taken atomically */
+    const Py_ssize_t *runs; /* run r is texts runs[r] .. runs[r + 1] - 1 */
+    Py_ssize_t n_runs;
+    Py_ssize_t next; /* shared run counter, taken atomically */
 } Batch;
 
 static void *batch_worker(void *arg) {
     Batch *b = arg;
     for (;;) {
-        Py_ssize_t i = __atomic_fetch_add(&b->next, 1, __ATOMIC_RELAXED);
-        if (i >= b->n_texts) break;
-        b->counts[i] = encode_bytes(b->trie, (const uint8_t *)b->texts[i], b->lens[i], b->out + b->offsets[i]);
+        Py_ssize_t r = __atomic_fetch_add(&b->next, 1, __ATOMIC_RELAXED);
+        if (r >= b->n_runs) break;
+        for (Py_ssize_t i = b->runs[r]; i < b->runs[r + 1]; i++)
+            b->counts[i] = encode_bytes(b->trie, (const uint8_t *)b->texts[i], b->lens[i], b->out + b->offsets[i]);
     }
     return NULL;
 }
@@ -35,20 +41,30 @@ static void *batch_worker(void *arg) {
  * Called with the GIL held; the byte strings must stay alive. */
 static int run_core(TrieObject *self, const char **ptrs, Py_ssize_t *lens, Py_ssize_t n, int threads,
                     int32_t **out_p) {
-    Py_ssize_t *offsets = lens + n, *counts = lens + 2 * n, total = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        offsets[i] = total;
-        total += lens[i];
+    Py_ssize_t *offsets = lens + n, *counts = lens + 2 * n, total = 0, n_runs = 0, run_end = 0;
+    Py_ssize_t *runs = malloc((size_t)(n + 1) * sizeof(Py_ssize_t));
+    int32_t *out = NULL;
+    if (runs) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            offsets[i] = total;
+            if (i == 0 || total >= run_end) { /* a new run starts at text i */
+                runs[n_runs++] = i;
+                run_end = total + RUN_BYTES;
+            }
+            total += lens[i];
+        }
+        runs[n_runs] = n;
+        out = malloc((size_t)(total ? total : 1) * sizeof(int32_t));
     }
-    int32_t *out = malloc((size_t)(total ? total : 1) * sizeof(int32_t));
     *out_p = out;
     if (!out) {
+        free(runs);
         free(ptrs);
         PyErr_NoMemory();
         return -1;
     }
-    Batch b = {self, ptrs, lens, offsets, counts, out, n, 0};
-    if (threads > n) threads = (int)n;
+    Batch b = {self, ptrs, lens, offsets, counts, out, runs, n_runs, 0};
+    if (threads > n_runs) threads = (int)n_runs;
     if (total < PARALLEL_MIN_BYTES) threads = 1;
     Py_BEGIN_ALLOW_THREADS
     pthread_t tids[64];
@@ -59,6 +75,7 @@ static int run_core(TrieObject *self, const char **ptrs, Py_ssize_t *lens, Py_ss
     batch_worker(&b);
     for (int k = 0; k < started; k++) pthread_join(tids[k], NULL);
     Py_END_ALLOW_THREADS
+    free(runs);
     free(ptrs);
     for (Py_ssize_t i = 0; i < n; i++) {
         if (counts[i] < 0) {

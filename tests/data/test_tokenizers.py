@@ -6,11 +6,13 @@ import json
 import os
 import pickle
 import random
+
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rwkv_plug.builtin_tokenizers import world as world_mod
@@ -126,6 +128,26 @@ def test_world_batch_threads_and_fallback_agree():
         ids = tok.encode(text)
         assert len(ids) > len(text.encode()) / 3 + 64
         assert ids == fallback.encode(text) == tok.encode_batch([text])[0]
+
+
+def test_world_batch_hands_out_short_and_long_texts_in_runs_and_keeps_their_order():
+    # thousands of short texts (taken by the threads in runs of ~16 KB) around a few texts
+    # longer than a run, in the batch, flat and span forms: every text's ids in its place
+    rng = random.Random(3)
+    short = [t[: rng.randint(0, 40)] for t in varied_texts(seed=4, count=4000)]
+    long_ = ["".join(varied_texts(seed=5, count=120))] * 3
+    texts = short[:1500] + long_[:1] + short[1500:3000] + long_[1:] + short[3000:]
+    tok = WorldTokenizer(find_vocab(), threads=2)
+    single = [tok.encode(t) for t in texts]
+    assert sum(len(t.encode()) for t in texts) > 1 << 16 and min(len(t.encode()) for t in long_) > 1 << 14
+    assert tok.encode_batch(texts) == single
+    ids, offsets = tok.encode_flat(texts)
+    assert [list(ids[a:b]) for a, b in zip(offsets[:-1], offsets[1:])] == single
+    data = "".join(texts).encode()
+    lens = np.array([len(t.encode()) for t in texts], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+    ids, offsets = tok.encode_spans(data, starts, lens)
+    assert [list(ids[a:b]) for a, b in zip(offsets[:-1], offsets[1:])] == single
 
 
 def test_world_round_trips_arbitrary_unicode():

@@ -50,6 +50,28 @@ def default_targets(model: nn.Module) -> list[str]:
     return sorted(leaves)
 
 
+def planned_trainable(shapes: Mapping[str, tuple], r: int, targets: Sequence[str] | str | None) -> int:
+    """The adapters' parameter count for a model of these state-dict ``shapes``, without building it:
+    each adapted linear layer ``(out, in)`` gets ``lora_A`` (r, in) and ``lora_B`` (out, r).
+
+    The linear layers are the 2-D ``<name>.weight`` tensors other than the embedding (the
+    models' other 2-D tensors are parameters of their own, named without ``.weight``);
+    ``targets`` None means :func:`default_targets`' rule, every one inside the blocks; a
+    string is a regular expression a layer's full name must match (peft's rule for one).
+    """
+    linear = {k[: -len(".weight")]: s for k, s in shapes.items()
+              if k.endswith(".weight") and len(s) == 2 and k != "emb.weight"}
+    if targets is None:
+        chosen = [n for n in linear if n.startswith("blocks.")]
+    elif isinstance(targets, str):
+        import re
+
+        chosen = [n for n in linear if re.fullmatch(targets, n)]
+    else:
+        chosen = [n for n in linear if any(_matches(n, t) for t in targets)]
+    return sum(r * (out + inp) for out, inp in (linear[n] for n in chosen))
+
+
 def resolve_targets(model: nn.Module, wanted: Sequence[str] | None, arch: str) -> list[str]:
     """``wanted`` checked against the model's linear layers (None: :func:`default_targets`).
 
@@ -119,17 +141,33 @@ def save_adapter(model: nn.Module, folder: str | os.PathLike) -> Path:
     return folder
 
 
-def read_adapter(folder: str | os.PathLike) -> tuple[Any, dict[str, torch.Tensor]]:
-    """(LoraConfig, weights with peft's prefix removed) of an adapter folder."""
-    from peft import LoraConfig
-    from safetensors.torch import load_file
-
+def _adapter_folder(folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     if not (folder / ADAPTER_CONFIG).is_file() or not (folder / ADAPTER_WEIGHTS).is_file():
         raise ModelError(f"'{folder}' is not a LoRA adapter folder (it needs {ADAPTER_CONFIG} and "
                          f"{ADAPTER_WEIGHTS}); write one with `rwkv-plug export` from a model.tuning: lora checkpoint")
+    return folder
+
+
+def read_adapter_config(folder: str | os.PathLike):
+    """The LoraConfig of an adapter folder (its weights not read)."""
+    from peft import LoraConfig
+
+    folder = _adapter_folder(folder)
     try:
-        config = LoraConfig.from_pretrained(str(folder))
+        return LoraConfig.from_pretrained(str(folder))
+    except Exception as exc:  # a foreign or broken file fails in many ways inside peft
+        raise ModelError(f"cannot read the adapter config in '{folder}': {type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:200]}") from None
+
+
+def read_adapter(folder: str | os.PathLike) -> tuple[Any, dict[str, torch.Tensor]]:
+    """(LoraConfig, weights with peft's prefix removed) of an adapter folder."""
+    from safetensors.torch import load_file
+
+    folder = _adapter_folder(folder)
+    config = read_adapter_config(folder)
+    try:
         weights = load_file(str(folder / ADAPTER_WEIGHTS))  # safetensors: data only, no code
     except Exception as exc:  # a foreign or broken file fails in many ways inside peft/safetensors
         raise ModelError(f"cannot read the adapter in '{folder}': {type(exc).__name__}: "

@@ -79,8 +79,13 @@ class StepShape:
     device_type: str = "cpu"
     #: model.kernel
     kernel: str = "auto"
-    #: model.tuning: ``full`` trains every weight, ``state`` only a WKV start state per layer
+    #: model.tuning: ``full`` trains every weight, ``state`` only a WKV start state per layer,
+    #: ``lora`` only the adapters of ``lora_targets`` (None: every linear layer in the blocks) at rank ``lora_r``
     tuning: str = "full"
+    lora_r: int = 32
+    lora_targets: tuple[str, ...] | str | None = None
+    #: model.lora_options were given (e.g. DoRA's magnitudes): trained parameters not counted here
+    lora_options: bool = False
     #: model.bptt_kept_states: chunk-start states exact BPTT keeps at once (-1: all; "auto": sized from the weights)
     kept_states: int | str = DEFAULT_KEPT_STATES
     #: model.head_chunk_tokens: the head and loss run this many tokens at a time (0: full logits)
@@ -257,6 +262,12 @@ def estimate(arch: type, shapes: Mapping[str, tuple], vocab: int, shape: StepSha
         trainable = params
         if shape.tuning == "state":
             trainable = outside["wkv"] + L * per["wkv"]
+        elif shape.tuning == "lora":
+            from rwkv_plug.models.lora import planned_trainable
+
+            trainable = planned_trainable(shapes, shape.lora_r, shape.lora_targets)
+            if shape.lora_options:
+                notes.append("model.lora_options: parameters they add (e.g. DoRA's magnitudes) are not counted")
         elif shape.tuning != "full":
             notes.append(f"model.tuning {shape.tuning}: its trained parameters are not modelled; gradients and "
                          "optimizer state are counted for every weight (an upper bound)")

@@ -120,6 +120,23 @@ def _to_stderr(message: str) -> None:
     click.echo(message, err=True)
 
 
+def _lora_shape(m) -> dict:
+    """StepShape's LoRA fields from the model section: the adapter folder's rank and targets when
+    training starts from one (as ``fit`` does), else ``lora_r`` and ``lora_target_modules``."""
+    if m.tuning != "lora":
+        return {}
+    r, targets = m.lora_r, m.lora_target_modules
+    if m.lora_adapter:
+        from rwkv_plug.models.lora import read_adapter_config
+
+        config = read_adapter_config(m.lora_adapter)
+        r, targets = config.r, config.target_modules
+    if targets is not None and not isinstance(targets, str):  # peft keeps a list as a set
+        targets = tuple(sorted(targets))
+    return {"lora_r": int(r), "lora_targets": targets,
+            "lora_options": bool(m.lora_options)}
+
+
 def run_plan(config: str, overrides: dict | None = None, echo: Callable[[str], None] = click.echo,
              log: Callable[[str], None] = _to_stderr):
     """The whole ``plan`` command; returns ``(DataStats, MemoryPlan)``.
@@ -192,6 +209,7 @@ def run_plan(config: str, overrides: dict | None = None, echo: Callable[[str], N
         strategy=_strategy_name(t.strategy), devices=world, bptt_learning=m.bptt_learning,
         grad_cp=m.grad_cp, device_type=_device_type(t.accelerator), kernel=str(m.kernel),
         tuning=m.tuning, kept_states=m.bptt_kept_states, head_chunk=m.head_chunk_tokens,
+        **_lora_shape(m),
     )
     plan = estimate(arch, shapes, vocab, shape)
     echo(f"memory per device (estimate): {arch.name}, {len(shapes)} tensors, vocab {vocab}; precision "

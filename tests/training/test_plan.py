@@ -161,3 +161,48 @@ def test_state_tuning_trains_only_the_start_states():
     assert grads["optimizer"] == 2 * 2 * 2 * 64 * 64 * 4
     full_act = next(t.nbytes for t in full.terms if t.name == "activations")
     assert grads["activations"] < full_act  # frozen weights: no inputs kept for weight gradients
+
+
+@pytest.mark.parametrize("arch_name", ["rwkv5", "rwkv7"])
+@pytest.mark.parametrize("targets", [None, ["key", "att.output"], r"blocks\.1\..*value"])
+def test_lora_counts_the_adapters_peft_trains(arch_name, targets):
+    from peft import LoraConfig
+
+    from rwkv_plug.models import load_model
+    from rwkv_plug.models.lora import add_lora, planned_trainable
+    from rwkv_plug.training.tuning import apply_tuning
+
+    arch = plugins.models().get(arch_name)
+    sd = arch.init_state_dict(2, 128, 1000)
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    model = load_model(sd, kernel="torch")
+    if isinstance(targets, str):  # a regular expression: only an adapter folder's config carries one
+        add_lora(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    else:
+        apply_tuning(model, {"tuning": "lora", "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+                             "lora_target_modules": targets, "lora_adapter": None, "lora_options": {}},
+                     log=lambda _: None)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert 0 < trained == planned_trainable(shapes, 4, targets)
+    plan = estimate(arch, shapes, 1000, StepShape(microbatch=1, ctx_len=64, chunks=3, tuning="lora", lora_r=4,
+                                                  lora_targets=targets))
+    terms = {t.name: t.nbytes for t in plan.terms}
+    assert terms["optimizer"] == 2 * trained * 4 and terms["gradients"] == 3 * trained * 4
+    assert not plan.notes
+
+
+def test_lora_from_an_adapter_folder_plans_with_its_rank_and_targets(tmp_path):
+    import types
+
+    from peft import LoraConfig
+
+    from rwkv_plug.models import load_model
+    from rwkv_plug.models.lora import add_lora, save_adapter
+    from rwkv_plug.training.plan import _lora_shape
+
+    model = load_model(plugins.models().get("rwkv5").init_state_dict(1, 64, 100), kernel="torch")
+    save_adapter(add_lora(model, LoraConfig(r=6, lora_alpha=8, target_modules=["value", "key"])), tmp_path)
+    m = types.SimpleNamespace(tuning="lora", lora_r=32, lora_target_modules=None, lora_adapter=str(tmp_path),
+                              lora_options={"use_rslora": True})
+    assert _lora_shape(m) == {"lora_r": 6, "lora_targets": ("key", "value"), "lora_options": True}
+    assert _lora_shape(types.SimpleNamespace(tuning="full")) == {}

@@ -144,13 +144,25 @@ def _within_chunk_factored(r: Tensor, w: Tensor, k: Tensor, a: Tensor, b: Tensor
     return A_rb, A_rk, A_ab, A_ak, r_dec, a_dec, b * to_end, k * to_end, g_end
 
 
+def _decays_known_bounded(w: Tensor) -> bool:
+    """Whether every decay is at least ``FACTORED_MIN_DECAY`` (the factored form applies).
+
+    Under ``FakeTensorMode`` (``rwkv-plug plan`` counts a step's memory with tensors that hold
+    no data) the values are unknown; an RWKV-7 model's decays are always above the bound
+    (``exp(-e^-0.5)`` ~ 0.545, models/rwkv7.py), so the factored path is the one a run takes.
+    """
+    from torch._subclasses.fake_tensor import is_fake
+
+    return is_fake(w) or bool(w.detach().min() >= FACTORED_MIN_DECAY)
+
+
 def _chunks(r, w, k, v, a, b, s0, tf32, flags=None, fresh=None):
     """All inputs ``(B, H, nc, L, N)``; returns ``y`` of that shape and the final state.
 
     ``flags`` (B, nc): chunks that start from ``fresh`` (see :mod:`rwkv_plug.kernels.resets`).
     """
     L, N = r.shape[-2:]
-    if bool(w.detach().min() >= FACTORED_MIN_DECAY):
+    if _decays_known_bounded(w):
         parts = _within_chunk_factored(r, w, k, a, b, tf32)
     elif torch.is_grad_enabled():
         # Recompute the (L, L + 1, N) intermediates in the backward instead of keeping

@@ -81,13 +81,20 @@ def _jsonable(value: Any) -> Any:
 
 def _file_identity(path: Path, hash_limit: int) -> dict[str, Any]:
     st = path.stat()
-    ident: dict[str, Any] = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, **file_fingerprint(path, hash_limit)}
+
+
+def file_fingerprint(path: str | Path, hash_limit: int = HASH_LIMIT) -> dict[str, Any]:
+    """A file's size and content hash: of all of it up to ``hash_limit`` bytes (or 64 MB), else of
+    64 evenly spaced 1 MB samples (``<algo>_sampled``). Two files with equal fingerprints hold, for
+    any practical purpose, the same bytes; the path and times are not part of it."""
+    path = Path(path)
+    size = path.stat().st_size
     algo, new_hash = _hasher()
-    if st.st_size <= max(hash_limit, HASH_BLOCK * HASH_SAMPLES):  # samples would cover it all
-        ident[algo] = _content_hash(path, new_hash())
-    else:  # too big to read on every run: evenly spaced samples of the content
-        ident[f"{algo}_sampled"] = _sampled_hash(path, st.st_size, new_hash())
-    return ident
+    if size <= max(hash_limit, HASH_BLOCK * HASH_SAMPLES):  # samples would cover it all
+        return {"size": size, algo: _content_hash(path, new_hash())}
+    # too big to read on every run: evenly spaced samples of the content
+    return {"size": size, f"{algo}_sampled": _sampled_hash(path, size, new_hash())}
 
 
 def _hasher() -> tuple[str, Any]:

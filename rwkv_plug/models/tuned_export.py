@@ -79,11 +79,23 @@ def _model_with_state(states, tuning, arch, source: str, out, dtype: torch.dtype
     path = base or tuning.get("load_model")
     if not path or not Path(path).is_file():
         raise ModelError(f"{source} was trained on base model '{path}', which is not there; name it with --base")
+    _check_base(tuning, path, source)
     sd = load_state_dict(path)
     dims = arch.check_complete(sd, f"base model '{path}'")
     check_state_file(states, wkv_shapes(load_model(sd)), f"{source} (against base model '{path}')")
     out_path = save_state_dict({**{k: v.to(dtype) for k, v in sd.items()}, **states}, out)
     return out_path, {"arch": arch.name, **dims, "kind": "model with its tuned state (rwkv pip package form)"}
+
+
+def _check_base(tuning: Mapping[str, Any], path: str, source: str) -> None:
+    from rwkv_plug.training.tuning import base_mismatch
+
+    why = base_mismatch(tuning, path)
+    if why:
+        raise ModelError(f"{source}: {why}; name the base model it was trained on with --base (to put the "
+                         "adapter on another base, export it without --merge and start from it with "
+                         "model.lora_adapter)" if tuning.get("mode") == "lora" else
+                         f"{source}: {why}; name the base model it was trained on with --base")
 
 
 def _base_with_adapter(tensors: Mapping[str, torch.Tensor], tuning: Mapping[str, Any], source: str,
@@ -95,6 +107,7 @@ def _base_with_adapter(tensors: Mapping[str, torch.Tensor], tuning: Mapping[str,
     path = base or tuning.get("load_model")
     if not path or not Path(path).is_file():
         raise ModelError(f"{source} was trained on base model '{path}', which is not there; name it with --base")
+    _check_base(tuning, path, source)
     model = load_model(path, dtype=torch.float32)
     add_lora(model, config_from_json(tuning["lora_config"]))
     # the checkpoint holds the trainable tensors under the adapted model's own names

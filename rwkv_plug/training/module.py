@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
+from rwkv_plug.core.errors import ConfigError
 from rwkv_plug.training import quiet, rng
 from rwkv_plug.training.bptt import BpttSettings, sequence_loss
 from rwkv_plug.training.checkpoint import epoch_end_as_batch_end, mark_resumed_step_saved
@@ -275,9 +276,17 @@ class RwkvTrainingModule(L.LightningModule):
         slim_checkpoint(checkpoint, self.model, self.settings.model)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        pos = checkpoint.get("rwkv_plug")
+        tuning = pos.get("tuning") if isinstance(pos, dict) else None
+        if tuning:  # a tuned checkpoint holds no base weights: they must be the same file's
+            from rwkv_plug.training.tuning import base_mismatch
+
+            why = base_mismatch(tuning, self.settings.model.load_model)
+            if why:
+                raise ConfigError(f"the checkpoint to resume: {why}; set model.load_model to the base model "
+                                  "it was trained on, or start a new run (a new run folder, no --resume)")
         # Lightning restores its loop counters after this hook, from this dict
         epoch_end_as_batch_end(checkpoint)
-        pos = checkpoint.get("rwkv_plug")
         if pos:
             self._resume = (pos["epoch"], pos["epoch_batches"])
             self._data_epoch, self._epoch_batches = self._resume

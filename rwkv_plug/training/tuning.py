@@ -15,6 +15,7 @@ around them (the base model file, the LoRA config); ``rwkv-plug export`` reads i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,37 @@ def apply_tuning(model, m: Mapping[str, Any], log: Callable[[str], None] = print
     return model
 
 
+def base_fingerprint(path: str | Path) -> dict[str, Any]:
+    """The base model file's size and content hash (``data.sources.file_fingerprint``; sampled above
+    64 MB), computed once per file version in a process: checkpoints are saved often."""
+    st = Path(path).stat()
+    return dict(_fingerprint(str(Path(path).resolve()), st.st_size, st.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _fingerprint(path: str, size: int, mtime_ns: int) -> tuple:
+    from rwkv_plug.data.sources import file_fingerprint
+
+    return tuple(file_fingerprint(path, hash_limit=0).items())
+
+
+def base_mismatch(tuning: Mapping[str, Any], path: str | Path | None) -> str | None:
+    """Why the base model file ``path`` is not the one a tuned checkpoint (its ``rwkv_plug.tuning``
+    entry) was trained on, or None when it is (or the checkpoint recorded no fingerprint)."""
+    want = tuning.get("load_model_fingerprint")
+    if not want or not path or not Path(path).is_file():
+        return None
+    have = base_fingerprint(path)
+    if have == want:
+        return None
+    sizes = (f"{want['size']:,} bytes there, {have['size']:,} here" if want.get("size") != have["size"]
+             else "same size, other content")
+    recorded = tuning.get("load_model")
+    if recorded and Path(recorded).resolve() == Path(path).resolve():
+        return f"its base model file '{path}' has changed since it was trained ({sizes})"
+    return f"it was trained on base model '{recorded}', and '{path}' is another file ({sizes})"
+
+
 def parameter_line(model, mode: str) -> str:
     """``tuning: state: 8,192 of 1,234,567 parameters train (0.66%)``."""
     total = sum(p.numel() for p in model.parameters())
@@ -89,6 +121,8 @@ def slim_checkpoint(checkpoint: dict[str, Any], model, m: Mapping[str, Any], pre
     checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
     meta = {"mode": m.tuning, "arch": arch_of(model).name,
             "load_model": str(Path(m.load_model).resolve()) if m.load_model else None}
+    if m.load_model and Path(m.load_model).is_file():  # export and resume check the base against it
+        meta["load_model_fingerprint"] = base_fingerprint(m.load_model)
     if meta["mode"] == "lora":
         from rwkv_plug.models.lora import config_json
 

@@ -280,3 +280,34 @@ def test_generate_with_an_adapter_folder_is_the_adapted_models_greedy_text(tmp_p
     main(["generate", str(base), "--prompt", prompt, "--tokenizer", str(tmp_path / "tok"), "--temperature", "0",
           "--max-tokens", "6", "--adapter", str(tmp_path / "adapter")])
     assert capsys.readouterr().out.split() == prompt.split() + [words[i - 1] if i else "[UNK]" for i in want]
+
+
+def test_export_and_resume_refuse_a_base_model_file_with_other_weights(tmp_path):
+    import shutil
+    import types
+
+    from rwkv_plug.core.errors import ModelError
+    from rwkv_plug.models.export import export_checkpoint
+    from rwkv_plug.training.module import RwkvTrainingModule
+
+    sd = base_sd()
+    base = save_state_dict(sd, tmp_path / "base.pth")
+    ckpt = tuned_checkpoint(lora_model(sd), {**LORA, "load_model": str(base)}, tmp_path / "last.ckpt")
+    assert ckpt["rwkv_plug"]["tuning"]["load_model_fingerprint"]["size"] == base.stat().st_size
+    moved = shutil.copy(base, tmp_path / "moved.pth")  # the same bytes elsewhere: fine
+    export_checkpoint(tmp_path / "last.ckpt", tmp_path / "a.pth", "fp32", merge=True, base=str(moved))
+    other = {k: v + 0.01 if v.is_floating_point() else v for k, v in sd.items()}  # same shapes, other weights
+    save_state_dict(other, tmp_path / "base.pth")
+    with pytest.raises(ModelError, match=r"last\.ckpt': its base model file '.*base\.pth' has changed since it "
+                                         r"was trained \(same size, other content\); name the base model"):
+        export_checkpoint(tmp_path / "last.ckpt", tmp_path / "b.pth", "fp32", merge=True)
+    module = types.SimpleNamespace(settings=types.SimpleNamespace(model=types.SimpleNamespace(load_model=str(base))))
+    with pytest.raises(ConfigError, match=r"the checkpoint to resume: its base model file .* set model\.load_model"):
+        RwkvTrainingModule.on_load_checkpoint(module, ckpt)
+    module.settings.model.load_model = str(save_state_dict(base_sd(n_embd=128), tmp_path / "wide.pth"))
+    with pytest.raises(ConfigError, match=r"it was trained on base model '.*base\.pth', and '.*wide\.pth' is "
+                                          r"another file \([\d,]+ bytes there, [\d,]+ here\)"):
+        RwkvTrainingModule.on_load_checkpoint(module, ckpt)
+    from rwkv_plug.training.tuning import base_mismatch
+
+    assert base_mismatch(ckpt["rwkv_plug"]["tuning"], moved) is None  # the same bytes elsewhere: resumes

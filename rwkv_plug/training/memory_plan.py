@@ -298,7 +298,10 @@ def estimate(arch: type, shapes: Mapping[str, tuple], vocab: int, shape: StepSha
                        f"({human(kept_input)}) + one recomputed layer {human(layer_act)} (grad_cp)")
     else:
         act = outside["act"] + L * layer_act
-        act_formula = f"outside {human(outside['act'])} + {L} layers x {human(layer_act)}"
+        # the same sum as (the one-layer copy) + (L - 1) more layers: never a negative "outside"
+        # when the first layer keeps less than the others (rwkv7's has no value residual)
+        act_formula = (f"one-layer model {human(outside['act'] + layer_act)} + {L - 1} more layers x "
+                       f"{human(layer_act)}")
     loss = outside["loss"] + L * per["loss"]
     chunks_held = 1 if shape.bptt_learning else n
     times = f"{n} chunks x (" if chunks_held > 1 else "("

@@ -16,10 +16,11 @@ NEOX_ENV = RWKV_PLUG_NEOX_TOKENIZER="$${RWKV_PLUG_NEOX_TOKENIZER:-$$(test -f $(S
 
 install: $(STAMP)
 
-# The native world-tokenizer trie: editing any of these reinstalls (rebuilds it).
-WORLD_TRIE := $(addprefix rwkv_plug/builtin_tokenizers/,_world_trie.h _world_trie.c _world_trie_core.c _world_trie_batch.c)
+# The native parts (world-tokenizer trie, JSON Lines reader): editing any of these reinstalls (rebuilds them).
+NATIVE := $(addprefix rwkv_plug/builtin_tokenizers/,_world_trie.h _world_trie.c _world_trie_core.c _world_trie_batch.c) \
+	rwkv_plug/data/_jsonl.c
 
-$(STAMP): pyproject.toml setup.py Makefile $(WORLD_TRIE)
+$(STAMP): pyproject.toml setup.py Makefile $(NATIVE)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# Pin torch first so nothing else can pull a multi-GB CUDA build.

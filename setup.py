@@ -1,7 +1,11 @@
-"""Builds the optional native world-tokenizer trie; metadata lives in pyproject.toml.
+"""Builds the optional native parts; metadata lives in pyproject.toml.
+
+* the world-tokenizer trie (rwkv_plug/builtin_tokenizers/_world_trie*);
+* the one-string-column JSON Lines reader (rwkv_plug/data/_jsonl.c).
 
 ``optional=True``: on a machine without a C compiler the install still
-succeeds and the world tokenizer uses its pure-Python fallback (with a warning).
+succeeds; the world tokenizer then uses its pure-Python fallback (with a
+warning) and every JSON source is parsed by pyarrow's reader.
 """
 
 import os
@@ -21,6 +25,12 @@ setup(
             extra_compile_args=["-O3", "-pthread"] if posix else [],
             extra_link_args=["-pthread"] if posix else [],
             optional=True,
-        )
+        ),
+        Extension(
+            "rwkv_plug.data._jsonl",
+            ["rwkv_plug/data/_jsonl.c"],
+            extra_compile_args=["-O3"] if posix else [],
+            optional=True,
+        ),
     ]
 )

@@ -28,6 +28,9 @@ far less than wall-clock time when other jobs share the machine.
 ``--also-unstreamed`` adds preload runs that parse the whole source before
 tokenising (data/streamed.py turned off), in the same run: the gain of
 tokenising while parsing.
+``--also-pyarrow-json`` adds preload runs with the native one-string-column JSON Lines
+reader (data/_jsonl.c) turned off, every batch parsed by pyarrow's reader, in the same
+run: the gain of that reader.
 ``--also-loaded`` adds preload runs that also open the saved dataset, as ``fit`` and
 ``inspect`` call ``prepare_dataset``, in the same run: what opening it costs.
 ``--also-copied`` adds preload runs whose save copies the train split (as
@@ -38,7 +41,7 @@ each stage ran, on which thread, and its thread CPU time (bench/stages.py): wher
 the serial parts are.
 
 Usage: python bench/bench_preload.py [--mb 25] [--tokenizers neox,world] [--repeat 5] [--stages]
-       [--also-loaded] [--also-copied] [--also-unstreamed] [--also-load-dataset]
+       [--also-loaded] [--also-copied] [--also-unstreamed] [--also-load-dataset] [--also-pyarrow-json]
        python bench/bench_preload.py --quick    (2 MB, world, 1 run: checks that it runs)
 (the neox tokenizer file comes from RWKV_PLUG_NEOX_TOKENIZER).
 """
@@ -84,6 +87,8 @@ def main() -> None:
                     help="also time preload with the saved dataset opened afterwards (as fit does)")
     ap.add_argument("--also-copied", action="store_true",
                     help="also time preload with the train split copied by the save, not moved")
+    ap.add_argument("--also-pyarrow-json", action="store_true",
+                    help="also time preload with every JSON batch parsed by pyarrow's reader")
     ap.add_argument("--stages", action="store_true", help="print a per-stage timeline of one more run")
     ap.add_argument("--quick", action="store_true", help="2 MB, world only, 1 run")
     args = ap.parse_args()
@@ -120,6 +125,8 @@ def main() -> None:
                 runs += [(p, "copied") for p in procs_list]
             if args.also_loaded:
                 runs += [(p, "loaded") for p in procs_list]
+            if args.also_pyarrow_json:
+                runs += [(p, "pyarrow_json") for p in procs_list]
             # bare on the threads preload's num_proc gives it (world), or as it comes (0)
             threaded = tok.threads is not None
             bare_s: dict[int, list[float]] = {p: [] for p in (procs_list if threaded else [0])}
@@ -141,7 +148,10 @@ def main() -> None:
                     cfg = {"data_path": str(Path(tmp) / f"out-{name}-{procs}"), "source": str(src),
                            "tokenizer": name, "text_rechunk_force": True, "num_proc": procs}
                     direct.DIRECT_LIMIT = -1 if how == "load_dataset" else limit  # -1: every source falls back
-                    streamed.ENABLED = how in ("", "copied", "loaded")
+                    streamed.ENABLED = how in ("", "copied", "loaded", "pyarrow_json")
+                    native_json = direct._one_string_column
+                    if how == "pyarrow_json":
+                        direct._one_string_column = lambda _batch: None
                     if how == "copied":  # every split saved by save_to_disk
                         from rwkv_plug.data import in_place
 
@@ -152,6 +162,7 @@ def main() -> None:
                         prepare_dataset(cfg, force=True, log=lambda _msg: None, load=how == "loaded")
                     finally:
                         direct.DIRECT_LIMIT, streamed.ENABLED = limit, True
+                        direct._one_string_column = native_json
                         if how == "copied":
                             in_place.save_splits = moves
                     if i:
@@ -168,7 +179,7 @@ def main() -> None:
                 cpu = statistics.median(bare_cpu[procs if threaded else 0]) / statistics.median(pre_cpu[procs, how])
                 label = {"": "", "load_dataset": " (source via load_dataset)",
                          "unstreamed": " (parse, then tokenise)", "copied": " (train split copied)",
-                         "loaded": " (result opened)"}[how]
+                         "loaded": " (result opened)", "pyarrow_json": " (JSON parsed by pyarrow)"}[how]
                 p_fast, p_med = min(times), statistics.median(times)
                 print(f"{name}: preload num_proc={procs}{label}: {tokens / p_fast / 1e3:,.0f}k tok/s "
                       f"(fastest {p_fast:.3f} s, median {p_med:.3f} s), {fast / p_fast:.2f}x bare "

@@ -192,59 +192,79 @@ def _json_tables(path: Path, lead: int = 0) -> Iterator[Any]:
     """The json builder's batches: 10 MB cut at a line end, each parsed by pyarrow
     as one block (as datasets does); batches are parsed on parallel threads, up to
     ``workers`` ahead of the one the caller takes (who may tokenise it meanwhile).
-    ``lead``: see :func:`file_tables`."""
+    ``lead``: see :func:`file_tables`.
+
+    The file is memory-mapped and each part handed to the parser as a view of it: no
+    read copies the bytes and no batch is joined from pieces (both readers copy what
+    they keep, so no table refers to the mapping)."""
+    import mmap
+    import os
     from concurrent.futures import ThreadPoolExecutor
 
     from rwkv_plug.data.workers import cpu_count
 
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    view = memoryview(mapped)
     workers = max(1, min(4, cpu_count()))
     pending: list = []
-    with open(path, "rb") as f, ThreadPoolExecutor(workers) as pool:
-        first, handed = True, lead <= 0
-        while True:
-            read = False
-            for i, part in enumerate(_batch_parts(f, lead if first else 0)):
-                if i == 0 and (part.startswith(b"[") or (first and part.startswith(codecs.BOM_UTF8))):
+    with ThreadPoolExecutor(workers) as pool:
+        start, first, handed = 0, True, lead <= 0
+        while start < size:
+            for i, (begin, end) in enumerate(_batch_parts(mapped.find, size, start, lead if first else 0)):
+                part = view[begin:end]
+                if i == 0 and (part[:1] == b"[" or (first and part[:3] == codecs.BOM_UTF8)):
                     raise _Fallback  # datasets converts a JSON array / strips the BOM first
-                read = True
                 pending.append(pool.submit(_parse_json_batch, part))
+                start = end
                 # the lead part is handed on once the next is being parsed; then up to
                 # ``workers`` parts wait, parsed or being parsed (bounding the bytes held)
                 while len(pending) > (workers if handed else 1):
                     handed = True
                     yield pending.pop(0).result()
-            if not read:
-                break
             first = False
         while pending:
             yield pending.pop(0).result()
 
 
-def _batch_parts(f: Any, lead: int) -> Iterator[bytes]:
-    """The next batch of the open file ``f``: JSON_CHUNK bytes and the rest of their last
-    line, as datasets reads it. With ``lead`` > 0 it comes in parts, each read when the
-    one before has been taken, that end at the first line end at or past ``lead``,
-    ``3 * lead``, ``7 * lead``, ... bytes (each part about twice the one before) and at
-    the batch's end."""
-    pos, cut = 0, lead
+def _batch_parts(find: Any, size: int, start: int, lead: int) -> Iterator[tuple[int, int]]:
+    """``(begin, end)`` of each part of the batch that starts at byte ``start`` of a file
+    of ``size`` bytes (``find(b"\\n", at)`` as ``bytes.find`` on its content): JSON_CHUNK
+    bytes and the rest of their last line, as datasets reads it (``f.read(JSON_CHUNK) +
+    f.readline()``). With ``lead`` > 0 it comes in parts that end at the first line end
+    at or past ``lead``, ``3 * lead``, ``7 * lead``, ... bytes (each part about twice the
+    one before) and at the batch's end."""
+    def line_end(at: int) -> int:  # where f.read(at - ...) + f.readline() stops
+        if at >= size:
+            return size
+        nl = find(b"\n", at)
+        return size if nl < 0 else nl + 1
+
+    pos, cut = start, lead
     while 0 < cut < JSON_CHUNK:
-        if pos <= cut:  # else a long line ran past this cut
-            part = f.read(cut - pos) + f.readline()
-            if not part:
+        if pos <= start + cut:  # else a long line ran past this cut
+            end = line_end(start + cut)
+            if end == pos:
                 return
-            pos += len(part)
-            yield part
+            yield pos, end
+            pos = end
         cut = 2 * cut + lead
-    if pos <= JSON_CHUNK:  # else the last part ended where the batch does
-        part = f.read(JSON_CHUNK - pos) + f.readline()
-        if part:
-            yield part
+    if pos <= start + JSON_CHUNK:  # else the last part ended where the batch does
+        end = line_end(start + JSON_CHUNK)
+        if end > pos:
+            yield pos, end
 
 
 def _parse_json_batch(batch: bytes | memoryview) -> Any:
     import pyarrow as pa
     import pyarrow.json as paj
 
+    table = _one_string_column(batch)
+    if table is not None:
+        return table
     base_block = max(JSON_CHUNK // 32, 16 << 10)
     block = len(batch) if len(batch) // 8 > base_block else base_block
     while True:
@@ -260,6 +280,28 @@ def _parse_json_batch(batch: bytes | memoryview) -> Any:
             if "changed from" in msg:
                 raise _Mixed from None
             raise _Fallback from None  # bad JSON: datasets' own handling
+
+
+def _one_string_column(batch: bytes | memoryview) -> Any:
+    """The table pyarrow's reader gives for a batch whose every line is ``{key: string}``
+    with the same one key, read in one pass by the native ``_jsonl`` reader; None for any
+    other batch (or without the native module): pyarrow's reader then parses it."""
+    import pyarrow as pa
+
+    try:
+        from rwkv_plug.data._jsonl import one_string_column
+    except ImportError:
+        return None
+    got = one_string_column(batch)
+    if got is None:
+        return None
+    key, rows, offsets, data = got
+    try:
+        name = key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    column = pa.StringArray.from_buffers(rows, pa.py_buffer(offsets), pa.py_buffer(data))
+    return pa.table({name: column})
 
 
 def _flat_type(t: Any) -> bool:

@@ -72,19 +72,27 @@ def prepare_dataset(data_cfg: Mapping[str, Any], *, force: bool = False, log: Lo
         return _as_it_is(data_path, log), "reused"
     tokenizer = load_tokenizer(cfg.tokenizer, cfg)
     src = resolve_source(cfg)
-    base = {
-        "source": src.identity(),
-        "tokenizer": {"spec": cfg.tokenizer, "fingerprint": tokenizer.fingerprint(),
-                      "vocab_size": tokenizer.vocab_size,
-                      "plugin": store.plugin_version(plugins.tokenizers(), tokenizer.name)},
-        "rwkv_plug": __version__,
-    }
-    # the strategy this config picks for the columns of the dataset there (if any) decides
-    # which strategy's options count; the build records the one it used
-    parts = _parts(base, cfg, tokenizer, _strategy_for(store.read_meta(data_path), cfg))
+    # the source's identity hashes every byte of a local file: a build that need not
+    # compare it first (forced, or nothing built there yet) starts while it is hashed
+    hashing = ThreadPoolExecutor(1, thread_name_prefix="rwkv-plug-source-hash")
+    identity = hashing.submit(src.identity)
+    hashing.shutdown(wait=False)  # the hash still runs; the thread ends with it
+
+    def base() -> dict[str, Any]:
+        return {
+            "source": identity.result(),
+            "tokenizer": {"spec": cfg.tokenizer, "fingerprint": tokenizer.fingerprint(),
+                          "vocab_size": tokenizer.vocab_size,
+                          "plugin": store.plugin_version(plugins.tokenizers(), tokenizer.name)},
+            "rwkv_plug": __version__,
+        }
+
     for left in tempdirs.sweep(data_path):
         log(f"removed {left}, left behind by a build that was killed")
-    reason = "--force was given" if force else store.stale_reason(data_path, parts)
+    # the strategy this config picks for the columns of the dataset there (if any) decides
+    # which strategy's options count; the build records the one it used
+    reason = "--force was given" if force else store.stale_reason(
+        data_path, lambda: _parts(base(), cfg, tokenizer, _strategy_for(store.read_meta(data_path), cfg)))
     if reason is None:
         log(f"reusing the dataset at {data_path} (its fingerprint matches the config, source and tokenizer)")
         return opened(str(data_path)), "reused"
@@ -95,7 +103,7 @@ def prepare_dataset(data_cfg: Mapping[str, Any], *, force: bool = False, log: Lo
     old = None
     try:
         dd, summary, strategy, columns, moves = _build(cfg, src, tokenizer, work, log)
-        parts = _parts(base, cfg, tokenizer, strategy)
+        parts = _parts(base(), cfg, tokenizer, strategy)
         late = set(dd) - set(summary.splits)  # rechunked splits' statistics came with the chunks
         with ThreadPoolExecutor(1) as pool:  # the others' and the id check run while the save writes
             checked = pool.submit(finish_summary, dd, summary, tokenizer.vocab_size) if late else None

@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -115,11 +115,12 @@ def read_meta(data_path: Path) -> dict[str, Any] | None:
         return None
 
 
-def stale_reason(data_path: Path, parts: dict[str, Any]) -> str | None:
+def stale_reason(data_path: Path, parts: dict[str, Any] | Callable[[], dict[str, Any]]) -> str | None:
     """Why ``data_path`` must be rebuilt, or None when it is fresh.
 
     ``parts["strategy"]`` is the :func:`plugin_version` entry of the strategy the
-    config picks for the recorded columns (None when none fits them).
+    config picks for the recorded columns (None when none fits them). ``parts`` may
+    be a function giving them, called only when there is a record to compare with.
     """
     if not data_path.exists():
         return f"no dataset at {data_path} yet"
@@ -131,6 +132,8 @@ def stale_reason(data_path: Path, parts: dict[str, Any]) -> str | None:
         return f"{data_path} has no {META_FILE} (built by another tool or interrupted)"
     if meta.get("meta_version") != META_VERSION:
         return f"the dataset record's format changed ({meta.get('meta_version')} -> {META_VERSION})"
+    if callable(parts):
+        parts = parts()
     old = meta.get("parts") or {}
     if old.get("tokenizer") != parts["tokenizer"]:
         return "tokenizer changed"

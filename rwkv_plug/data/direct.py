@@ -189,8 +189,9 @@ def _concat(parts: list) -> Any:
 
 # -- one reader per builder, each yielding tables as datasets' builder would ----
 def _json_tables(path: Path, lead: int = 0) -> Iterator[Any]:
-    """The json builder's batches: 10 MB cut at a line end, each parsed by pyarrow
-    as one block (as datasets does); batches are parsed on parallel threads, up to
+    """The json builder's batches: 10 MB cut at a line end, each parsed as one block
+    (as datasets does) by pyarrow, or by the native reader where it gives the same
+    (``_parse_json_batch``); batches are parsed on parallel threads, up to
     ``workers`` ahead of the one the caller takes (who may tokenise it meanwhile).
     ``lead``: see :func:`file_tables`.
 
